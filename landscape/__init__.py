@@ -1,0 +1,3 @@
+"""Loss-landscape analysis: directions, surfaces, curvature, sharpness and trajectory measures."""
+
+__all__: list[str] = []

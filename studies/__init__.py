@@ -1,0 +1,3 @@
+"""Data sets, models, the training runner and the declarative studies that reproduce the source papers."""
+
+__all__: list[str] = []
