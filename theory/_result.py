@@ -1,0 +1,173 @@
+"""The result row every check returns, and small helpers shared by the checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+
+__all__ = ["CheckResult", "is_zero", "make_result", "mean_and_se", "variance_and_se"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One verified derivation: a symbolic half (sympy) and a numeric half (implementation or simulation).
+
+    The check passes when sympy established the formula (``symbolic_ok``) and the numeric value lies within
+    ``tolerance`` of ``reference`` (``numeric_ok``).
+
+    Attributes:
+        id: Stable identifier, ``"<module>.<name>"``.
+        item: Number of the item in THEORY.md (1-21).
+        title: One-line description.
+        formula: The claimed formula as a sympy expression (or equation).
+        latex: ``sympy.latex(formula)``.
+        method: How sympy established the claim (solve, simplify to 0, integrate, limit, series, ...).
+        symbolic_ok: Whether the symbolic derivation confirmed the claimed formula.
+        value: The numeric quantity measured.
+        reference: What the formula predicts for it.
+        tolerance: Largest accepted ``|value - reference|``; for Monte Carlo a stated number of standard errors.
+        numeric_ok: Whether ``|value - reference| <= tolerance`` (and both are finite).
+        passed: ``symbolic_ok and numeric_ok``.
+        numeric: What the numeric half compared against (an implementation by name, or "simulation").
+        source: Paper and equation.
+        note: Free text: sub-claims, their numbers, where an approximation is poor.
+    """
+
+    id: str
+    item: int
+    title: str
+    formula: sp.Basic
+    latex: str
+    method: str
+    symbolic_ok: bool
+    value: float
+    reference: float
+    tolerance: float
+    numeric_ok: bool
+    passed: bool
+    numeric: str
+    source: str
+    note: str
+
+    def row(self) -> dict[str, object]:
+        """The result as a flat dict (one table row; the sympy expression is left out, its LaTeX kept)."""
+        return {
+            "item": self.item,
+            "id": self.id,
+            "title": self.title,
+            "method": self.method,
+            "symbolic_ok": self.symbolic_ok,
+            "value": self.value,
+            "reference": self.reference,
+            "tolerance": self.tolerance,
+            "numeric_ok": self.numeric_ok,
+            "passed": self.passed,
+            "numeric": self.numeric,
+            "source": self.source,
+            "latex": self.latex,
+            "note": self.note,
+        }
+
+
+def make_result(
+    *,
+    id: str,
+    item: int,
+    title: str,
+    formula: sp.Basic,
+    method: str,
+    symbolic_ok: bool,
+    value: float,
+    reference: float,
+    tolerance: float,
+    numeric: str,
+    source: str,
+    note: str,
+    numeric_extra_ok: bool = True,
+) -> CheckResult:
+    """Build a :class:`CheckResult`, deciding ``numeric_ok`` and ``passed`` in one place.
+
+    Args:
+        id: Identifier of the check.
+        item: THEORY.md item number.
+        title: One-line description.
+        formula: Claimed formula (sympy).
+        method: How sympy established it.
+        symbolic_ok: Outcome of the symbolic half.
+        value: Measured number.
+        reference: Predicted number.
+        tolerance: Accepted absolute deviation (must be >= 0).
+        numeric: What the numeric half compared against.
+        source: Paper and equation.
+        note: Free text.
+        numeric_extra_ok: Outcome of further numeric sub-claims described in ``note`` (default True).
+
+    Returns:
+        The frozen result.
+
+    Raises:
+        ValueError: If ``tolerance`` is negative or not finite.
+    """
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"Invalid tolerance: {tolerance}")
+    value, reference = float(value), float(reference)
+    close = math.isfinite(value) and math.isfinite(reference) and abs(value - reference) <= tolerance
+    numeric_ok = bool(close and numeric_extra_ok)
+    symbolic_ok = bool(symbolic_ok)
+    return CheckResult(
+        id=id,
+        item=item,
+        title=title,
+        formula=formula,
+        latex=sp.latex(formula),
+        method=method,
+        symbolic_ok=symbolic_ok,
+        value=value,
+        reference=reference,
+        tolerance=float(tolerance),
+        numeric_ok=numeric_ok,
+        passed=symbolic_ok and numeric_ok,
+        numeric=numeric,
+        source=source,
+        note=note,
+    )
+
+
+def is_zero(expr: sp.Basic) -> bool:
+    """Whether sympy simplifies ``expr`` to exactly 0.
+
+    Example:
+        >>> import sympy as sp
+        >>> x = sp.symbols("x")
+        >>> is_zero(sp.sin(x) ** 2 + sp.cos(x) ** 2 - 1)
+        True
+    """
+    return sp.simplify(expr) == 0
+
+
+def mean_and_se(samples: np.ndarray) -> tuple[float, float]:
+    """Sample mean and its standard error ``s/sqrt(n)`` along the first axis.
+
+    Example:
+        >>> mean_and_se(np.array([1.0, 3.0]))
+        (2.0, 1.0)
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    n = samples.shape[0]
+    return float(samples.mean(axis=0)), float(samples.std(axis=0, ddof=1) / math.sqrt(n))
+
+
+def variance_and_se(samples: np.ndarray) -> tuple[float, float]:
+    """Sample variance and its standard error, the SE of the mean of the centred squares ``(x - x̄)²``.
+
+    Example:
+        >>> v, se = variance_and_se(np.array([0.0, 2.0, 0.0, 2.0]))
+        >>> v
+        1.0
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    squares = (samples - samples.mean()) ** 2
+    return float(squares.mean()), float(squares.std(ddof=1) / math.sqrt(samples.shape[0]))
