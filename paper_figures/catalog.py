@@ -1,0 +1,13 @@
+"""The figure scripts, in report order.
+
+Each module defines ``STUDY``, ``TITLE``, ``load_data(root, scale)`` and ``make_figure(frame, out_dir)`` returning a
+:class:`paper_figures.report.FigureOutput`. Adding a figure = one module + one entry here.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from paper_figures import kingma2015adam
+
+FIGURES: dict[str, ModuleType] = {m.STUDY: m for m in (kingma2015adam,)}

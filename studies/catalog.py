@@ -1,0 +1,15 @@
+"""The registry of studies: name -> :class:`studies.runner.Study`. Adding a study = one module + one entry here."""
+
+from __future__ import annotations
+
+from studies import kingma2015adam
+from studies.runner import Study
+
+STUDIES: dict[str, Study] = {s.name: s for s in (kingma2015adam.STUDY,)}
+
+
+def get(name: str) -> Study:
+    """The study called ``name``; a ``ValueError`` lists the known ones."""
+    if name not in STUDIES:
+        raise ValueError(f"Unknown study {name!r}; known studies: {', '.join(STUDIES)}")
+    return STUDIES[name]

@@ -1,0 +1,155 @@
+"""The ``valley`` command: a thin dispatcher over the studies, the figure scripts and the theory checks.
+
+``valley figures [--quick|--full] [--only NAME] [--device cpu|cuda]`` runs each figure's study through the cached
+runner, draws it, runs the theory checks and writes the report; ``valley study NAME`` runs one study;
+``valley theory`` prints the theory table; ``valley list`` lists what exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from studies import catalog, data
+from studies.runner import SCALES, default_root, run_study
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the subcommand; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="valley", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        scale = p.add_mutually_exclusive_group()
+        scale.add_argument("--quick", dest="scale", action="store_const", const="quick", help="CPU minutes (default)")
+        scale.add_argument("--full", dest="scale", action="store_const", const="full", help="the papers' settings")
+        scale.add_argument("--scale", choices=SCALES, help="tiny | quick | full")
+        p.set_defaults(scale="quick")
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+        p.add_argument("--runs-dir", type=Path, default=None, help="results cache (default $VALLEY_RUNS or runs/)")
+        p.add_argument("--data-dir", default=None, help="folder with MNIST/Fashion-MNIST/CIFAR-10 ($VALLEY_DATA)")
+        p.add_argument("--force", action="store_true", help="recompute cached runs")
+        p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+    figures = sub.add_parser("figures", help="run the studies and draw every figure and the report")
+    common(figures)
+    figures.add_argument("--only", action="append", choices=list(_figures()), help="only this figure (repeatable)")
+    figures.add_argument("--out", type=Path, default=Path("paper_figures/out"), help="output folder")
+    figures.add_argument("--skip-theory", action="store_true", help="leave the theory table out of the report")
+    figures.set_defaults(func=_cmd_figures)
+
+    study = sub.add_parser("study", help="run one study (cached, resumable)")
+    study.add_argument("name", choices=list(catalog.STUDIES))
+    common(study)
+    study.set_defaults(func=_cmd_study)
+
+    theory = sub.add_parser("theory", help="run the theory checks and print the table")
+    theory.add_argument("--out", type=Path, default=Path("paper_figures/out/theory"), help="output folder")
+    theory.set_defaults(func=_cmd_theory)
+
+    listing = sub.add_parser("list", help="list studies, figures, optimizers, theory checks and data sets")
+    listing.add_argument("--data-dir", default=None)
+    listing.set_defaults(func=_cmd_list)
+    return parser
+
+
+def _figures() -> dict:
+    return importlib.import_module("paper_figures.catalog").FIGURES
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    frame = run_study(
+        catalog.get(args.name),
+        args.scale,
+        root=args.runs_dir,
+        device=args.device,
+        data_dir=args.data_dir,
+        force=args.force,
+        progress=args.progress,
+    )
+    root = args.runs_dir or default_root()
+    print(f"{args.name}: {frame['run'].nunique() if len(frame) else 0} runs, {time.perf_counter() - start:.1f} s")
+    print(f"results: {root / args.name / f'{args.scale}.csv'}")
+    return 0
+
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from paper_figures._style import apply_style
+    from paper_figures.report import write_report
+
+    apply_style()
+    root = args.runs_dir or default_root()
+    outputs, timings = [], []
+    for name, figure in _figures().items():
+        if args.only and name not in args.only:
+            continue
+        start = time.perf_counter()
+        run_study(
+            catalog.get(figure.STUDY),
+            args.scale,
+            root=root,
+            device=args.device,
+            data_dir=args.data_dir,
+            force=args.force,
+            progress=args.progress,
+        )
+        output = figure.make_figure(figure.load_data(root, args.scale), args.out / name)
+        outputs.append(output)
+        timings.append(f"{name}: {time.perf_counter() - start:.1f} s")
+        print(f"{name}: {', '.join(str(p) for p in output.images)}")
+    theory = None if args.skip_theory or args.only else _theory_table(args.out / "theory")
+    header = f"Scale: {args.scale}; device: {args.device}; time per figure: {'; '.join(timings)}."
+    md, page = write_report(outputs, args.out, theory, header)
+    print(f"report: {md} and {page}")
+    return 0 if theory is None or bool(theory["passed"].all()) else 1
+
+
+def _theory_table(out_dir: Path):
+    theory = importlib.import_module("theory")
+    if not hasattr(theory, "run_all"):
+        print("theory checks are not available yet; the report leaves them out", file=sys.stderr)
+        return None
+    return theory.run_all(out_dir=out_dir)
+
+
+def _cmd_theory(args: argparse.Namespace) -> int:
+    theory = importlib.import_module("theory")
+    if not hasattr(theory, "run_all"):
+        print("No theory checks exist yet.", file=sys.stderr)
+        return 1
+    table = theory.run_all(out_dir=args.out)
+    return 0 if bool(table["passed"].all()) else 1
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    print("Studies (valley study NAME):")
+    for study in catalog.STUDIES.values():
+        print(f"  {study.name:24s} {study.title}")
+    print("Figures (valley figures --only NAME):")
+    for name, figure in _figures().items():
+        print(f"  {name:24s} {figure.TITLE}")
+    optim = importlib.import_module("optim")
+    if hasattr(optim, "names"):
+        print(f"Optimizers: {', '.join(optim.names())}")
+    theory = importlib.import_module("theory")
+    if hasattr(theory, "checks"):
+        print(f"Theory checks: {len(theory.checks())} (valley theory)")
+    print("Data sets:")
+    for name in data.DATASETS:
+        state = "embedded" if name in data.EMBEDDED else ("found" if data.available(name, args.data_dir) else "absent")
+        print(f"  {name:24s} {state}")
+    return 0

@@ -1,0 +1,263 @@
+"""Data sets for the studies: embedded defaults (no download) and the classic image sets from a local folder.
+
+Embedded, always available:
+
+* ``digits`` — scikit-learn's ``load_digits``: 1797 real 8×8 handwritten digits (UCI), shipped inside scikit-learn.
+  Fixed stratified split: 1347 train / 450 test (``random_state=0``).
+* ``mnist1d`` — MNIST-1D (Greydanus 2020), generated locally by ``mnist1d.data.make_dataset`` with its default
+  arguments (4000 train / 1000 test, 40 features). The generated arrays are cached under :func:`cache_dir`, keyed by
+  a hash of the generator's arguments.
+
+Read from a local folder (``data_dir`` argument, else the ``VALLEY_DATA`` environment variable), never downloaded:
+
+* ``mnist`` and ``fashion_mnist`` — the IDX files as distributed (``train-images-idx3-ubyte[.gz]``, ...), in
+  ``<dir>/mnist/`` (resp. ``<dir>/fashion_mnist/``), or torchvision's ``<dir>/MNIST/raw/`` layout.
+* ``cifar10`` — the *binary* version (``cifar-10-batches-bin/data_batch_1.bin`` … ``test_batch.bin``), read with
+  numpy; the Python-pickle version is deliberately not supported (never unpickle a downloaded file).
+
+Inputs are standardised with the training set's mean and standard deviation (per channel for images).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from studies.store import atomic_write_bytes
+
+EMBEDDED = ("digits", "mnist1d")
+LOCAL = ("mnist", "fashion_mnist", "cifar10")
+DATASETS = EMBEDDED + LOCAL
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_FOLDERS = {"mnist": ("mnist", "MNIST/raw"), "fashion_mnist": ("fashion_mnist", "FashionMNIST/raw")}
+_CIFAR_FOLDER = "cifar-10-batches-bin"
+_CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+_CIFAR_TEST = ("test_batch.bin",)
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A classification data set held in memory: float32 inputs, int64 labels, fixed train/test split."""
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input example, e.g. ``(1, 8, 8)`` for digits or ``(40,)`` for MNIST-1D."""
+        return tuple(self.x_train.shape[1:])
+
+    def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> Dataset:
+        """A seeded random subset (stratification is not attempted); ``None`` keeps a split whole."""
+        g = torch.Generator().manual_seed(seed)
+
+        def pick(x: Tensor, y: Tensor, n: int | None) -> tuple[Tensor, Tensor]:
+            if n is None or n >= len(y):
+                return x, y
+            if n < 1:
+                raise ValueError(f"Invalid subset size: {n}")
+            idx = torch.randperm(len(y), generator=g)[:n]
+            return x[idx], y[idx]
+
+        x_tr, y_tr = pick(self.x_train, self.y_train, n_train)
+        x_te, y_te = pick(self.x_test, self.y_test, n_test)
+        return Dataset(self.name, x_tr, y_tr, x_te, y_te, self.num_classes)
+
+
+def cache_dir() -> Path:
+    """Where generated data is cached: ``$VALLEY_CACHE``, else ``$XDG_CACHE_HOME/valley``, else ``~/.cache/valley``."""
+    if "VALLEY_CACHE" in os.environ:
+        return Path(os.environ["VALLEY_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "valley"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """The folder holding local data sets: the argument, else ``$VALLEY_DATA``, else ``None``."""
+    value = data_dir if data_dir is not None else os.environ.get("VALLEY_DATA")
+    return Path(value) if value else None
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """Load a data set by name (one of :data:`DATASETS`), standardised with training statistics.
+
+    Raises:
+        ValueError: for an unknown name.
+        FileNotFoundError: for a local data set whose files are absent, saying which files to put where.
+
+    Example:
+        >>> ds = load_dataset("digits")
+        >>> ds.input_shape, len(ds.y_train), len(ds.y_test), ds.num_classes
+        ((1, 8, 8), 1347, 450, 10)
+    """
+    if name == "digits":
+        x_tr, y_tr, x_te, y_te = _digits()
+    elif name == "mnist1d":
+        x_tr, y_tr, x_te, y_te = _mnist1d()
+    elif name in _IDX_FOLDERS:
+        folder = _find_idx_folder(name, data_dir)
+        x_tr, y_tr = (read_idx(_idx_path(folder, f)) for f in _IDX_FILES["train"])
+        x_te, y_te = (read_idx(_idx_path(folder, f)) for f in _IDX_FILES["test"])
+        x_tr, x_te = x_tr[:, None], x_te[:, None]
+    elif name == "cifar10":
+        folder = _find_cifar_folder(data_dir)
+        x_tr, y_tr = _concat([read_cifar_binary(folder / f) for f in _CIFAR_TRAIN])
+        x_te, y_te = read_cifar_binary(folder / _CIFAR_TEST[0])
+    else:
+        raise ValueError(f"Unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    x_tr, x_te = _standardise(np.asarray(x_tr, np.float32), np.asarray(x_te, np.float32))
+    num_classes = int(max(y_tr.max(), y_te.max())) + 1
+    return Dataset(
+        name,
+        torch.from_numpy(x_tr),
+        torch.from_numpy(np.asarray(y_tr, np.int64)),
+        torch.from_numpy(x_te),
+        torch.from_numpy(np.asarray(y_te, np.int64)),
+        num_classes,
+    )
+
+
+def why_unavailable(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
+    """``None`` if ``load_dataset(name, data_dir)`` can find its files, else the message saying where to put them."""
+    if name in EMBEDDED:
+        return None
+    try:
+        _find_idx_folder(name, data_dir) if name in _IDX_FOLDERS else _find_cifar_folder(data_dir)
+    except FileNotFoundError as err:
+        return str(err)
+    return None
+
+
+def available(name: str, data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether ``load_dataset(name, data_dir)`` can find its files (always true for embedded sets)."""
+    return why_unavailable(name, data_dir) is None
+
+
+def batches(
+    x: Tensor, y: Tensor, batch_size: int, *, generator: torch.Generator | None = None, shuffle: bool = True
+) -> list[tuple[Tensor, Tensor]]:
+    """Split ``(x, y)`` into mini-batches, in a random order drawn from ``generator`` when ``shuffle``.
+
+    Example:
+        >>> x, y = torch.arange(5.0), torch.arange(5)
+        >>> [b[1].tolist() for b in batches(x, y, 2, shuffle=False)]
+        [[0, 1], [2, 3], [4]]
+    """
+    if batch_size < 1:
+        raise ValueError(f"Invalid batch_size: {batch_size}")
+    order = torch.randperm(len(y), generator=generator, device="cpu") if shuffle else torch.arange(len(y))
+    order = order.to(y.device)
+    return [(x[idx], y[idx]) for idx in order.split(batch_size)]
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (the MNIST format; gzip-compressed when the name ends in ``.gz``).
+
+    Layout: two zero bytes, a type code, the number of dimensions n, n big-endian int32 sizes, then the data.
+    """
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (magic bytes {raw[:4]!r})")
+    ndim = raw[3]
+    shape = tuple(int(s) for s in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but the file has {len(raw)} bytes")
+    return np.frombuffer(raw, dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def read_cifar_binary(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR-10 binary batch: records of 1 label byte + 3072 pixel bytes (3×32×32, channel-major)."""
+    raw = np.fromfile(path, np.uint8)
+    if raw.size == 0 or raw.size % 3073:
+        raise ValueError(f"{path}: size {raw.size} bytes is not a whole number of 3073-byte CIFAR-10 records")
+    records = raw.reshape(-1, 3073)
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+
+
+def _digits() -> tuple[np.ndarray, ...]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = bunch.images[:, None].astype(np.float32)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, bunch.target, test_size=450, random_state=0, stratify=bunch.target)
+    return x_tr, y_tr, x_te, y_te
+
+
+def _mnist1d() -> tuple[np.ndarray, ...]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = vars(get_dataset_args())
+    key = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = cache_dir() / f"mnist1d-{key}.npz"
+    if not path.exists():
+        d = make_dataset(get_dataset_args())
+        buffer = io.BytesIO()
+        np.savez(buffer, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
+        atomic_write_bytes(path, buffer.getvalue())
+    with np.load(path) as d:
+        return d["x"], d["y"], d["x_test"], d["y_test"]
+
+
+def _standardise(x_tr: np.ndarray, x_te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    axes = (0, 2, 3) if x_tr.ndim == 4 else tuple(range(x_tr.ndim))
+    mean = x_tr.mean(axis=axes, keepdims=True)
+    std = x_tr.std(axis=axes, keepdims=True) + 1e-8
+    return (x_tr - mean) / std, (x_te - mean) / std
+
+
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _idx_path(folder: Path, stem: str) -> Path:
+    return folder / stem if (folder / stem).exists() else folder / f"{stem}.gz"
+
+
+def _find_idx_folder(name: str, data_dir: str | os.PathLike | None) -> Path:
+    root = resolve_data_dir(data_dir)
+    stems = _IDX_FILES["train"] + _IDX_FILES["test"]
+    if root is not None:
+        for sub in _IDX_FOLDERS[name]:
+            folder = root / sub
+            if all(_idx_path(folder, s).exists() for s in stems):
+                return folder
+    where = f"{root / _IDX_FOLDERS[name][0]}" if root else f"<data-dir>/{_IDX_FOLDERS[name][0]}"
+    raise FileNotFoundError(
+        f"{name} not found. valley never downloads data: put {', '.join(s + '.gz' for s in stems)} "
+        f"(gzip or uncompressed) in {where}/ and pass --data-dir (or set VALLEY_DATA) to the parent folder."
+    )
+
+
+def _find_cifar_folder(data_dir: str | os.PathLike | None) -> Path:
+    root = resolve_data_dir(data_dir)
+    if root is not None:
+        for folder in (root / _CIFAR_FOLDER, root / "cifar10" / _CIFAR_FOLDER):
+            if all((folder / f).exists() for f in _CIFAR_TRAIN + _CIFAR_TEST):
+                return folder
+    where = root / _CIFAR_FOLDER if root else f"<data-dir>/{_CIFAR_FOLDER}"
+    raise FileNotFoundError(
+        "cifar10 not found. valley never downloads data: unpack the binary version of CIFAR-10 "
+        f"(cifar-10-binary.tar.gz: {', '.join(_CIFAR_TRAIN + _CIFAR_TEST)}) into {where}/ "
+        "and pass --data-dir (or set VALLEY_DATA) to the parent folder."
+    )

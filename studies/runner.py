@@ -1,0 +1,114 @@
+"""The one runner every study goes through: grid → cached, resumable runs → one combined DataFrame.
+
+A study is data: a name, a function from a scale (``"tiny"`` for tests, ``"quick"`` for CPU figures in minutes,
+``"full"`` for the papers' settings) to a list of run configs, and a function that executes one config. The runner
+skips configs whose results are cached (same config hash and study version), executes the rest, and writes each run
+atomically as it finishes, so an interrupted study resumes with the runs that finished. The combined results of a
+scale are written to ``<root>/<study>/<scale>.csv`` (and the study's notes, such as runs skipped for missing data,
+to ``<scale>.notes.txt``), which the figure scripts read.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from studies.store import RunStore, atomic_write_text, write_frame
+
+SCALES = ("tiny", "quick", "full")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a study's run function may use besides its config."""
+
+    store: RunStore
+    device: str = "cpu"
+    data_dir: str | None = None
+    progress: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, message: str) -> None:
+        """Record a message for the user (e.g. a run skipped because its data is absent); printed and saved."""
+        self.notes.append(message)
+        tqdm.write(f"[{self.store.root.name}] {message}")
+
+
+@dataclass(frozen=True)
+class Study:
+    """A declarative experiment: ``grid(scale, ctx)`` lists configs, ``run(config, ctx)`` executes one.
+
+    ``grid`` may leave out configs whose data is absent; it then says so with ``ctx.note``.
+    """
+
+    name: str
+    title: str
+    grid: Callable[[str, Context], list[dict[str, Any]]]
+    run: Callable[[dict[str, Any], Context], pd.DataFrame]
+    version: str = "1"
+
+
+def default_root() -> Path:
+    """Where runs are stored: ``$VALLEY_RUNS``, else ``runs/`` in the current folder."""
+    return Path(os.environ.get("VALLEY_RUNS", "runs"))
+
+
+def resolve_device(device: str | None) -> str:
+    """``None`` or ``"auto"`` picks CUDA when available; an explicit ``"cuda"`` without a GPU is an error."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but torch sees no CUDA device")
+    return device
+
+
+def run_study(
+    study: Study,
+    scale: str = "quick",
+    *,
+    root: str | os.PathLike | None = None,
+    device: str | None = "cpu",
+    data_dir: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Execute (or load from the cache) every run of ``study`` at ``scale`` and return the combined results.
+
+    Each run's frame gets the config's scalar entries as columns (unless the run set them itself) and a ``run``
+    column with its config hash. ``force=True`` recomputes cached runs.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"Invalid scale {scale!r}; choose one of {', '.join(SCALES)}")
+    root = Path(root) if root is not None else default_root()
+    store = RunStore(root, study.name, study.version)
+    ctx = Context(store, resolve_device(device), data_dir, progress)
+    configs = study.grid(scale, ctx)
+    frames = []
+    for config in tqdm(configs, desc=study.name, disable=not progress, unit="run"):
+        frame = None if force else store.load(config)
+        if frame is None:
+            start = time.perf_counter()
+            frame = study.run(config, ctx)
+            store.save(config, frame, ctx.device, time.perf_counter() - start)
+        frames.append(_with_config(frame, config, store.run_dir(config).name))
+    combined = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    write_frame(root / study.name / f"{scale}.csv", combined)
+    atomic_write_text(root / study.name / f"{scale}.notes.txt", "".join(f"{n}\n" for n in ctx.notes))
+    return combined
+
+
+def _with_config(frame: pd.DataFrame, config: dict[str, Any], run: str) -> pd.DataFrame:
+    frame = frame.copy()
+    for key, value in config.items():
+        if key not in frame.columns and isinstance(value, (str, int, float, bool)):
+            frame[key] = value
+    frame["run"] = run
+    return frame

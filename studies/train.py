@@ -1,0 +1,226 @@
+"""The training runner: one model, one optimizer, one data set, recorded as a tidy DataFrame.
+
+Every step calls ``optimizer.step(closure)``; the closure zeroes the gradients, runs forward and backward and returns
+the loss, so wrappers that evaluate the loss more than once (SAM, XGrad, extragradient) work unchanged.
+
+Metrics are rows ``step, epoch, quantity, value`` (plus any key a callback adds, e.g. ``param``):
+
+* ``train_loss`` at every step (the mini-batch loss before the step);
+* per epoch (``epoch = 0`` is the initial model): ``epoch_train_loss`` (mean mini-batch loss of the epoch),
+  ``test_loss``, ``test_accuracy`` and ``seconds`` (wall time of the epoch's training steps, evaluation excluded);
+* ``diverged = 1`` at the first non-finite training loss; training stops there and the run is a result, not an error.
+
+Callbacks are objects with any of ``on_train_begin(state)``, ``on_step_end(state)``, ``on_epoch_end(state)`` and
+``on_train_end(state)``; ``state`` is a :class:`TrainState` whose ``log`` appends rows to the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from studies.data import Dataset, batches
+from studies.store import atomic_torch_save, safe_torch_load
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class TrainState:
+    """What callbacks see: the live model and optimizer, counters, and the metrics log."""
+
+    model: nn.Module
+    optimizer: Any
+    step: int = 0
+    epoch: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    _loss: Tensor | None = None
+
+    @property
+    def loss(self) -> float:
+        """The last mini-batch training loss (NaN before the first step); reading it synchronises the device."""
+        return math.nan if self._loss is None else float(self._loss)
+
+    def log(self, quantity: str, value: float, **keys: Any) -> None:
+        """Append one tidy row ``{step, epoch, quantity, value, **keys}``."""
+        self.records.append({"step": self.step, "epoch": self.epoch, "quantity": quantity, "value": value, **keys})
+
+
+class Callback(Protocol):
+    """Any subset of these hooks; the runner calls those an object defines."""
+
+    def on_step_end(self, state: TrainState) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """A finished run: the tidy metrics, whether it diverged, and the final model weights."""
+
+    metrics: pd.DataFrame
+    diverged: bool
+    state_dict: dict[str, Tensor]
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn = F.cross_entropy, batch_size: int = 1000):
+    """Mean loss and accuracy of ``model`` on ``(x, y)`` in eval mode, without gradients.
+
+    Returns:
+        ``(loss, accuracy)`` as 0-dim tensors on the model's device (no host synchronisation).
+    """
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    with torch.no_grad():
+        for xb, yb in batches(x, y, batch_size, shuffle=False):
+            out = model(xb)
+            total_loss += loss_fn(out, yb) * len(yb)
+            correct += (out.argmax(1) == yb).sum()
+    model.train(was_training)
+    return total_loss / len(y), correct / len(y)
+
+
+def train(
+    model_factory: Callable[[], nn.Module],
+    optimizer_factory: Callable[[nn.Module], Any],
+    data: Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    init_state: dict[str, Tensor] | None = None,
+    callbacks: Sequence[object] = (),
+    loss_fn: LossFn = F.cross_entropy,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_epochs: Sequence[int] = (),
+    progress: bool = True,
+    desc: str | None = None,
+) -> TrainResult:
+    """Train a fresh model from ``init_state`` (or from ``seed``) and record its metrics.
+
+    Args:
+        model_factory: builds the model (called after seeding, so its initialisation depends on ``seed`` alone).
+        optimizer_factory: builds the optimizer from the model already on ``device``.
+        data: training and test tensors; moved to ``device`` once.
+        epochs: number of passes over the training set.
+        batch_size: mini-batch size (the last batch of an epoch may be smaller).
+        seed: fixes the initialisation (when ``init_state`` is ``None``), dropout and the batch order.
+        device: where to train.
+        init_state: a state dict loaded before training, so several optimizers start from the same weights.
+        callbacks: objects with any of the hooks named in the module docstring.
+        loss_fn: mean loss over a batch.
+        checkpoint_dir: folder for checkpoints (``epoch0003.pt``: model, optimizer, step, epoch).
+        checkpoint_epochs: epochs after which to checkpoint (0 = before training).
+        progress: show a progress bar.
+        desc: the progress bar's label.
+
+    Returns:
+        A :class:`TrainResult`; a non-finite loss ends the run early with ``diverged=True``.
+    """
+    if epochs < 0:
+        raise ValueError(f"Invalid number of epochs: {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"Invalid batch_size: {batch_size}")
+    if checkpoint_epochs and checkpoint_dir is None:
+        raise ValueError(f"checkpoint_epochs={list(checkpoint_epochs)} needs a checkpoint_dir")
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = model_factory()
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model.to(device).train()
+    optimizer = optimizer_factory(model)
+    x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
+    x_te, y_te = data.x_test.to(device), data.y_test.to(device)
+    order = torch.Generator().manual_seed(seed)
+    state = TrainState(model, optimizer)
+    hooks = {name: [getattr(c, name) for c in callbacks if hasattr(c, name)] for name in _HOOKS}
+
+    def log_epoch(seconds: float, losses: list[Tensor]) -> None:
+        test_loss, test_acc = evaluate(model, x_te, y_te, loss_fn)
+        if losses:
+            state.log("epoch_train_loss", float(torch.stack(losses).mean()))
+        state.log("test_loss", float(test_loss))
+        state.log("test_accuracy", float(test_acc))
+        if seconds:
+            state.log("seconds", seconds)
+
+    def checkpoint() -> None:
+        if state.epoch in checkpoint_epochs:
+            payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+            payload |= {"step": state.step, "epoch": state.epoch}
+            atomic_torch_save(payload, Path(checkpoint_dir) / f"epoch{state.epoch:04d}.pt")
+
+    for hook in hooks["on_train_begin"]:
+        hook(state)
+    log_epoch(0.0, [])
+    checkpoint()
+    steps_per_epoch = math.ceil(len(y_tr) / batch_size)
+    diverged = False
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False, unit="step")
+    for epoch in range(1, epochs + 1):
+        state.epoch = epoch
+        losses: list[Tensor] = []
+        start = time.perf_counter()
+        for xb, yb in batches(x_tr, y_tr, batch_size, generator=order):
+
+            def closure(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
+                optimizer.zero_grad()
+                loss = loss_fn(model(xb), yb)
+                loss.backward()
+                return loss
+
+            loss = optimizer.step(closure).detach()
+            state.step += 1
+            state._loss = loss
+            losses.append(loss)
+            for hook in hooks["on_step_end"]:
+                hook(state)
+            bar.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        step_losses = torch.stack(losses).cpu()
+        first_step = state.step - len(losses) + 1
+        state.records.extend(
+            {"step": first_step + i, "epoch": epoch, "quantity": "train_loss", "value": v}
+            for i, v in enumerate(step_losses.tolist())
+        )
+        bad = (~torch.isfinite(step_losses)).nonzero()
+        if len(bad):
+            state.records.append(
+                {"step": first_step + int(bad[0]), "epoch": epoch, "quantity": "diverged", "value": 1.0}
+            )
+            diverged = True
+            break
+        log_epoch(seconds, losses)
+        bar.set_postfix(loss=f"{float(step_losses.mean()):.4g}")
+        for hook in hooks["on_epoch_end"]:
+            hook(state)
+        checkpoint()
+    bar.close()
+    for hook in hooks["on_train_end"]:
+        hook(state)
+    metrics = pd.DataFrame.from_records(state.records).sort_values(["step", "epoch"], kind="stable")
+    state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return TrainResult(metrics.reset_index(drop=True), diverged, state_dict)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`train` (``weights_only=True``: arbitrary pickled objects are refused)."""
+    return safe_torch_load(path, map_location)
+
+
+_HOOKS = ("on_train_begin", "on_step_end", "on_epoch_end", "on_train_end")
