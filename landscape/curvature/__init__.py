@@ -1,0 +1,23 @@
+"""Curvature of a loss behind one linear-operator interface, and the estimators that take the operator."""
+
+from landscape.curvature._common import EigenResult
+from landscape.curvature.lanczos import lanczos_eigenpairs
+from landscape.curvature.operator import CurvatureOperator, GGNOperator, HessianOperator
+from landscape.curvature.power import power_iteration_eigenpairs
+from landscape.curvature.slq import SpectralDensity, lanczos_tridiagonal, slq_density
+from landscape.curvature.trace import TraceResult, hutchinson_trace, hutchpp_trace
+
+__all__ = [
+    "CurvatureOperator",
+    "EigenResult",
+    "GGNOperator",
+    "HessianOperator",
+    "SpectralDensity",
+    "TraceResult",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "lanczos_eigenpairs",
+    "lanczos_tridiagonal",
+    "power_iteration_eigenpairs",
+    "slq_density",
+]
