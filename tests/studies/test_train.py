@@ -1,0 +1,123 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from studies.data import load_dataset
+from studies.models import MLP
+from studies.train import load_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    return load_dataset("digits").subset(200, 100)
+
+
+def _run(data, lr=0.05, **kwargs):
+    return train(
+        lambda: MLP(data.input_shape, data.num_classes, widths=(16,), dropout=0.2),
+        lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9),
+        data,
+        epochs=kwargs.pop("epochs", 2),
+        batch_size=32,
+        progress=False,
+        **kwargs,
+    )
+
+
+def _without_timing(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["quantity"] != "seconds"].reset_index(drop=True)
+
+
+def test_metrics_are_tidy_and_complete(small_digits):
+    result = _run(small_digits)
+    m = result.metrics
+    assert list(m.columns[:4]) == ["step", "epoch", "quantity", "value"]
+    per_step = m[m["quantity"] == "train_loss"]
+    assert per_step["step"].tolist() == list(range(1, 15))  # 2 epochs of ceil(200 / 32) = 7 steps
+    for quantity, epochs in [("test_loss", [0, 1, 2]), ("test_accuracy", [0, 1, 2]), ("seconds", [1, 2])]:
+        assert m[m["quantity"] == quantity]["epoch"].tolist() == epochs
+    epoch1 = m[(m["quantity"] == "epoch_train_loss") & (m["epoch"] == 1)]["value"].item()
+    assert epoch1 == pytest.approx(per_step[per_step["epoch"] == 1]["value"].mean())
+    assert not result.diverged
+
+
+def test_same_seed_gives_identical_metrics(small_digits):
+    a, b = _run(small_digits, seed=3), _run(small_digits, seed=3)
+    pd.testing.assert_frame_equal(_without_timing(a.metrics), _without_timing(b.metrics))
+    c = _run(small_digits, seed=4)
+    assert not _without_timing(a.metrics)["value"].equals(_without_timing(c.metrics)["value"])
+
+
+def test_init_state_fixes_the_starting_point(small_digits):
+    torch.manual_seed(123)
+    init = MLP(small_digits.input_shape, 10, widths=(16,)).state_dict()
+    a = _run(small_digits, seed=1, init_state=init, epochs=0)
+    b = _run(small_digits, seed=2, init_state=init, epochs=0)
+    pd.testing.assert_frame_equal(a.metrics, b.metrics)
+    assert all(torch.equal(a.state_dict[k], init[k]) for k in init)
+
+
+def test_nan_loss_is_recorded_as_divergence(small_digits):
+    result = _run(small_digits, lr=1e12, epochs=3)
+    assert result.diverged
+    m = result.metrics
+    diverged = m[m["quantity"] == "diverged"]
+    assert len(diverged) == 1
+    first_bad = m[(m["quantity"] == "train_loss") & ~m["value"].map(math.isfinite)]["step"].min()
+    assert diverged["step"].item() == first_bad
+    assert m["epoch"].max() <= 3
+
+
+def test_callbacks_see_every_step_and_can_log(small_digits):
+    class Counter:
+        def __init__(self):
+            self.calls = []
+
+        def on_train_begin(self, state):
+            self.calls.append("begin")
+
+        def on_step_end(self, state):
+            state.log("lr", state.optimizer.param_groups[0]["lr"], group=0)
+            assert math.isfinite(state.loss)
+
+        def on_epoch_end(self, state):
+            self.calls.append(f"epoch{state.epoch}")
+
+        def on_train_end(self, state):
+            self.calls.append("end")
+
+    counter = Counter()
+    m = _run(small_digits, callbacks=[counter]).metrics
+    assert counter.calls == ["begin", "epoch1", "epoch2", "end"]
+    lr_rows = m[m["quantity"] == "lr"]
+    assert lr_rows["step"].tolist() == list(range(1, 15)) and set(lr_rows["group"]) == {0}
+
+
+def test_checkpoints_round_trip_with_weights_only(small_digits, tmp_path):
+    result = _run(small_digits, checkpoint_dir=tmp_path, checkpoint_epochs=[0, 2])
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["epoch0000.pt", "epoch0002.pt"]
+    ckpt = load_checkpoint(tmp_path / "epoch0002.pt")
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 14
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in result.state_dict.items())
+    assert "momentum_buffer" in ckpt["optimizer"]["state"][0]
+
+
+class Payload:
+    """Any class: unpickling it would run code from the file."""
+
+
+def test_loading_an_arbitrary_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "extra": Payload()}, path)
+    with pytest.raises(ValueError, match="Refusing to load"):
+        load_checkpoint(path)
+
+
+def test_invalid_arguments(small_digits):
+    with pytest.raises(ValueError, match="batch_size: 0"):
+        train(lambda: MLP((1, 8, 8), 10), lambda m: torch.optim.SGD(m.parameters(), 0.1), small_digits, epochs=1,
+              batch_size=0)  # fmt: skip
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        _run(small_digits, checkpoint_epochs=[1])
