@@ -1,0 +1,190 @@
+"""Private helpers of surfaces and sharpness: loss and accuracy at given parameters, and an untouched caller's model.
+
+Every public function that evaluates a model at other parameters runs inside :func:`preserved_state`, which puts back
+parameter values (bit for bit, in the same ``Parameter`` objects), gradients, ``requires_grad`` flags, buffers, the
+train/eval mode of every submodule and the BatchNorm momenta. Nothing here moves the model between devices: data are
+moved to the model instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from landscape._data import Batch
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+AccuracyFn = Callable[[Tensor, Tensor], Tensor]
+ParamDict = dict[str, Tensor]
+
+
+def top1_accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Fraction of examples whose arg-max over dimension 1 equals the integer target; NaN where that does not apply.
+
+    Example:
+        >>> top1_accuracy(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), torch.tensor([1, 1])).item()
+        0.5
+    """
+    classification = (
+        outputs.dim() >= 2
+        and not targets.is_floating_point()
+        and outputs.shape[0] == targets.shape[0]
+        and outputs.shape[2:] == targets.shape[1:]
+    )
+    if classification:
+        return (outputs.argmax(dim=1) == targets).to(outputs.dtype).mean()
+    return torch.full((), float("nan"), dtype=outputs.dtype, device=outputs.device)
+
+
+def function_name(fn: Callable) -> str:
+    """A stable, readable name of a loss or accuracy function (recorded in configs and cache keys)."""
+    if hasattr(fn, "__qualname__"):
+        return f"{getattr(fn, '__module__', '')}.{fn.__qualname__}"
+    return repr(fn)
+
+
+def batches_to(batches: Sequence[Batch], device: torch.device) -> list[Batch]:
+    """The batches with inputs and targets moved to ``device``."""
+    return [(x.to(device), y.to(device)) for x, y in batches]
+
+
+def batchnorm_modules(model: nn.Module) -> list[_BatchNorm]:
+    """The model's BatchNorm layers that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+@contextmanager
+def preserved_state(model: nn.Module) -> Iterator[None]:
+    """Run a block that may change ``model`` in place, then put every parameter, buffer, flag and mode back."""
+    params = [(p, p.detach().clone(), p.requires_grad, p.grad) for p in model.parameters()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    modes = [(m, m.training) for m in model.modules()]
+    momenta = [(m, m.momentum) for m in batchnorm_modules(model)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value, requires_grad, grad in params:
+                p.copy_(value)
+                p.requires_grad_(requires_grad)
+                p.grad = grad
+            for b, value in buffers:
+                b.copy_(value)
+        for m, training in modes:
+            m.training = training
+        for m, momentum in momenta:
+            m.momentum = momentum
+
+
+def combine(origin: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tensor]], coords: Tensor) -> ParamDict:
+    r"""Parameters :math:`\theta_0 + \sum_k c_k d_k` for one point ``coords`` (a vector of length ``len(directions)``).
+
+    Names absent from a direction are not moved along it. The loop and the batched path both call this, so they
+    perturb parameters with the same floating-point operations.
+    """
+    out = {}
+    for name, theta in origin.items():
+        value = theta
+        for k, direction in enumerate(directions):
+            if name in direction:
+                value = value + coords[k] * direction[name]
+        out[name] = value
+    return out
+
+
+def recompute_batchnorm(model: nn.Module, batches: Sequence[Batch]) -> None:
+    """Re-estimate BatchNorm running statistics at the model's current parameters on ``batches``.
+
+    Statistics are reset and accumulated as a cumulative average (``momentum=None``) with only the BatchNorm layers in
+    training mode, so dropout and other train-time behaviour do not disturb the estimate. The caller restores modes.
+    """
+    layers = batchnorm_modules(model)
+    if not layers:
+        return
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        for x, _ in batches:
+            model(x)
+    for m in layers:
+        m.eval()
+
+
+class LoopEvaluator:
+    """The reference: set each grid point's parameters in place, then run the model batch by batch.
+
+    Args:
+        model: the network, already in eval mode inside :func:`preserved_state`.
+        origin: parameters at the grid origin, by name.
+        directions: one or two directions (dicts by parameter name).
+        batches: evaluation batches, on the model's device.
+        loss_fn: mean loss of a batch, ``loss_fn(outputs, targets)``.
+        accuracy_fn: mean accuracy of a batch.
+        bn_batches: when given, BatchNorm statistics are re-estimated on them at every point.
+    """
+
+    name = "loop"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        origin: Mapping[str, Tensor],
+        directions: Sequence[Mapping[str, Tensor]],
+        batches: Sequence[Batch],
+        loss_fn: LossFn,
+        accuracy_fn: AccuracyFn,
+        bn_batches: Sequence[Batch] | None = None,
+    ) -> None:
+        self.model, self.origin, self.directions = model, origin, directions
+        self.batches, self.loss_fn, self.accuracy_fn, self.bn_batches = batches, loss_fn, accuracy_fn, bn_batches
+        self.params = dict(model.named_parameters())
+        self.n_points = 0
+
+    def __call__(self, coords: Tensor) -> tuple[Tensor, Tensor]:
+        """Loss and accuracy at every row of ``coords`` (shape ``(G, k)``), as float64 tensors of length ``G``."""
+        losses, accs = torch.empty(len(coords), dtype=torch.float64), torch.empty(len(coords), dtype=torch.float64)
+        for i, point in enumerate(coords):
+            with torch.no_grad():
+                for name, value in combine(self.origin, self.directions, point).items():
+                    self.params[name].copy_(value)
+            if self.bn_batches is not None:
+                recompute_batchnorm(self.model, self.bn_batches)
+            losses[i], accs[i] = evaluate_batches(self.model, self.batches, self.loss_fn, self.accuracy_fn)
+            self.n_points += 1
+        return losses, accs
+
+
+def evaluate_batches(
+    forward: Callable[[Tensor], Tensor], batches: Sequence[Batch], loss_fn: LossFn, accuracy_fn: AccuracyFn
+) -> tuple[float, float]:
+    """Example-weighted mean loss and accuracy of ``forward`` over ``batches`` (no gradient)."""
+    total = sum(len(y) for _, y in batches)
+    loss, acc = 0.0, 0.0
+    with torch.no_grad():
+        for x, y in batches:
+            out = forward(x)
+            loss += float(loss_fn(out, y)) * len(y) / total
+            acc += float(accuracy_fn(out, y)) * len(y) / total
+    return loss, acc
+
+
+def flatten(tensors: Mapping[str, Tensor]) -> Tensor:
+    """All tensors of a dict concatenated into one vector, in the dict's order."""
+    return torch.cat([t.reshape(-1) for t in tensors.values()])
+
+
+def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> ParamDict:
+    """Split ``vector`` into tensors shaped like the values of ``like`` (inverse of :func:`flatten`)."""
+    out, start = {}, 0
+    for name, t in like.items():
+        out[name] = vector[start : start + t.numel()].view_as(t)
+        start += t.numel()
+    if start != vector.numel():
+        raise ValueError(f"vector has {vector.numel()} entries, the parameters {start}")
+    return out

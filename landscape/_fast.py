@@ -1,0 +1,194 @@
+r"""The batched surface evaluator: many grid points per pass with ``torch.func.functional_call`` and ``vmap``.
+
+For a chunk of grid points :math:`c^{(g)} = (\alpha_g, \beta_g)` the parameters
+:math:`\theta_0 + \alpha_g d_1 + \beta_g d_2` are built and the model is run on all of them at once with
+``vmap(functional_call)``. When the first layer that touches parameters is affine (linear or convolution) and
+receives only parameter-free transforms of the input, its output is linear in the grid coordinates:
+
+.. math::
+    f(x; W_0 + \alpha D_1 + \beta D_2,\, b_0 + \alpha e_1 + \beta e_2)
+    = f(x; W_0, b_0) + \alpha f(x; D_1, e_1) + \beta f(x; D_2, e_2),
+
+so the three products on the right are computed once per batch and combined for every point; only the rest of the
+network runs per point. The trick is checked against the plain batched call on a few examples before use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from landscape._data import Batch
+from landscape._evaluation import AccuracyFn, LossFn, combine
+
+AFFINE = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early."""
+
+
+def first_affine_layer(model: nn.Module, x: Tensor) -> str | None:
+    """Name of the first parameter-owning module called in a forward pass, when the trick applies to it.
+
+    It applies when every parameter belongs to a leaf module, the first such module called is affine, is called
+    once, and shares no parameter with another module. Otherwise ``None``.
+    """
+    owners = {name: m for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+    if not owners or any(any(True for _ in m.children()) for m in owners.values()):
+        return None
+    calls: list[str] = []
+    handles = [m.register_forward_pre_hook(lambda _m, _a, name=name: calls.append(name)) for name, m in owners.items()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not calls or not isinstance(owners[calls[0]], AFFINE) or calls.count(calls[0]) != 1:
+        return None
+    first = owners[calls[0]]
+    own = {id(p) for p in first.parameters()}
+    for name, m in owners.items():
+        if name != calls[0] and any(id(p) in own for p in m.parameters(recurse=False)):
+            return None
+    return calls[0]
+
+
+def _layer_input(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
+    """The tensor ``layer`` receives when ``model`` runs on ``x`` (the forward pass stops there)."""
+    captured = []
+
+    def hook(_module: nn.Module, args: tuple) -> None:
+        captured.append(args[0])
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+class FastEvaluator:
+    """Loss and accuracy at a chunk of grid points in one ``vmap`` over ``functional_call`` per batch.
+
+    Args:
+        model: the network, in eval mode; it is never modified, except that during a call the first affine layer's
+            ``forward`` is replaced by the precomputed combination (and put back before returning).
+        origin: parameters at the origin, by name (trainable ones).
+        directions: one or two directions.
+        batches: evaluation batches on the model's device.
+        loss_fn: mean loss of a batch.
+        accuracy_fn: mean accuracy of a batch.
+        first_layer_trick: use the first-affine-layer shortcut when it applies (default True).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        origin: Mapping[str, Tensor],
+        directions: Sequence[Mapping[str, Tensor]],
+        batches: Sequence[Batch],
+        loss_fn: LossFn,
+        accuracy_fn: AccuracyFn,
+        first_layer_trick: bool = True,
+    ) -> None:
+        self.model, self.origin, self.directions = model, origin, directions
+        self.batches, self.loss_fn, self.accuracy_fn = batches, loss_fn, accuracy_fn
+        self.n_points = 0
+        x, y = batches[0]
+        probe = [(x[:4], y[:4])]
+        coords = torch.tensor([[0.0] * len(directions), [0.5, -0.25][: len(directions)]])
+        plain = self._chunk(coords, probe, use_trick=False)  # raises where the model cannot be vmapped
+        self.layer_name = first_affine_layer(model, x[:2]) if first_layer_trick else None
+        if self.layer_name is not None:
+            with_trick = self._chunk(coords, probe, use_trick=True)
+            tol = 1e-4 if x.dtype in (torch.float32, torch.float64) else 1e-2
+            if not all(
+                torch.allclose(a, b, rtol=tol, atol=tol, equal_nan=True) for a, b in zip(with_trick, plain, strict=True)
+            ):
+                self.layer_name = None
+        self.name = "vmap+first_layer" if self.layer_name is not None else "vmap"
+
+    def __call__(self, coords: Tensor) -> tuple[Tensor, Tensor]:
+        """Loss and accuracy at every row of ``coords`` (shape ``(G, k)``), as float64 tensors of length ``G``."""
+        out = self._chunk(coords, self.batches, use_trick=self.layer_name is not None)
+        self.n_points += len(coords)
+        return out
+
+    def _chunk(self, coords: Tensor, batches: Sequence[Batch], use_trick: bool) -> tuple[Tensor, Tensor]:
+        dtype = next(iter(self.origin.values())).dtype
+        device = next(iter(self.origin.values())).device
+        coords = coords.to(device, dtype)
+        total = sum(len(y) for _, y in batches)
+        loss = torch.zeros(len(coords), dtype=torch.float64)
+        acc = torch.zeros(len(coords), dtype=torch.float64)
+        with torch.no_grad():
+            for x, y in batches:
+                batch_loss, batch_acc = self._batch(coords, x, y, use_trick)
+                loss += batch_loss.double().cpu() * (len(y) / total)
+                acc += batch_acc.double().cpu() * (len(y) / total)
+        return loss, acc
+
+    def _batch(self, coords: Tensor, x: Tensor, y: Tensor, use_trick: bool) -> tuple[Tensor, Tensor]:
+        if not use_trick:
+
+            def point(c: Tensor) -> tuple[Tensor, Tensor]:
+                out = functional_call(self.model, combine(self.origin, self.directions, c), (x,))
+                return self.loss_fn(out, y), self.accuracy_fn(out, y)
+
+            return vmap(point)(coords)
+        prefix = self.layer_name + "."
+        layer = self.model.get_submodule(self.layer_name)
+        full = dict(layer.named_parameters())
+        inp = _layer_input(self.model, layer, x)
+
+        def layer_params(source: Mapping[str, Tensor], fill_zero: bool) -> dict[str, Tensor]:
+            out = {}
+            for n in full:
+                if prefix + n in source:
+                    out[n] = source[prefix + n]
+                else:
+                    out[n] = torch.zeros_like(full[n]) if fill_zero else full[n].detach()
+            return out
+
+        base = functional_call(layer, layer_params(self.origin, fill_zero=False), (inp,))
+        parts = [functional_call(layer, layer_params(d, fill_zero=True), (inp,)) for d in self.directions]
+        rest_origin = {n: t for n, t in self.origin.items() if not n.startswith(prefix)}
+        current: list[Tensor] = []
+
+        def combined(*_args: Tensor, **_kwargs: Tensor) -> Tensor:
+            out = base
+            for k, part in enumerate(parts):
+                out = out + current[0][k] * part
+            return out
+
+        def point(c: Tensor) -> tuple[Tensor, Tensor]:
+            current[:] = [c]
+            out = functional_call(self.model, combine(rest_origin, self.directions, c), (x,))
+            return self.loss_fn(out, y), self.accuracy_fn(out, y)
+
+        saved = layer.__dict__.get("forward")
+        layer.forward = combined
+        try:
+            return vmap(point)(coords)
+        finally:
+            if saved is None:
+                del layer.forward
+            else:
+                layer.forward = saved
