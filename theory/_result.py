@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-__all__ = ["CheckResult", "is_zero", "make_result", "mean_and_se", "variance_and_se"]
+__all__ = ["CheckResult", "generic_branch", "is_zero", "make_result", "mean_and_se", "variance_and_se"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,20 @@ def make_result(
         source=source,
         note=note,
     )
+
+
+def generic_branch(expr: sp.Basic) -> sp.Basic:
+    """Replace every sympy ``Piecewise`` by its branch whose condition is ``True`` (e.g. the β ≠ 1 case of a sum).
+
+    Example:
+        >>> import sympy as sp
+        >>> b, t, i = sp.symbols("b t i", positive=True)
+        >>> generic_branch(sp.summation(b**i, (i, 0, t - 1)))
+        (1 - b**t)/(1 - b)
+    """
+    if isinstance(expr, sp.Piecewise):
+        return generic_branch(next(e for e, c in expr.args if c == sp.true))
+    return expr.replace(lambda e: isinstance(e, sp.Piecewise), generic_branch)
 
 
 def is_zero(expr: sp.Basic) -> bool:

@@ -25,7 +25,7 @@ import sympy as sp
 import torch
 from scipy.special import gammaln
 
-from theory._result import CheckResult, is_zero, make_result, mean_and_se, variance_and_se
+from theory._result import CheckResult, generic_branch, is_zero, make_result, mean_and_se, variance_and_se
 
 __all__ = [
     "adaptive_lr_monte_carlo",
@@ -55,13 +55,6 @@ DENSITY = (
     * x_ ** (-(1 + rho_ / 2))
     * sp.exp(-rho_ * tau_**2 / (2 * x_))
 )
-
-
-def _generic_branch(expr: sp.Basic) -> sp.Basic:
-    """The branch of a sympy ``Piecewise`` whose condition is ``True`` (the β₂ ≠ 1 case of a sum)."""
-    if isinstance(expr, sp.Piecewise):
-        return next(e for e, c in expr.args if c == sp.true)
-    return expr.replace(lambda e: isinstance(e, sp.Piecewise), _generic_branch)
 
 
 def _moment(k: sp.Expr) -> sp.Expr:
@@ -109,7 +102,7 @@ def center_of_mass(formula: sp.Expr | None = None, beta2: float = 0.999) -> Chec
         reads ``rho_t`` from ``optim.RAdam``'s state when that optimizer exists.
     """
     claimed = RHO_T if formula is None else formula
-    com = (1 - beta2_) * _generic_branch(sp.summation(beta2_ ** (t_ - i_) * i_, (i_, 1, t_))) / (1 - beta2_**t_)
+    com = (1 - beta2_) * generic_branch(sp.summation(beta2_ ** (t_ - i_) * i_, (i_, 1, t_))) / (1 - beta2_**t_)
     f = sp.Symbol("f", positive=True)
     sma_com = sp.summation(t_ + 1 - j_, (j_, 1, f)) / f
     (solution,) = sp.solve(sp.Eq(com, sma_com), f)
