@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+import torch
+from scipy.sparse.linalg import LinearOperator
+from torch.func import functional_call
+
+from landscape.curvature.operator import GGNOperator, HessianOperator
+
+loss_fn = torch.nn.functional.cross_entropy
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny tensors: one intra-op thread is faster on a shared 2-core machine; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_problem(dtype=torch.float64):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).to(dtype)
+    x, y = torch.randn(40, 4, dtype=dtype), torch.randint(0, 3, (40,))
+    return model, x, y
+
+
+def flat_params(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
+
+
+def dense_reference(model, x, y, op):
+    names = [n for n, _ in model.named_parameters()]
+
+    def outputs(theta):
+        return functional_call(model, dict(zip(names, op.unflatten(theta), strict=True)), (x.double(),))
+
+    theta = flat_params(model)
+    hessian = torch.func.hessian(lambda t: loss_fn(outputs(t), y))(theta)
+    out = outputs(theta).detach()
+    jacobian = torch.func.jacrev(outputs)(theta).reshape(out.numel(), -1)
+    out_hessian = torch.func.hessian(lambda o: loss_fn(o.reshape(out.shape), y))(out.reshape(-1))
+    return hessian, jacobian.T @ out_hessian @ jacobian
+
+
+def test_hvp_equals_dense_hessian_with_uneven_batches():
+    model, x, y = small_problem()
+    op = HessianOperator(model, loss_fn, [(x[:13], y[:13]), (x[13:], y[13:])], dtype=torch.float64)
+    hessian, _ = dense_reference(model, x, y, op)
+    n = op.shape[0]
+    assert n == 51
+    np.testing.assert_allclose(op.matmat(np.eye(n)), hessian.numpy(), rtol=0, atol=1e-13)
+    v = torch.randn(n, dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), hessian @ v, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(op @ v.numpy(), (hessian @ v).numpy(), rtol=0, atol=1e-13)
+    assert op.applications == n + 2
+    assert isinstance(op, LinearOperator) and op.dtype == np.float64 and op.shape == (n, n)
+
+
+def test_batch_split_does_not_change_operator():
+    model, x, y = small_problem()
+    whole = HessianOperator(model, loss_fn, (x, y), dtype=torch.float64)
+    split = HessianOperator(model, loss_fn, (x, y), dtype=torch.float64, batch_size=7)
+    v = np.random.default_rng(0).standard_normal(whole.shape[0])
+    np.testing.assert_allclose(whole.matvec(v), split.matvec(v), rtol=0, atol=1e-14)
+    total, count = split.shard_sum(torch.as_tensor(v)[:, None])
+    assert count == 40
+    np.testing.assert_allclose(total[:, 0].numpy() / count, whole.matvec(v), atol=1e-14)
+
+
+def test_float64_option_on_float32_model_leaves_model_untouched():
+    model, x, y = small_problem(torch.float32)
+    model.train()
+    before = [p.detach().clone() for p in model.parameters()]
+    op64 = HessianOperator(model, loss_fn, (x, y), dtype=torch.float64)
+    op32 = HessianOperator(model, loss_fn, (x, y))
+    assert op64.dtype == np.float64 and op32.dtype == np.float32
+    v = torch.randn(op64.shape[0])
+    hv32 = op32.matvec(v)
+    assert hv32.dtype == torch.float32
+    torch.testing.assert_close(hv32.double(), op64.matvec(v.double()), rtol=1e-4, atol=1e-5)
+    assert model.training and all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_ggn_equals_dense_jacobian_product():
+    model, x, y = small_problem()
+    op = GGNOperator(model, loss_fn, [(x[:25], y[:25]), (x[25:], y[25:])], dtype=torch.float64)
+    _, ggn = dense_reference(model, x, y, op)
+    np.testing.assert_allclose(op.matmat(np.eye(op.shape[0])), ggn.numpy(), rtol=0, atol=1e-13)
+    assert np.linalg.eigvalsh(ggn.numpy()).min() > -1e-12  # PSD for a convex loss
+
+
+def test_ggn_equals_hessian_for_linear_model_and_squared_loss():
+    torch.manual_seed(1)
+    model = torch.nn.Linear(3, 2).double()
+    x, y = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 2, dtype=torch.float64)
+    mse = torch.nn.functional.mse_loss
+    eye = np.eye(8)
+    h = HessianOperator(model, mse, (x, y)).matmat(eye)
+    g = GGNOperator(model, mse, (x, y)).matmat(eye)
+    np.testing.assert_allclose(g, h, atol=1e-14)
+    xb = torch.cat([x, torch.ones(10, 1, dtype=torch.float64)], 1)  # H = 2/(N m) kron(I_2, X^T X) in (W, b) order
+    block = 2 / 20 * (xb.T @ xb).numpy()
+    expected = np.zeros((8, 8))
+    for i in range(2):
+        rows = [3 * i + j for j in range(3)] + [6 + i]
+        expected[np.ix_(rows, rows)] = block
+    np.testing.assert_allclose(h, expected, atol=1e-14)
+
+
+def test_invalid_arguments():
+    model, x, y = small_problem()
+    with pytest.raises(ValueError, match="dtype"):
+        HessianOperator(model, loss_fn, (x, y), dtype=torch.int64)
+    with pytest.raises(TypeError, match="nn.Module"):
+        HessianOperator(lambda t: t, loss_fn, (x, y))
+    with pytest.raises(ValueError, match="shape"):
+        HessianOperator(model, loss_fn, (x, y)).matmat(torch.zeros(3, 1, dtype=torch.float64))

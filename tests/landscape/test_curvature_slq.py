@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from landscape.curvature._common import rademacher, rng
+from landscape.curvature.operator import HessianOperator
+from landscape.curvature.slq import slq_density
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny tensors: one intra-op thread is faster on a shared 2-core machine; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def hessian():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    x, y = torch.randn(40, 4, dtype=torch.float64), torch.randint(0, 3, (40,))
+    op = HessianOperator(model, torch.nn.functional.cross_entropy, (x, y))
+    return op, op.matmat(np.eye(op.shape[0]))
+
+
+def test_density_integrates_to_one_and_first_moment_is_normalised_trace(hessian):
+    op, dense = hessian
+    n = op.shape[0]
+    result = slq_density(op, probes=30, steps=20, seed=0)
+    assert result.applications == 30 * 20
+    assert np.trapezoid(result.density, result.grid) == pytest.approx(1.0, abs=1e-8)
+    density_mean = np.trapezoid(result.grid * result.density, result.grid)
+    assert density_mean == pytest.approx(result.moment(1), abs=1e-8)
+    per_probe = result.nodes_frame().assign(m=lambda f: f.weight * f.node).groupby("probe").m.sum().to_numpy()
+    np.testing.assert_allclose(result.nodes_frame().groupby("probe").weight.sum(), 1.0, atol=1e-12)
+    # the quadrature's first moment of each probe is exactly v^T H v for that probe
+    z = rademacher(rng(0), n, 1)[:, 0]
+    assert per_probe[0] == pytest.approx(z @ dense @ z / n, abs=1e-12)
+    se = per_probe.std(ddof=1) / np.sqrt(len(per_probe))
+    assert abs(result.moment(1) - np.trace(dense) / n) <= 4 * se
+
+
+def test_full_lanczos_recovers_the_spectrum_edges_and_second_moment(hessian):
+    op, dense = hessian
+    n = op.shape[0]
+    eigenvalues = np.linalg.eigvalsh(dense)
+    result = slq_density(op, probes=20, steps=n, seed=1)
+    nodes = result.nodes_frame()
+    first = nodes[nodes.probe == 0].node
+    assert first.max() == pytest.approx(eigenvalues[-1], abs=1e-8)
+    assert first.min() == pytest.approx(eigenvalues[0], abs=1e-8)
+    per_probe = nodes.assign(m=nodes.weight * nodes.node**2).groupby("probe").m.sum()
+    se = per_probe.std(ddof=1) / np.sqrt(len(per_probe))
+    assert abs(result.moment(2) - np.trace(dense @ dense) / n) <= 4 * se
+
+
+def test_grid_sigma_and_frame():
+    result = slq_density(np.diag([0.0, 1.0]), probes=2, steps=2, sigma=0.1, grid=np.linspace(-1, 2, 301), seed=0)
+    assert list(result.frame().columns) == ["eigenvalue", "density"]
+    peak = result.frame().set_index("eigenvalue").density
+    assert peak.idxmax() == pytest.approx(0.0, abs=1e-12) or peak.idxmax() == pytest.approx(1.0, abs=1e-12)
+    assert np.trapezoid(result.density, result.grid) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="probes"):
+        slq_density(np.eye(3), probes=0)
+    with pytest.raises(ValueError, match="steps"):
+        slq_density(np.eye(3), steps=0)
+    with pytest.raises(ValueError, match="sigma"):
+        slq_density(np.eye(3), sigma=-1.0)
