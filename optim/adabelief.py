@@ -1,0 +1,167 @@
+"""AdaBelief (Zhuang et al. 2020): Adam whose second moment tracks the belief (g − m)²."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from optim._checks import check_betas, check_bool, check_nonnegative, check_positive, evaluate
+from optim.radam import rectification
+
+__all__ = ["AdaBelief", "adabelief"]
+
+
+def adabelief(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_vars: list[Tensor],
+    steps: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    rectify: bool,
+) -> list[bool]:
+    """Apply one AdaBelief update in place (``steps`` already incremented); return per tensor if rectified."""
+    rectified = []
+    for param, grad, exp_avg, exp_avg_var, step in zip(params, grads, exp_avgs, exp_avg_vars, steps, strict=True):
+        if weight_decay != 0:
+            if decoupled:
+                param.mul_(1 - lr * weight_decay)
+            else:
+                grad = grad.add(param, alpha=weight_decay)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        exp_avg.lerp_(grad, 1 - beta1)
+        residual = grad - exp_avg
+        exp_avg_var.mul_(beta2).addcmul_(residual, residual, value=1 - beta2).add_(eps)
+        if not rectify:
+            rectified.append(False)
+            denom = exp_avg_var.sqrt().div_(math.sqrt(bias_correction2)).add_(eps)
+            param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+            continue
+        rho_t, r_t = rectification(step, beta2)
+        rectified.append(rho_t >= 5)
+        if rho_t >= 5:
+            step_size = lr * r_t * math.sqrt(bias_correction2) / bias_correction1
+            param.addcdiv_(exp_avg, exp_avg_var.sqrt().add_(eps), value=-step_size)
+        else:
+            param.add_(exp_avg, alpha=-lr / bias_correction1)
+    return rectified
+
+
+class AdaBelief(Optimizer):
+    r"""AdaBelief: the step is large where the gradient agrees with its prediction m, small where it does not.
+
+    γ, β₁, β₂, ε, λ are ``lr``, ``betas``, ``eps``, ``weight_decay``; t counts steps from 1.
+
+    .. math::
+        m_t = β_1 m_{t-1} + (1-β_1) g_t,\quad s_t = β_2 s_{t-1} + (1-β_2)(g_t - m_t)^2 + ε,\\
+        θ_t = θ_{t-1} - \frac{γ}{1-β_1^t}\,\frac{m_t}{\sqrt{s_t}/\sqrt{1-β_2^t} + ε}.
+
+    ε accumulates inside s as in the authors' package (adabelief-pytorch 0.2.1). Decay is decoupled,
+    :math:`θ ← θ(1-γλ)`, or coupled :math:`g ← g + λθ`. With ``rectify`` the RAdam rectification of the
+    authors' package applies: for :math:`ρ_t ≥ 5`,
+    :math:`θ_t = θ_{t-1} - γ r_t \sqrt{1-β_2^t}/(1-β_1^t) · m_t/(\sqrt{s_t}+ε)`, otherwise
+    :math:`θ_t = θ_{t-1} - γ m_t/(1-β_1^t)`.
+
+    Args:
+        params: Iterable of parameters or param groups.
+        lr: γ. Default 1e-3 (Zhuang et al. 2020).
+        betas: (β₁, β₂). Default (0.9, 0.999).
+        eps: ε. Default 1e-16 (authors' package 0.2.1).
+        weight_decay: λ. Default 0.
+        decoupled: decoupled (AdamW-style) decay. Default True (authors' package).
+        rectify: RAdam-style rectification. Default False, the paper's Algorithm 2 (the package defaults to True).
+
+    State per parameter: ``step``, ``exp_avg`` m, ``exp_avg_var`` s; with ``rectify`` also ``rho_t``, ``r_t``
+    (NaN when not rectified) and ``rectified`` of the last step.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.ones(1))
+        >>> opt = AdaBelief([p], lr=0.1)
+        >>> p.sum().backward(); opt.step(); round(p.item(), 4)
+        0.8889
+
+    Reference: Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed Gradients",
+    NeurIPS 2020, Algorithm 2.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-16,
+        weight_decay: float = 0,
+        decoupled: bool = True,
+        rectify: bool = False,
+    ) -> None:
+        check_nonnegative("lr", lr)
+        check_betas(betas)
+        check_positive("eps", eps)
+        check_nonnegative("weight_decay", weight_decay)
+        check_bool("decoupled", decoupled)
+        check_bool("rectify", rectify)
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, decoupled=decoupled, rectify=rectify
+        )
+        super().__init__(params, defaults)
+
+    def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:
+        params, grads, exp_avgs, exp_avg_vars, states = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("AdaBelief does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = 0  # steps taken
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # m
+                state["exp_avg_var"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # s
+            state["step"] += 1
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_vars.append(state["exp_avg_var"])
+            states.append(state)
+        return params, grads, exp_avgs, exp_avg_vars, states
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        loss = evaluate(closure)
+        for group in self.param_groups:
+            params, grads, exp_avgs, exp_avg_vars, states = self._init_group(group)
+            beta1, beta2 = group["betas"]
+            rectified = adabelief(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_vars,
+                [state["step"] for state in states],
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                decoupled=group["decoupled"],
+                rectify=group["rectify"],
+            )
+            if group["rectify"]:
+                for state, is_rectified in zip(states, rectified, strict=True):
+                    rho_t, r_t = rectification(state["step"], beta2)
+                    state["rho_t"] = rho_t  # ρ_t of the last step
+                    state["r_t"] = r_t if is_rectified else math.nan  # r_t applied, NaN if not rectified
+                    state["rectified"] = is_rectified  # branch taken in the last step
+        return loss

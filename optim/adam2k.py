@@ -1,0 +1,130 @@
+"""Adam-2k, the control of the RAdam paper: Adam that only accumulates v during its first k steps."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from optim._checks import check_betas, check_nonnegative, check_positive, evaluate
+
+__all__ = ["Adam2k", "adam2k"]
+
+
+def adam2k(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    freeze_steps: int,
+) -> None:
+    """Apply one Adam-2k update in place (``steps`` already incremented)."""
+    for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        if step <= freeze_steps:
+            continue
+        exp_avg.lerp_(grad, 1 - beta1)
+        step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+        param.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(eps), value=-step_size)
+
+
+class Adam2k(Optimizer):
+    r"""Adam-2k: v is warmed up for k steps before m and θ move.
+
+    γ, β₁, β₂, ε, k are ``lr``, ``betas``, ``eps``, ``freeze_steps``; t counts every step from 1.
+
+    .. math::
+        v_t = β_2 v_{t-1} + (1-β_2) g_t^2;\quad \text{for } t > k:\
+        m_t = β_1 m_{t-1} + (1-β_1) g_t,\quad
+        θ_t = θ_{t-1} - γ\frac{\sqrt{1-β_2^t}}{1-β_1^t}\,\frac{m_t}{\sqrt{v_t}+ε}.
+
+    As the RAdam authors coded the control: during the first k steps only v changes (no m, no θ update);
+    the counter t keeps counting through them, so the bias corrections use the total step count and ε sits on
+    the raw :math:`\sqrt{v_t}`. There is no weight decay.
+
+    Args:
+        params: Iterable of parameters or param groups.
+        lr: γ. Default 1e-3.
+        betas: (β₁, β₂). Default (0.9, 0.999).
+        eps: ε. Default 1e-8.
+        freeze_steps: k. Default 2000 (Liu et al. 2020, Sec. 3).
+
+    State per parameter: ``step``, ``exp_avg`` m, ``exp_avg_sq`` v and ``frozen`` (the last step only
+    updated v).
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.ones(1))
+        >>> opt = Adam2k([p], lr=0.1, freeze_steps=1)
+        >>> p.sum().backward(); opt.step(); p.item(), opt.state[p]["frozen"]
+        (1.0, True)
+
+    Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020, Sec. 3.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        freeze_steps: int = 2000,
+    ) -> None:
+        check_nonnegative("lr", lr)
+        check_betas(betas)
+        check_positive("eps", eps)
+        if not (isinstance(freeze_steps, int) and freeze_steps >= 0):
+            raise ValueError(f"Invalid freeze_steps: {freeze_steps} (must be an int >= 0)")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, freeze_steps=freeze_steps))
+
+    def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:
+        params, grads, exp_avgs, exp_avg_sqs, states = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("Adam2k does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = 0  # steps taken, frozen ones included
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # m
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # v
+            state["step"] += 1
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            states.append(state)
+        return params, grads, exp_avgs, exp_avg_sqs, states
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        loss = evaluate(closure)
+        for group in self.param_groups:
+            params, grads, exp_avgs, exp_avg_sqs, states = self._init_group(group)
+            beta1, beta2 = group["betas"]
+            adam2k(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                [state["step"] for state in states],
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                freeze_steps=group["freeze_steps"],
+            )
+            for state in states:
+                state["frozen"] = state["step"] <= group["freeze_steps"]  # the last step only updated v
+        return loss

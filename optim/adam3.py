@@ -1,0 +1,136 @@
+"""AdaM3 (Wang et al.): Adam whose second moment is built from the momentum instead of the gradient."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from optim._checks import check_betas, check_bool, check_nonnegative, check_positive, evaluate
+
+__all__ = ["AdaM3", "adam3"]
+
+
+def adam3(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+) -> None:
+    """Apply one AdaM3 update in place (``steps`` already incremented)."""
+    for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
+        if weight_decay != 0:
+            if decoupled:
+                param.mul_(1 - lr * weight_decay)
+            else:
+                grad = grad.add(param, alpha=weight_decay)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(exp_avg, exp_avg, value=1 - beta2).add_(eps)
+        denom = exp_avg_sq.sqrt().div_(math.sqrt(bias_correction2))
+        param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+
+
+class AdaM3(Optimizer):
+    r"""AdaM3: "momentum the second moment"; early steps are close to :math:`γ/(1-β_1)` per coordinate.
+
+    γ, β₁, β₂, ε, λ are ``lr``, ``betas``, ``eps``, ``weight_decay``; t counts steps from 1.
+
+    .. math::
+        m_t = β_1 m_{t-1} + (1-β_1) g_t,\quad v_t = β_2 v_{t-1} + (1-β_2) m_t^2 + ε,\\
+        θ_t = θ_{t-1} - \frac{γ}{1-β_1^t}\,\frac{m_t}{\sqrt{v_t}/\sqrt{1-β_2^t}}.
+
+    As in the authors' code ``wyzjack/AdaM3``: ε accumulates inside v and there is no outer ε.
+    Decay is decoupled, :math:`θ ← θ(1-γλ)`, or coupled :math:`g ← g + λθ`.
+
+    Args:
+        params: Iterable of parameters or param groups.
+        lr: γ. Default 1e-3.
+        betas: (β₁, β₂). Default (0.9, 0.999) (authors' code).
+        eps: ε. Default 1e-16 (authors' code).
+        weight_decay: λ. Default 0.
+        decoupled: decoupled decay. Default True (authors' code).
+
+    State per parameter: ``step``, ``exp_avg`` m, ``exp_avg_sq`` v.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+        >>> opt = AdaM3([p], lr=0.01)
+        >>> p.sum().backward(); opt.step(); round(p.item(), 6)
+        0.9
+
+    Reference: Wang et al., "Momentum Centering and Asynchronous Update for Adaptive Gradient Methods"
+    (AdaM3, arXiv:2110.05454), Algorithm 1.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-16,
+        weight_decay: float = 0,
+        decoupled: bool = True,
+    ) -> None:
+        check_nonnegative("lr", lr)
+        check_betas(betas)
+        check_positive("eps", eps)
+        check_nonnegative("weight_decay", weight_decay)
+        check_bool("decoupled", decoupled)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, decoupled=decoupled)
+        super().__init__(params, defaults)
+
+    def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:
+        params, grads, exp_avgs, exp_avg_sqs, states = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("AdaM3 does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = 0  # steps taken
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # m
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # v (of m)
+            state["step"] += 1
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            states.append(state)
+        return params, grads, exp_avgs, exp_avg_sqs, states
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        loss = evaluate(closure)
+        for group in self.param_groups:
+            params, grads, exp_avgs, exp_avg_sqs, states = self._init_group(group)
+            beta1, beta2 = group["betas"]
+            adam3(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                [state["step"] for state in states],
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                decoupled=group["decoupled"],
+            )
+        return loss

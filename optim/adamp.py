@@ -1,0 +1,174 @@
+"""AdamP (Heo et al. 2021): Adam that removes the radial part of the update of scale-invariant weights."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from optim._checks import check_betas, check_nonnegative, check_positive, evaluate
+from optim._projection import Projection, project_radial
+
+__all__ = ["AdamP", "adamp"]
+
+
+def adamp(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    delta: float,
+    wd_ratio: float,
+    nesterov: bool,
+) -> list[Projection]:
+    """Apply one AdamP update in place (``steps`` already incremented); return the projection of each tensor."""
+    projections = []
+    for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = exp_avg_sq.sqrt().div_(math.sqrt(bias_correction2)).add_(eps)
+        if nesterov:
+            update = (exp_avg * beta1).add_(grad, alpha=1 - beta1).div_(denom)
+        else:
+            update = torch.div(exp_avg, denom, out=denom)
+        projection = project_radial(param, grad, update, delta=delta, wd_ratio=wd_ratio, eps=eps)
+        projections.append(projection)
+        if weight_decay > 0:
+            param.mul_(1 - lr * weight_decay * projection.wd_ratio)
+        param.add_(update, alpha=-lr / bias_correction1)
+    return projections
+
+
+class AdamP(Optimizer):
+    r"""AdamP: Adam whose update loses its radial component on scale-invariant weights.
+
+    γ, β₁, β₂, ε, λ, δ are ``lr``, ``betas``, ``eps``, ``weight_decay``, ``delta``; t counts steps from 1.
+
+    .. math::
+        m_t = β_1 m_{t-1} + (1-β_1) g_t,\quad v_t = β_2 v_{t-1} + (1-β_2) g_t^2,\quad
+        u = \frac{m_t}{\sqrt{v_t}/\sqrt{1-β_2^t} + ε}\ \Big(\text{Nesterov: }
+        \frac{β_1 m_t + (1-β_1) g_t}{\sqrt{v_t}/\sqrt{1-β_2^t} + ε}\Big),\\
+        \text{if } \max_{row} |\cos(g_t, θ)| < δ/\sqrt{\text{row length}}:\
+        u ← u - \hat θ \textstyle\sum_{row}(\hat θ ⊙ u),\ λ_{eff} = λ\,\text{wd\_ratio}\ (\text{else } λ_{eff} = λ),\\
+        θ ← θ(1 - γλ_{eff}),\quad θ ← θ - \frac{γ}{1-β_1^t} u.
+
+    The projection is tried per output channel first, then on the whole tensor (see
+    :func:`optim._projection.project_radial`); tensors with fewer than two dims are never projected. Where
+    nothing is projected AdamP computes exactly AdamW's update with the same λ (decoupled decay
+    :math:`θ(1-γλ)`, then :math:`θ - γ/(1-β_1^t) · m_t/(\sqrt{v_t}/\sqrt{1-β_2^t}+ε)`); with λ = 0, Adam's.
+
+    Args:
+        params: Iterable of parameters or param groups.
+        lr: γ. Default 1e-3 (Heo et al. 2021, official code).
+        betas: (β₁, β₂). Default (0.9, 0.999).
+        eps: ε, also the cosine's norm clamp. Default 1e-8 (official code).
+        weight_decay: λ (decoupled). Default 0.
+        delta: δ, cosine threshold. Default 0.1 (official code).
+        wd_ratio: weight-decay factor on projected tensors. Default 0.1 (official code).
+        nesterov: Nesterov momentum in u. Default False.
+
+    State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq`` and of the last step ``projection``
+    ("none" | "channel" | "layer"), ``max_cosine`` (max channel |cos|), ``layer_cosine`` and ``radial_norm``
+    (norm of the radial part removed from the parameter step, γ/(1−β₁ᵗ)·‖removed part of u‖).
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))
+        >>> opt = AdamP([w], lr=0.1)
+        >>> (w / w.norm()).mul(torch.tensor([[1.0, -1.0]])).sum().backward(); opt.step()
+        >>> opt.state[w]["projection"]
+        'channel'
+
+    Reference: Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+    Weights", ICLR 2021, Algorithm 2.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        delta: float = 0.1,
+        wd_ratio: float = 0.1,
+        nesterov: bool = False,
+    ) -> None:
+        check_nonnegative("lr", lr)
+        check_betas(betas)
+        check_positive("eps", eps)
+        check_nonnegative("weight_decay", weight_decay)
+        check_positive("delta", delta)
+        check_nonnegative("wd_ratio", wd_ratio)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            delta=delta,
+            wd_ratio=wd_ratio,
+            nesterov=nesterov,
+        )
+        super().__init__(params, defaults)
+
+    def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:
+        params, grads, exp_avgs, exp_avg_sqs, states = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("AdamP does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = 0  # steps taken
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # m
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # v
+            state["step"] += 1
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            states.append(state)
+        return params, grads, exp_avgs, exp_avg_sqs, states
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        loss = evaluate(closure)
+        for group in self.param_groups:
+            params, grads, exp_avgs, exp_avg_sqs, states = self._init_group(group)
+            beta1, beta2 = group["betas"]
+            projections = adamp(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                [state["step"] for state in states],
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                delta=group["delta"],
+                wd_ratio=group["wd_ratio"],
+                nesterov=group["nesterov"],
+            )
+            for state, projection in zip(states, projections, strict=True):
+                state["projection"] = projection.view  # "none" | "channel" | "layer"
+                state["max_cosine"] = projection.max_cosine  # max over channels of |cos(g, θ)|
+                state["layer_cosine"] = projection.layer_cosine  # |cos(g, θ)| of the whole tensor
+                # norm of the radial part removed from the parameter step
+                state["radial_norm"] = group["lr"] / (1 - beta1 ** state["step"]) * projection.radial_norm
+        return loss

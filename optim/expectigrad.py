@@ -1,0 +1,138 @@
+"""Expectigrad (Daley & Amato 2020): an arithmetic mean of squared gradients with outer momentum."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from optim._checks import check_bool, check_nonnegative, check_positive, check_unit_interval, evaluate
+
+__all__ = ["Expectigrad", "expectigrad"]
+
+
+def expectigrad(
+    params: list[Tensor],
+    grads: list[Tensor],
+    sum_sqs: list[Tensor],
+    counters: list[Tensor | None],
+    exp_avgs: list[Tensor | None],
+    steps: list[int],
+    *,
+    lr: float,
+    beta: float,
+    eps: float,
+) -> None:
+    """Apply one Expectigrad update in place (``steps`` incremented; a ``None`` counter means n = t)."""
+    for param, grad, sum_sq, counter, exp_avg, step in zip(
+        params, grads, sum_sqs, counters, exp_avgs, steps, strict=True
+    ):
+        sum_sq.addcmul_(grad, grad)
+        if counter is None:
+            mean_sq = sum_sq / step
+        else:
+            counter.add_(grad.ne(0))  # a NaN gradient counts (NaN != 0), so it propagates instead of vanishing
+            # n = 0 implies s = 0 (every gradient so far was 0), so s / max(n, 1) is exactly the 0/0 := 0 rule.
+            mean_sq = sum_sq / counter.clamp(min=1)
+        update = torch.div(grad, mean_sq.sqrt_().add_(eps), out=mean_sq)
+        if exp_avg is None:
+            param.add_(update, alpha=-lr)
+        else:
+            exp_avg.lerp_(update, 1 - beta)
+            param.add_(exp_avg, alpha=-lr / (1 - beta**step))
+
+
+class Expectigrad(Optimizer):
+    r"""Expectigrad: the denominator is the mean of all squared gradients seen where the coordinate was active.
+
+    γ, β, ε are ``lr``, ``beta``, ``eps``; t counts steps from 1.
+
+    .. math::
+        s_t = s_{t-1} + g_t^2,\quad n_t = n_{t-1} + 1[g_t \ne 0]\ (\text{dense: } n_t = t),\quad
+        a_t = s_t / n_t\ (0/0 := 0),\\
+        u_t = \frac{g_t}{\sqrt{a_t} + ε},\quad m_t = β m_{t-1} + (1-β) u_t,\quad
+        θ_t = θ_{t-1} - \frac{γ}{1-β^t} m_t\quad (β = 0:\ θ_t = θ_{t-1} - γ u_t).
+
+    Momentum is applied outside the adaptive scaling ("outer momentum"), as in the authors' code. A coordinate
+    whose gradient was always zero gets a zero update. The counter n is kept in at least float32 so it does
+    not saturate, and NaN gradients propagate to θ instead of being masked.
+
+    Args:
+        params: Iterable of parameters or param groups.
+        lr: γ. Default 1e-3 (Daley & Amato 2020).
+        beta: β in [0, 1). Default 0.9.
+        eps: ε. Default 1e-8.
+        sparse_counter: count only nonzero gradients (``True``, authors' default) or every step.
+
+    State per parameter: ``step``, ``sum_sq`` s, ``counter`` n (sparse only), ``exp_avg`` m (β > 0 only).
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+        >>> opt = Expectigrad([p], lr=0.1, beta=0.0)
+        >>> (p[0] * 2.0).backward(); opt.step(); p.tolist()
+        [0.8999999761581421, 1.0]
+
+    Reference: Daley & Amato, "Expectigrad: Fast Stochastic Optimization with Robust Convergence Properties",
+    arXiv:2010.01356, Algorithm 1.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        beta: float = 0.9,
+        eps: float = 1e-8,
+        sparse_counter: bool = True,
+    ) -> None:
+        check_nonnegative("lr", lr)
+        check_unit_interval("beta", beta)
+        check_positive("eps", eps)
+        check_bool("sparse_counter", sparse_counter)
+        super().__init__(params, dict(lr=lr, beta=beta, eps=eps, sparse_counter=sparse_counter))
+
+    def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:
+        params, grads, sum_sqs, counters, exp_avgs, states = [], [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("Expectigrad does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = 0  # steps taken
+                state["sum_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # s = Σ g²
+                if group["sparse_counter"]:
+                    counter_dtype = torch.promote_types(p.dtype, torch.float32)
+                    state["counter"] = torch.zeros_like(p, dtype=counter_dtype)  # n = Σ 1[g ≠ 0]
+                if group["beta"] > 0:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # m
+            state["step"] += 1
+            params.append(p)
+            grads.append(p.grad)
+            sum_sqs.append(state["sum_sq"])
+            counters.append(state["counter"] if group["sparse_counter"] else None)
+            exp_avgs.append(state["exp_avg"] if group["beta"] > 0 else None)
+            states.append(state)
+        return params, grads, sum_sqs, counters, exp_avgs, states
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        loss = evaluate(closure)
+        for group in self.param_groups:
+            params, grads, sum_sqs, counters, exp_avgs, states = self._init_group(group)
+            expectigrad(
+                params,
+                grads,
+                sum_sqs,
+                counters,
+                exp_avgs,
+                [state["step"] for state in states],
+                lr=group["lr"],
+                beta=group["beta"],
+                eps=group["eps"],
+            )
+        return loss

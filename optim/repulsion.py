@@ -1,0 +1,98 @@
+"""Gaussian-kernel repulsion from stored checkpoints (distance function of the Tübingen bachelor thesis)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from optim._checks import as_params, check_nonnegative, check_positive
+
+__all__ = ["CheckpointRepulsion"]
+
+
+class CheckpointRepulsion:
+    r"""A loss term that pushes the parameters away from detached copies of earlier parameters.
+
+    s, σ are ``strength``, ``sigma``; θ are the tracked parameters and θ_c the stored checkpoints.
+
+    .. math::
+        d(θ, θ_c) = \sum_i (θ_i - θ_{c,i})^2,\qquad
+        P(θ) = s \sum_c \exp\Big(-\frac{d(θ, θ_c)}{2σ^2}\Big),\qquad
+        ∇_θ P = -\frac{s}{σ^2} \sum_c (θ - θ_c)\, e^{-d(θ, θ_c)/(2σ^2)}.
+
+    Add ``penalty()`` to the task loss; its gradient pushes away from each checkpoint and vanishes far from it.
+    The object does not depend on a model class: it keeps a list of tensors and detached checkpoint copies,
+    and its ``state_dict()`` holds the checkpoints.
+
+    Args:
+        params: The parameters to track (an iterable of tensors or an ``nn.Module``).
+        sigma: σ > 0, kernel width. Default 1.0.
+        strength: s ≥ 0. Default 1.0.
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> rep = CheckpointRepulsion([w], sigma=1.0, strength=2.0)
+        >>> rep.add_checkpoint(); rep.penalty().item(), rep.distances()
+        (2.0, [0.0])
+    """
+
+    def __init__(self, params: Iterable[Tensor] | Any, sigma: float = 1.0, strength: float = 1.0) -> None:
+        check_positive("sigma", sigma)
+        check_nonnegative("strength", strength)
+        self.params = list(as_params(params))
+        if not self.params or not all(isinstance(p, Tensor) for p in self.params):
+            raise TypeError("params must be a non-empty iterable of tensors or an nn.Module")
+        self.sigma = float(sigma)
+        self.strength = float(strength)
+        self.checkpoints: list[list[Tensor]] = []
+
+    @torch.no_grad()
+    def add_checkpoint(self) -> None:
+        """Store a detached copy of the current parameters."""
+        self.checkpoints.append([p.detach().clone() for p in self.params])
+
+    def clear(self) -> None:
+        """Forget all checkpoints."""
+        self.checkpoints = []
+
+    def _squared_distance(self, checkpoint: list[Tensor]) -> Tensor:
+        return sum((p - c).square().sum() for p, c in zip(self.params, checkpoint, strict=True))
+
+    def penalty(self) -> Tensor:
+        r"""Return :math:`s \sum_c \exp(-d(θ, θ_c)/(2σ^2))`, differentiable in θ (0 without checkpoints)."""
+        total = torch.zeros((), dtype=self.params[0].dtype, device=self.params[0].device)
+        for checkpoint in self.checkpoints:
+            total = total + torch.exp(-self._squared_distance(checkpoint) / (2 * self.sigma**2))
+        return self.strength * total
+
+    @torch.no_grad()
+    def distances(self) -> list[float]:
+        r"""Return the Euclidean distances :math:`\sqrt{d(θ, θ_c)}` to each checkpoint, oldest first."""
+        return [math.sqrt(float(self._squared_distance(c))) for c in self.checkpoints]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return σ, s and the checkpoints (cloned)."""
+        return {
+            "sigma": self.sigma,
+            "strength": self.strength,
+            "checkpoints": [[c.clone() for c in checkpoint] for checkpoint in self.checkpoints],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore σ, s and the checkpoints (moved to the parameters' devices and dtypes)."""
+        check_positive("sigma", state_dict["sigma"])
+        check_nonnegative("strength", state_dict["strength"])
+        checkpoints = []
+        for checkpoint in state_dict["checkpoints"]:
+            if len(checkpoint) != len(self.params):
+                raise ValueError(f"checkpoint has {len(checkpoint)} tensors, expected {len(self.params)}")
+            checkpoints.append(
+                [c.detach().to(p.device, p.dtype).clone() for p, c in zip(self.params, checkpoint, strict=True)]
+            )
+        self.sigma = float(state_dict["sigma"])
+        self.strength = float(state_dict["strength"])
+        self.checkpoints = checkpoints

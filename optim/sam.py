@@ -1,0 +1,133 @@
+"""SAM (Foret et al. 2021) and its adaptive variant ASAM (Kwon et al. 2021) as a wrapper of any optimizer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from optim._checks import check_bool, check_nonnegative, evaluate
+from optim._wrapper import GLOBAL, Wrapper
+
+__all__ = ["SAM"]
+
+
+def _as_float(loss: Any) -> float:
+    return loss.detach().item() if isinstance(loss, torch.Tensor) else float(loss)
+
+
+class SAM(Wrapper):
+    r"""Sharpness-aware minimisation: the base optimizer steps with the gradient at the worst nearby point.
+
+    ρ, η are ``rho``, ``eta``; T_w = 1 for SAM and :math:`T_w = |w| + η` for ASAM (``adaptive=True``).
+
+    .. math::
+        \hat ε(w) = ρ\,\frac{T_w^2\, ∇L(w)}{\lVert T_w ∇L(w)\rVert_2},\qquad
+        w ← \text{base\_step}\big(w,\ ∇L(w + \hat ε(w))\big).
+
+    The norm is global over all parameters (with each group's T). ``step(closure)`` evaluates the closure at w
+    (its loss is returned), climbs to w + ε̂, evaluates the closure there, restores w by copy (not by
+    subtraction) and steps the base optimizer. ``first_step()``/``second_step()`` do the same for hand-written
+    loops (AMP, DDP). ``rho``, ``adaptive`` and ``eta`` go into every param group as ``sam_rho``,
+    ``sam_adaptive``, ``sam_eta`` (a group given its own values keeps them, e.g. ``sam_adaptive=False`` for
+    biases, as the ASAM authors apply T only to weights).
+
+    Args:
+        base_optimizer: The optimizer instance that takes the actual step.
+        rho: ρ, radius of the neighbourhood. Default 0.05 (Foret et al. 2021); 0.5 for ASAM (Kwon et al. 2021).
+        adaptive: ASAM's scale-invariant neighbourhood. Default False.
+        eta: η of ASAM's T. Default 0.01 (Kwon et al. 2021).
+
+    State: per parameter ``point`` (w, kept only between the two half steps) and ``e_norm`` (‖ε̂‖ of the
+    tensor); under ``state["global"]``: ``e_norm`` (‖ε̂‖), ``grad_norm`` (‖∇L(w)‖₂), and with a closure
+    ``loss``, ``loss_perturbed`` and ``loss_rise`` = L(w + ε̂) − L(w).
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+        >>> sam = SAM(torch.optim.SGD([w], lr=0.1), rho=0.5)
+        >>> def closure():
+        ...     sam.zero_grad()
+        ...     loss = (w**2).sum()
+        ...     loss.backward()
+        ...     return loss
+        >>> loss = sam.step(closure); sam.state["global"]["e_norm"]
+        0.5
+
+    References: Foret et al., "Sharpness-Aware Minimization for Efficiently Improving Generalization", ICLR 2021,
+    Algorithm 1; Kwon et al., "ASAM: Adaptive Sharpness-Aware Minimization", ICML 2021, Eq. (8).
+    """
+
+    def __init__(self, base_optimizer: Optimizer, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01):
+        check_nonnegative("rho", rho)
+        check_bool("adaptive", adaptive)
+        check_nonnegative("eta", eta)
+        super().__init__(base_optimizer, dict(sam_rho=rho, sam_adaptive=adaptive, sam_eta=eta))
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_nonnegative("rho", group["sam_rho"])
+        check_bool("adaptive", group["sam_adaptive"])
+        check_nonnegative("eta", group["sam_eta"])
+
+    @torch.no_grad()
+    def first_step(self) -> None:
+        """Save w and move to w + ε̂ using the gradients currently in ``.grad``."""
+        scaled_sq = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                scaled = p.grad * (p.abs() + group["sam_eta"]) if group["sam_adaptive"] else p.grad
+                scaled_sq.append(torch.linalg.vector_norm(scaled) ** 2)
+        scaled_norm = math.sqrt(sum(x.item() for x in scaled_sq))
+        grad_sq = 0.0
+        e_sq = 0.0
+        for group in self.param_groups:
+            scale = group["sam_rho"] / scaled_norm if scaled_norm > 0 else 0.0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["point"] = p.detach().clone()  # w, restored by second_step
+                e = p.grad * scale
+                if group["sam_adaptive"]:
+                    e.mul_((p.abs() + group["sam_eta"]).square_())
+                p.add_(e)
+                e_norm = torch.linalg.vector_norm(e).item()
+                state["e_norm"] = e_norm  # ‖ε̂‖ of this tensor
+                e_sq += e_norm**2
+                grad_sq += torch.linalg.vector_norm(p.grad).item() ** 2
+        stats = self.state[GLOBAL]
+        stats["e_norm"] = math.sqrt(e_sq)  # ‖ε̂‖ over all parameters
+        stats["grad_norm"] = math.sqrt(grad_sq)  # ‖∇L(w)‖₂ over all parameters
+
+    @torch.no_grad()
+    def second_step(self) -> None:
+        """Restore w exactly and let the base optimizer step with the gradients taken at w + ε̂."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                point = self.state[p].pop("point", None)
+                if point is not None:
+                    p.copy_(point)
+        self.base_optimizer.step()
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Run the closure at w and at w + ε̂, then step; return the loss at w.
+
+        Args:
+            closure: Zeroes the gradients, computes the loss, calls ``backward`` and returns the loss (required).
+        """
+        if closure is None:
+            raise TypeError("SAM.step needs a closure (or use first_step() and second_step())")
+        loss = evaluate(closure)
+        self.first_step()
+        loss_perturbed = evaluate(closure)
+        self.second_step()
+        if loss is not None and loss_perturbed is not None:
+            stats = self.state[GLOBAL]
+            stats["loss"] = _as_float(loss)  # L(w)
+            stats["loss_perturbed"] = _as_float(loss_perturbed)  # L(w + ε̂)
+            stats["loss_rise"] = stats["loss_perturbed"] - stats["loss"]  # L(w + ε̂) − L(w)
+        return loss

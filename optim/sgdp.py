@@ -1,0 +1,163 @@
+"""SGDP (Heo et al. 2021): momentum SGD that removes the radial part of the step on scale-invariant weights."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from optim._checks import check_nonnegative, check_positive, check_unit_interval, evaluate
+from optim._projection import Projection, project_radial
+
+__all__ = ["SGDP", "sgdp"]
+
+
+def sgdp(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    eps: float,
+    delta: float,
+    wd_ratio: float,
+) -> list[Projection]:
+    """Apply one SGDP update in place; return the projection of each tensor."""
+    projections = []
+    for param, grad, buf in zip(params, grads, momentum_buffers, strict=True):
+        buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+        if nesterov:
+            direction = grad.add(buf, alpha=momentum)
+        else:
+            # The authors' code projects the momentum buffer itself in place; valley projects a copy.
+            direction = buf.clone() if param.dim() > 1 else buf
+        projection = project_radial(param, grad, direction, delta=delta, wd_ratio=wd_ratio, eps=eps)
+        projections.append(projection)
+        if weight_decay != 0:
+            param.mul_(1 - lr * weight_decay * projection.wd_ratio / (1 - momentum))
+        param.add_(direction, alpha=-lr)
+    return projections
+
+
+class SGDP(Optimizer):
+    r"""SGDP: momentum SGD whose step loses its radial component on scale-invariant weights.
+
+    γ, μ, τ, λ, δ are ``lr``, ``momentum``, ``dampening``, ``weight_decay``, ``delta``.
+
+    .. math::
+        b ← μ b + (1-τ) g \ (b_0 = 0),\quad d = g + μ b\ (\text{Nesterov})\ \text{else}\ d = b,\\
+        \text{if } \max_{row} |\cos(g, θ)| < δ/\sqrt{\text{row length}}:\
+        d ← d - \hat θ \textstyle\sum_{row}(\hat θ ⊙ d),\ λ_{eff} = λ\,\text{wd\_ratio}\ (\text{else } λ_{eff} = λ),\\
+        θ ← θ\Big(1 - \frac{γλ_{eff}}{1-μ}\Big),\quad θ ← θ - γ d.
+
+    Unlike torch's SGD, the first momentum step is :math:`b = (1-τ)g` (the buffer starts at 0), as in the
+    authors' code. The authors project the momentum buffer in place; valley projects a copy, so b stays the
+    plain momentum average (one-line deviation, keeps b comparable across optimizers).
+
+    Args:
+        params: Iterable of parameters or param groups.
+        lr: γ (required, as in the official code).
+        momentum: μ in [0, 1). Default 0.
+        dampening: τ in [0, 1]. Default 0.
+        weight_decay: λ (decoupled, scaled by 1/(1-μ)). Default 0.
+        nesterov: Nesterov momentum (needs μ > 0). Default False.
+        eps: ε of the cosine and the normalisation. Default 1e-8 (official code).
+        delta: δ, cosine threshold. Default 0.1 (official code).
+        wd_ratio: weight-decay factor on projected tensors. Default 0.1 (official code).
+
+    State per parameter: ``momentum_buffer`` b and of the last step ``projection``, ``max_cosine``,
+    ``layer_cosine``, ``radial_norm`` (as :class:`~optim.AdamP`).
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))
+        >>> opt = SGDP([w], lr=0.1, momentum=0.9)
+        >>> (w / w.norm()).mul(torch.tensor([[1.0, -1.0]])).sum().backward(); opt.step()
+        >>> opt.state[w]["projection"]
+        'channel'
+
+    Reference: Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+    Weights", ICLR 2021, Algorithm 1.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        eps: float = 1e-8,
+        delta: float = 0.1,
+        wd_ratio: float = 0.1,
+    ) -> None:
+        check_nonnegative("lr", lr)
+        check_unit_interval("momentum", momentum)
+        check_unit_interval("dampening", dampening, closed=True)
+        check_nonnegative("weight_decay", weight_decay)
+        if nesterov and momentum <= 0:
+            raise ValueError(f"Invalid nesterov: {nesterov} (Nesterov momentum needs momentum > 0)")
+        check_positive("eps", eps)
+        check_positive("delta", delta)
+        check_nonnegative("wd_ratio", wd_ratio)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            eps=eps,
+            delta=delta,
+            wd_ratio=wd_ratio,
+        )
+        super().__init__(params, defaults)
+
+    def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:
+        params, grads, buffers, states = [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("SGDP does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # b
+            params.append(p)
+            grads.append(p.grad)
+            buffers.append(state["momentum_buffer"])
+            states.append(state)
+        return params, grads, buffers, states
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        loss = evaluate(closure)
+        for group in self.param_groups:
+            params, grads, buffers, states = self._init_group(group)
+            projections = sgdp(
+                params,
+                grads,
+                buffers,
+                lr=group["lr"],
+                momentum=group["momentum"],
+                dampening=group["dampening"],
+                weight_decay=group["weight_decay"],
+                nesterov=group["nesterov"],
+                eps=group["eps"],
+                delta=group["delta"],
+                wd_ratio=group["wd_ratio"],
+            )
+            for state, projection in zip(states, projections, strict=True):
+                state["projection"] = projection.view  # "none" | "channel" | "layer"
+                state["max_cosine"] = projection.max_cosine  # max over channels of |cos(g, θ)|
+                state["layer_cosine"] = projection.layer_cosine  # |cos(g, θ)| of the whole tensor
+                # norm of the radial part removed from the parameter step
+                state["radial_norm"] = group["lr"] * projection.radial_norm
+        return loss
