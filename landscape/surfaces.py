@@ -42,8 +42,8 @@ def make_grid(lo: float, hi: float, n: int, include_zero: bool = True) -> np.nda
     points) so that the surface contains the origin.
 
     Example:
-        >>> make_grid(-1, 1, 5).tolist(), make_grid(-1, 1, 4).tolist()
-        ([-1.0, -0.5, 0.0, 0.5, 1.0], [-1.0, -0.3333333333333333, 0.0, 0.3333333333333333, 1.0])
+        >>> make_grid(-1, 1, 5).tolist(), len(make_grid(-1, 1, 4)), 0.0 in make_grid(-1, 1, 4)
+        ([-1.0, -0.5, 0.0, 0.5, 1.0], 5, True)
     """
     if n < 1:
         raise ValueError(f"Invalid n: {n}")
