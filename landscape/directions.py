@@ -83,7 +83,8 @@ def normalize_direction(
             out[name] = {"zero": torch.zeros_like(d), "keep": d.clone(), "weights": w.clone()}[bias_bn]
         elif normalization == "filter":
             dims = tuple(range(1, d.dim()))
-            scale = w.norm(dim=dims, keepdim=True) / (d.norm(dim=dims, keepdim=True) + 1e-10)
+            norm = torch.linalg.vector_norm
+            scale = norm(w, dim=dims, keepdim=True) / (norm(d, dim=dims, keepdim=True) + 1e-10)
             out[name] = d * scale
         elif normalization == "layer":
             out[name] = d * (w.norm() / (d.norm() + 1e-10))
