@@ -62,7 +62,8 @@ def rho(beta2: float, t: np.ndarray | int) -> np.ndarray:
 def exact_mean(rho_t: np.ndarray | float, sigma: float = 1.0) -> np.ndarray:
     r"""Exact :math:`E[\psi] = \tau\sqrt{\rho/2}\,\Gamma((\rho-1)/2)/\Gamma(\rho/2)` with :math:`\tau = 1/\sigma`.
 
-    NaN for :math:`\rho \le 1`. This is the mean of :math:`\psi` when :math:`\psi^2 \sim` Scale-inv-:math:`\chi^2(\rho, \tau^2)`.
+    NaN for :math:`\rho \le 1`. The mean of :math:`\psi` when
+    :math:`\psi^2 \sim` Scale-inv-:math:`\chi^2(\rho, \tau^2)`.
     """
     rho_t = np.asarray(rho_t, dtype=np.float64)
     with np.errstate(invalid="ignore"):
