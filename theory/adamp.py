@@ -204,8 +204,9 @@ def _projected_growth(seed: int, lr: float, momentum: float, steps: int) -> tupl
     except ImportError:
         SGDP = None
     if SGDP is not None:
-        opt = SGDP([param], lr=lr, momentum=momentum)
-        name = "optim.SGDP"
+        # eps enters the normaliser theta/(|theta| + eps) (authors' code); a tiny eps makes the projection exact
+        opt = SGDP([param], lr=lr, momentum=momentum, eps=1e-30)
+        name = "optim.SGDP (eps=1e-30)"
     else:
         buffer = torch.zeros_like(weight)
         name = "projected-momentum reference loop"
