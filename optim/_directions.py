@@ -172,7 +172,7 @@ def direction(optimizer: Optimizer, group: dict[str, Any], p: Tensor, grad: Tens
     momentum, RMSprop without momentum, Adagrad, Nesterov variants, Expectigrad with β = 0).
     """
     rule = _RULES.get(type(optimizer))
-    state = optimizer.state.get(p)
-    if rule is None or not state:
+    state = optimizer.state.get(p, {})
+    if rule is None or (not state and rule is not _sgd):  # torch's SGD keeps no state without momentum
         return None
     return rule(group, p, state, grad)

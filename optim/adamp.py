@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from optim._checks import check_betas, check_nonnegative, check_positive, evaluate
+from optim._checks import check_betas, check_bool, check_nonnegative, check_positive, evaluate
 from optim._projection import Projection, project_radial
 
 __all__ = ["AdamP", "adamp"]
@@ -112,6 +112,7 @@ class AdamP(Optimizer):
         check_nonnegative("weight_decay", weight_decay)
         check_positive("delta", delta)
         check_nonnegative("wd_ratio", wd_ratio)
+        check_bool("nesterov", nesterov)
         defaults = dict(
             lr=lr,
             betas=tuple(betas),

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from optim._checks import check_betas, check_choice, check_nonnegative, check_positive, evaluate
+from optim._checks import check_betas, check_bool, check_choice, check_nonnegative, check_positive, evaluate
 
 __all__ = ["RAdam", "radam", "rectification"]
 
@@ -135,6 +135,7 @@ class RAdam(Optimizer):
         check_betas(betas)
         check_positive("eps", eps)
         check_nonnegative("weight_decay", weight_decay)
+        check_bool("decoupled_weight_decay", decoupled_weight_decay)
         if not (isinstance(threshold, (int, float)) and 4.0 <= threshold < math.inf):
             raise ValueError(f"Invalid threshold: {threshold} (must be >= 4, where r_t is defined)")
         check_choice("degenerate", degenerate, ("sgd", "skip"))

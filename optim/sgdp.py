@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from optim._checks import check_nonnegative, check_positive, check_unit_interval, evaluate
+from optim._checks import check_bool, check_nonnegative, check_positive, check_unit_interval, evaluate
 from optim._projection import Projection, project_radial
 
 __all__ = ["SGDP", "sgdp"]
@@ -102,6 +102,7 @@ class SGDP(Optimizer):
         check_unit_interval("momentum", momentum)
         check_unit_interval("dampening", dampening, closed=True)
         check_nonnegative("weight_decay", weight_decay)
+        check_bool("nesterov", nesterov)
         if nesterov and momentum <= 0:
             raise ValueError(f"Invalid nesterov: {nesterov} (Nesterov momentum needs momentum > 0)")
         check_positive("eps", eps)

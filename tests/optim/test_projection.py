@@ -1,0 +1,95 @@
+"""AdamP/SGDP: which view is projected on scale-invariant losses, and what AdamP is without a projection."""
+
+import pytest
+import torch
+
+import optim
+
+TARGET = torch.tensor([[0.3, -0.5, 0.2, 0.7, -0.1], [0.0, 0.4, -0.9, 0.1, 0.5], [0.6, 0.1, 0.1, -0.3, 0.2]])
+
+
+def row_invariant_loss(w):
+    """Each row enters only through its direction: f(diag(1/‖w_r‖) w)."""
+    return ((w / w.norm(dim=1, keepdim=True) - TARGET.to(w.dtype)) ** 2).sum()
+
+
+def layer_invariant_loss(w):
+    """The tensor enters only through w/‖w‖_F; single rows are not scale invariant."""
+    return ((w / w.norm() - TARGET.to(w.dtype)) ** 2).sum()
+
+
+def _train(opt_factory, loss_fn, steps=10, seed=0):
+    torch.manual_seed(seed)
+    w = torch.nn.Parameter(torch.randn(3, 5, dtype=torch.float64))
+    opt = opt_factory([w])
+    views = []
+    for _ in range(steps):
+        before = w.detach().clone()
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(w)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        views.append(opt.state[w]["projection"])
+    return w, opt, before, views
+
+
+FACTORIES = {
+    "adamp": lambda ps: optim.AdamP(ps, lr=0.01, weight_decay=0.1),
+    "sgdp": lambda ps: optim.SGDP(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_row_wise_scale_invariance_projects_per_channel(name):
+    w, opt, before, views = _train(FACTORIES[name], row_invariant_loss)
+    assert views == ["channel"] * 10
+    # the removed radial part was real, and the step (decay aside) is orthogonal to each row of θ
+    assert opt.state[w]["radial_norm"] > 0
+    wd_ratio, lr, wd = 0.1, opt.param_groups[0]["lr"], 0.1
+    decay = 1 - lr * wd * wd_ratio / (1 - opt.param_groups[0].get("momentum", 0.0))
+    step = w.detach() - before * decay
+    cos = (step * before).sum(1) / (step.norm(dim=1) * before.norm(dim=1))
+    assert cos.abs().max().item() < 1e-7
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_frobenius_normalisation_projects_per_layer(name):
+    w, opt, before, views = _train(FACTORIES[name], layer_invariant_loss)
+    assert views == ["layer"] * 10
+    assert opt.state[w]["max_cosine"] >= 0.1 / 5**0.5  # the channel view was tried and rejected
+    assert opt.state[w]["layer_cosine"] < 1e-10
+
+
+def _plain_quadratic(w):
+    """Σ a w² with a in 1..15: |cos(g, w)| ≥ 2√15/16 ≈ 0.48 (Kantorovich), far above δ/√5 — never projected."""
+    return (w**2 * torch.arange(1, 16, dtype=w.dtype).view(3, 5)).sum()
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_adamp_on_a_plain_quadratic_never_projects_and_equals_adamw(wd):
+    """Without a projection AdamP is AdamW with the same λ (decoupled θ(1 − γλ)), bitwise here."""
+    w, opt, _, views = _train(lambda ps: optim.AdamP(ps, lr=0.05, weight_decay=wd), _plain_quadratic, steps=30)
+    assert views == ["none"] * 30
+    v, _, _, _ = _train(lambda ps: _AdamWWithDummyState(ps, lr=0.05, weight_decay=wd), _plain_quadratic, steps=30)
+    assert torch.allclose(w, v, rtol=0, atol=1e-14)
+
+
+class _AdamWWithDummyState(torch.optim.AdamW):
+    """torch's AdamW, recording ``projection`` so that the shared training helper can read it."""
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["projection"] = "none"
+        return loss
+
+
+def test_sgdp_leaves_the_momentum_buffer_unprojected():
+    w, opt, _, _ = _train(lambda ps: optim.SGDP(ps, lr=0.1, momentum=0.9), row_invariant_loss, steps=1)
+    # after one step b = g, which is itself orthogonal to θ row-wise here; check it equals the raw gradient
+    assert torch.equal(opt.state[w]["momentum_buffer"], w.grad)
