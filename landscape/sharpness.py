@@ -207,7 +207,8 @@ def sam_sharpness(
         rho: radius :math:`\rho` (default 0.05, Foret et al. 2021).
         method: ``"first_order"`` or ``"ascent"`` (projected gradient ascent).
         steps: ascent updates (default 10).
-        step_size: :math:`\gamma` (default :math:`2.5\rho/\text{steps}`, the rule of Madry et al. 2018 for PGD).
+        step_size: :math:`\gamma` (default :math:`\rho`: a full-radius step along the normalised gradient, then the
+            projection; Madry et al.'s :math:`2.5\rho/\text{steps}` for PGD converges slowly once on the sphere).
         adaptive: use :math:`T_w = \mathrm{diag}(|w|) + \eta I` on weights (ASAM).
         eta: :math:`\eta` of ASAM (default 0.01, Kwon et al. 2021 official code).
         is_weight: which parameter names :math:`T_w` scales (default: names containing ``"weight"``, as the
@@ -226,7 +227,7 @@ def sam_sharpness(
         raise ValueError(f"Invalid step_size: {step_size}")
     if eta < 0:
         raise ValueError(f"Invalid eta: {eta}")
-    gamma = step_size if step_size is not None else 2.5 * rho / steps
+    gamma = step_size if step_size is not None else rho
     is_weight = is_weight if is_weight is not None else (lambda name: "weight" in name)
     with preserved_state(model):
         model.eval()
