@@ -9,8 +9,10 @@ receives only parameter-free transforms of the input, its output is linear in th
     f(x; W_0 + \alpha D_1 + \beta D_2,\, b_0 + \alpha e_1 + \beta e_2)
     = f(x; W_0, b_0) + \alpha f(x; D_1, e_1) + \beta f(x; D_2, e_2),
 
-so the three products on the right are computed once per batch and combined for every point; only the rest of the
-network runs per point. The trick is checked against the plain batched call on a few examples before use.
+so the three products on the right are computed once per batch (and kept across chunks up to
+``PARTS_CACHE_BYTES``), combined for all points of a chunk by one matrix product with the rows
+:math:`(1, \alpha_g, \beta_g)`, and only the rest of the network runs per point. The trick is checked against the
+plain batched call on a few examples before use.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ AFFINE = (
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
 )
+
+
+PARTS_CACHE_BYTES = 256 * 2**20  # first-layer products kept across chunks up to this size
 
 
 class _Stop(Exception):
@@ -111,6 +116,8 @@ class FastEvaluator:
         self.model, self.origin, self.directions = model, origin, directions
         self.batches, self.loss_fn, self.accuracy_fn = batches, loss_fn, accuracy_fn
         self.n_points = 0
+        self._parts: dict[int, Tensor] = {}
+        self._parts_bytes = 0
         x, y = batches[0]
         probe = [(x[:4], y[:4])]
         coords = torch.tensor([[0.0] * len(directions), [0.5, -0.25][: len(directions)]])
@@ -127,11 +134,13 @@ class FastEvaluator:
 
     def __call__(self, coords: Tensor) -> tuple[Tensor, Tensor]:
         """Loss and accuracy at every row of ``coords`` (shape ``(G, k)``), as float64 tensors of length ``G``."""
-        out = self._chunk(coords, self.batches, use_trick=self.layer_name is not None)
+        out = self._chunk(coords, self.batches, use_trick=self.layer_name is not None, cache=True)
         self.n_points += len(coords)
         return out
 
-    def _chunk(self, coords: Tensor, batches: Sequence[Batch], use_trick: bool) -> tuple[Tensor, Tensor]:
+    def _chunk(
+        self, coords: Tensor, batches: Sequence[Batch], use_trick: bool, cache: bool = False
+    ) -> tuple[Tensor, Tensor]:
         dtype = next(iter(self.origin.values())).dtype
         device = next(iter(self.origin.values())).device
         coords = coords.to(device, dtype)
@@ -139,54 +148,67 @@ class FastEvaluator:
         loss = torch.zeros(len(coords), dtype=torch.float64)
         acc = torch.zeros(len(coords), dtype=torch.float64)
         with torch.no_grad():
-            for x, y in batches:
-                batch_loss, batch_acc = self._batch(coords, x, y, use_trick)
+            for i, (x, y) in enumerate(batches):
+                if use_trick:
+                    batch_loss, batch_acc = self._batch_trick(coords, x, y, i if cache else None)
+                else:
+                    batch_loss, batch_acc = self._batch_plain(coords, x, y)
                 loss += batch_loss.double().cpu() * (len(y) / total)
                 acc += batch_acc.double().cpu() * (len(y) / total)
         return loss, acc
 
-    def _batch(self, coords: Tensor, x: Tensor, y: Tensor, use_trick: bool) -> tuple[Tensor, Tensor]:
-        if not use_trick:
+    def _batch_plain(self, coords: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        def point(c: Tensor) -> tuple[Tensor, Tensor]:
+            out = functional_call(self.model, combine(self.origin, self.directions, c), (x,))
+            return self.loss_fn(out, y), self.accuracy_fn(out, y)
 
-            def point(c: Tensor) -> tuple[Tensor, Tensor]:
-                out = functional_call(self.model, combine(self.origin, self.directions, c), (x,))
-                return self.loss_fn(out, y), self.accuracy_fn(out, y)
+        return vmap(point)(coords)
 
-            return vmap(point)(coords)
+    def _first_layer_parts(self, x: Tensor, key: int | None) -> Tensor:
+        r""":math:`f(x; W_0, b_0), f(x; D_1, e_1), \ldots` stacked, kept for later chunks while memory allows."""
+        if key is not None and key in self._parts:
+            return self._parts[key]
         prefix = self.layer_name + "."
         layer = self.model.get_submodule(self.layer_name)
-        full = dict(layer.named_parameters())
+        own = dict(layer.named_parameters())
         inp = _layer_input(self.model, layer, x)
-
-        def layer_params(source: Mapping[str, Tensor], fill_zero: bool) -> dict[str, Tensor]:
-            out = {}
-            for n in full:
+        sources = [(self.origin, False)] + [(d, True) for d in self.directions]
+        outputs = []
+        for source, zero_if_absent in sources:
+            params = {}
+            for n, p in own.items():
                 if prefix + n in source:
-                    out[n] = source[prefix + n]
+                    params[n] = source[prefix + n]
                 else:
-                    out[n] = torch.zeros_like(full[n]) if fill_zero else full[n].detach()
-            return out
+                    params[n] = torch.zeros_like(p) if zero_if_absent else p.detach()
+            outputs.append(functional_call(layer, params, (inp,)))
+        parts = torch.stack(outputs)
+        if key is not None and self._parts_bytes + parts.nbytes <= PARTS_CACHE_BYTES:
+            self._parts[key] = parts
+            self._parts_bytes += parts.nbytes
+        return parts
 
-        base = functional_call(layer, layer_params(self.origin, fill_zero=False), (inp,))
-        parts = [functional_call(layer, layer_params(d, fill_zero=True), (inp,)) for d in self.directions]
-        rest_origin = {n: t for n, t in self.origin.items() if not n.startswith(prefix)}
+    def _batch_trick(self, coords: Tensor, x: Tensor, y: Tensor, key: int | None) -> tuple[Tensor, Tensor]:
+        parts = self._first_layer_parts(x, key)
+        weights = torch.cat([torch.ones_like(coords[:, :1]), coords], dim=1)
+        first = (weights @ parts.reshape(len(parts), -1)).reshape(len(coords), *parts.shape[1:])
+        prefix = self.layer_name + "."
+        layer = self.model.get_submodule(self.layer_name)
+        rest = {n: t for n, t in self.origin.items() if not n.startswith(prefix)}
         current: list[Tensor] = []
 
-        def combined(*_args: Tensor, **_kwargs: Tensor) -> Tensor:
-            out = base
-            for k, part in enumerate(parts):
-                out = out + current[0][k] * part
-            return out
+        def precomputed(*_args: Tensor, **_kwargs: Tensor) -> Tensor:
+            return current[0]
 
-        def point(c: Tensor) -> tuple[Tensor, Tensor]:
-            current[:] = [c]
-            out = functional_call(self.model, combine(rest_origin, self.directions, c), (x,))
+        def point(c: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+            current[:] = [z]
+            out = functional_call(self.model, combine(rest, self.directions, c), (x,))
             return self.loss_fn(out, y), self.accuracy_fn(out, y)
 
         saved = layer.__dict__.get("forward")
-        layer.forward = combined
+        layer.forward = precomputed
         try:
-            return vmap(point)(coords)
+            return vmap(point)(coords, first)
         finally:
             if saved is None:
                 del layer.forward
