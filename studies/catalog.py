@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from studies import kingma2015adam, reddi2018
+from studies import heo2021adamp, kingma2015adam, reddi2018
 from studies.runner import Study
 
-STUDIES: dict[str, Study] = {s.name: s for s in (kingma2015adam.STUDY, reddi2018.STUDY)}
+STUDIES: dict[str, Study] = {s.name: s for s in (kingma2015adam.STUDY, reddi2018.STUDY, heo2021adamp.STUDY)}
 
 
 def get(name: str) -> Study:
