@@ -4,7 +4,7 @@ from landscape.curvature._common import EigenResult
 from landscape.curvature.lanczos import lanczos_eigenpairs
 from landscape.curvature.operator import CurvatureOperator, GGNOperator, HessianOperator
 from landscape.curvature.power import power_iteration_eigenpairs
-from landscape.curvature.slq import SpectralDensity, lanczos_tridiagonal, slq_density
+from landscape.curvature.slq import SpectralDensity, slq_density
 from landscape.curvature.trace import TraceResult, hutchinson_trace, hutchpp_trace
 
 __all__ = [
@@ -17,7 +17,6 @@ __all__ = [
     "hutchinson_trace",
     "hutchpp_trace",
     "lanczos_eigenpairs",
-    "lanczos_tridiagonal",
     "power_iteration_eigenpairs",
     "slq_density",
 ]
