@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +38,13 @@ class TorchOperator:
             raise ValueError(f"operator must be square, got shape {self.inner.shape}")
         self.n = int(self.inner.shape[0])
         self.applications = 0
+        self.on_apply: Callable[[int], Any] | None = None  # e.g. a progress bar's update
 
     def apply(self, vectors: Tensor) -> Tensor:
         """Apply the operator to the columns of an ``(n, k)`` tensor (``k`` applications)."""
         self.applications += vectors.shape[1]
+        if self.on_apply is not None:
+            self.on_apply(vectors.shape[1])
         if isinstance(self.inner, CurvatureOperator):
             return self.inner.apply(vectors)
         result = self.inner.matmat(vectors.detach().cpu().numpy().astype(np.float64))

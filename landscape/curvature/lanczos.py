@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+from tqdm.auto import tqdm
 
 from landscape.curvature._common import EigenResult, Seed, TorchOperator, eigen_result, rng
 
@@ -21,6 +22,7 @@ def lanczos_eigenpairs(
     ncv: int | None = None,
     seed: Seed = None,
     residual_tol: float = 1e-6,
+    progress: bool = False,
 ) -> EigenResult:
     r"""The ``k`` extreme eigenvalues and eigenvectors of a symmetric operator by Lanczos.
 
@@ -41,6 +43,7 @@ def lanczos_eigenpairs(
         ncv: Krylov basis size (``None``: ``eigsh``'s default, ``min(n, max(2k + 1, 20))``).
         seed: seed or generator of the start vector :math:`v_0` (standard normal).
         residual_tol: relative residual below which a pair is flagged converged.
+        progress: show a progress bar counting operator applications.
 
     Returns:
         An :class:`~landscape.curvature._common.EigenResult`. If ARPACK stops before all ``k`` pairs converged, the
@@ -64,10 +67,14 @@ def lanczos_eigenpairs(
     if tol is None:
         tol = 0.0 if view.dtype == torch.float64 else 1e-5
     v0 = rng(seed).standard_normal(view.n)
-    try:
-        values, vectors = eigsh(view.as_scipy(), k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0)
-        found = k
-    except ArpackNoConvergence as error:
-        values, vectors, found = error.eigenvalues, error.eigenvectors, len(error.eigenvalues)
+    with tqdm(desc="lanczos", unit="matvec", disable=not progress) as bar:
+        view.on_apply = bar.update
+        try:
+            values, vectors = eigsh(view.as_scipy(), k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0)
+            found = k
+        except ArpackNoConvergence as error:
+            values, vectors, found = error.eigenvalues, error.eigenvectors, len(error.eigenvalues)
+        finally:
+            view.on_apply = None
     config = {"k": k, "which": which, "tol": tol, "maxiter": maxiter, "ncv": ncv, "arpack_converged": found}
     return eigen_result(view, torch.as_tensor(values), torch.as_tensor(vectors), residual_tol, "lanczos", config)
