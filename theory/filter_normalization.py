@@ -25,7 +25,7 @@ __all__ = ["filter_normalization"]
 SOURCE = "Li et al. 2018, Sec. 4"
 theta_ = sp.Matrix(sp.symbols("theta1:5", real=True))  # one filter (a row of 4 weights)
 d_ = sp.Matrix(sp.symbols("d1:5", real=True))
-SCALE = theta_.norm() / d_.norm()  # the factor multiplying d_f
+SCALE = sp.sqrt(theta_.dot(theta_)) / sp.sqrt(d_.dot(d_))  # the factor multiplying d_f
 
 
 def _model(seed: int) -> nn.Module:
@@ -77,7 +77,7 @@ def filter_normalization(
     alpha = sp.Symbol("alpha", real=True)
     point = theta_ + alpha * direction
     slice_ok = all(is_zero(e) for e in point.subs(scaled, simultaneous=True) - c * point)
-    norm_ok = is_zero(direction.norm() ** 2 - theta_.norm() ** 2)
+    norm_ok = is_zero(direction.dot(direction) - theta_.dot(theta_))
 
     generator = torch.Generator().manual_seed(seed + 1)
     data = (

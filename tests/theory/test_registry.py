@@ -1,0 +1,59 @@
+import math
+
+import pandas as pd
+import pytest
+import sympy as sp
+
+import theory
+from theory import _registry
+from theory.__main__ import main
+from theory._result import make_result
+
+
+def _quick_check():
+    return theory.schedules.cosine_annealing(steps=20)
+
+
+def _wrong_check():
+    return theory.schedules.cosine_annealing(formula=2 * theory.schedules.COSINE, steps=20)
+
+
+def _broken_check():
+    raise RuntimeError("implementation changed")
+
+
+def test_checks_cover_every_theory_item():
+    items = sorted(check.__module__ for check in theory.checks())
+    assert len(theory.checks()) == 21
+    assert "theory.schedules" in items and "theory.radam" in items
+
+
+def test_run_all_writes_tables_and_records_failures(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(_registry, "_CHECKS", (_quick_check, _wrong_check, _broken_check))
+    frame = theory.run_all(out_dir=tmp_path, progress=False)
+    assert isinstance(frame, pd.DataFrame)
+    assert frame["passed"].tolist() == [True, False, False]
+    assert "RuntimeError: implementation changed" in frame["note"].iloc[2]
+    printed = capsys.readouterr().out
+    assert "PASS" in printed and "FAIL" in printed and "1/3 checks passed" in printed
+    markdown = (tmp_path / "theory.md").read_text()
+    latex = (tmp_path / "theory.tex").read_text()
+    assert "| 21 | schedules.cosine_annealing |" in markdown and markdown.count("FAIL") == 2
+    assert r"\begin{longtable}" in latex and r"\textbf{fail}" in latex and "eta\\_{" not in latex
+
+
+def test_main_exit_status(tmp_path, monkeypatch):
+    monkeypatch.setattr(_registry, "_CHECKS", (_quick_check,))
+    assert main(["--out", str(tmp_path), "--quiet"]) == 0
+    monkeypatch.setattr(_registry, "_CHECKS", (_quick_check, _wrong_check))
+    assert main(["--out", str(tmp_path), "--quiet"]) == 1
+
+
+def test_make_result_decides_pass_and_rejects_bad_tolerance():
+    common = dict(id="x", item=0, title="t", formula=sp.Integer(1), method="m", numeric="n", source="s", note="")
+    assert make_result(symbolic_ok=True, value=1.0, reference=1.1, tolerance=0.2, **common).passed
+    assert not make_result(symbolic_ok=True, value=1.0, reference=1.5, tolerance=0.2, **common).passed
+    assert not make_result(symbolic_ok=False, value=1.0, reference=1.0, tolerance=0.2, **common).passed
+    assert not make_result(symbolic_ok=True, value=math.nan, reference=1.0, tolerance=0.2, **common).passed
+    with pytest.raises(ValueError, match="tolerance"):
+        make_result(symbolic_ok=True, value=1.0, reference=1.0, tolerance=-1.0, **common)
