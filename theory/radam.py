@@ -377,16 +377,30 @@ def rectification(formula: sp.Expr | None = None, beta2: float = 0.999, steps: i
     )
 
 
-def _ema_psi_variance(beta2: float, ts: list[int], n: int, rng: np.random.Generator) -> dict[int, tuple]:
-    """Var and SE of the bias-corrected EMA ψ_t = √((1−β₂ᵗ)/v_t) for g ~ N(0, 1), n trajectories."""
-    v = np.zeros(n)
-    out = {}
-    for t in range(1, max(ts) + 1):
-        g = rng.standard_normal(n)
-        v = beta2 * v + (1 - beta2) * g * g
-        if t in ts:
-            out[t] = variance_and_se(np.sqrt((1 - beta2**t) / v))
-    return out
+def _ema_variances(
+    beta2: float, ts: list[int], n: int, rng: np.random.Generator, seed: int
+) -> tuple[dict[int, tuple], str]:
+    """Var[ψ_t] of the bias-corrected EMA ψ_t = √((1−β₂ᵗ)/v_t), g ~ N(0, 1), with its SE, per t in ``ts``.
+
+    From ``landscape.adaptive_lr.simulate_adaptive_lr`` (with its exact and first-order columns) when it exists,
+    else from a NumPy loop here (formula columns None).
+    """
+    try:
+        from landscape.adaptive_lr import simulate_adaptive_lr
+    except ImportError:
+        v, out = np.zeros(n), {}
+        for t in range(1, max(ts) + 1):
+            g = rng.standard_normal(n)
+            v = beta2 * v + (1 - beta2) * g * g
+            if t in ts:
+                out[t] = (*variance_and_se(np.sqrt((1 - beta2**t) / v)), None, None)
+        return out, f"simulation (n={n} Gaussian gradient trajectories)"
+    frame = simulate_adaptive_lr(beta2=beta2, steps=max(ts), trajectories=n, record=ts, seed=seed)
+    out = {
+        int(row.step): (row.empirical_var, row.standard_error, row.exact_var, row.first_order_var)
+        for row in frame.itertuples()
+    }
+    return out, f"simulation (n={n}) + landscape.adaptive_lr.simulate_adaptive_lr and its formula columns"
 
 
 def adaptive_lr_monte_carlo(
@@ -422,13 +436,16 @@ def adaptive_lr_monte_carlo(
         g = rng.standard_normal((samples, t))
         mc, se = variance_and_se(np.sqrt(t / np.sum(g * g, axis=1)))
         sma.append((t, mc, se, _eval_rho(formula, float(t))))
-    ema = _ema_psi_variance(beta2, list(ema_ts), samples, rng)
+    ema, numeric = _ema_variances(beta2, list(ema_ts), samples, rng, seed)
+    evaluate = _evaluator(formula)
     ema_ok, parts = True, []
-    for t, (mc, se) in ema.items():
+    for t, (mc, se, landscape_exact, landscape_first) in ema.items():
         rho_t = float(_rho_t_np(t, beta2))
-        exact = _eval_rho(formula, rho_t)
+        exact = evaluate(rho_t)
         first = float(first_order_variance(rho_t)) if rho_t > 4 else math.nan
         ema_ok &= abs(mc / exact - 1) <= ema_rel_tol + k * se / exact
+        if landscape_exact is not None:  # landscape's formulas must equal the claimed exact and the first order
+            ema_ok &= abs(landscape_exact / exact - 1) <= 1e-10 and abs(landscape_first / first - 1) <= 1e-10
         parts.append(
             f"t={t} (rho_t={rho_t:.2f}): MC {mc:.4g}, exact {exact:.4g} ({mc / exact - 1:+.1%}), "
             f"first-order {first:.4g} ({first / mc - 1:+.0%})"
@@ -446,7 +463,7 @@ def adaptive_lr_monte_carlo(
         value=mc0,
         reference=ref0,
         tolerance=k * se0,
-        numeric=f"simulation (n={samples} Gaussian gradient trajectories)",
+        numeric=numeric,
         source=f"{SOURCE}, Sec. 3-4, Fig. 9",
         note=(
             f"SMA (within {k} SE): {sma_text}. EMA beta2={beta2} vs exact at rho_t (stated accuracy "

@@ -131,7 +131,7 @@ def dual_norm(formula: sp.Matrix | None = None, p: float = 3.0, rho: float = 0.0
             f"ASAM |T^-1 eps| = rho and eps.g = rho|Tg|: {asam_ok}. Numeric p={p}: eps.g = {eps @ g:.10g}, "
             f"SLSQP max {maximum:.10g} = rho|g|_q = {rho * np.sum(g**q) ** (1 / q):.10g}; ||eps||_p - rho = "
             f"{norm_dev:.2g}"
-            + ("" if sam_dev is None else f"; optim.SAM perturbation vs rho g/|g|: {sam_dev:.2g}")
+            + ("" if sam_dev is None else f"; optim.SAM/ASAM perturbation vs the formulas (relative): {sam_dev:.2g}")
             + "."
         ),
         numeric_extra_ok=extra,
@@ -139,20 +139,32 @@ def dual_norm(formula: sp.Matrix | None = None, p: float = 3.0, rho: float = 0.0
 
 
 def _sam_perturbation_deviation(rho: float) -> float | None:
-    """Max |optim.SAM's w+ε̂ − (w + ρg/‖g‖)| on a small quadratic, or None if ``optim.SAM`` does not exist."""
+    """Max deviation of ``optim.SAM``'s perturbation from the formulas, or None if ``optim.SAM`` does not exist.
+
+    SAM: w + ε̂ must equal w + ρg/‖g‖. ASAM (T = |w| + η): ε̂ must equal ρT²g/‖Tg‖, so ‖T⁻¹ε̂‖ = ρ and
+    ε̂·g = ρ‖Tg‖. The deviation is the largest of these errors relative to ρ (resp. ρ‖Tg‖).
+    """
     try:
         from optim import SAM
     except ImportError:
         return None
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
-    start = w.detach().clone()
-    sam = SAM(torch.optim.SGD([w], lr=0.1), rho=rho)
-    loss = (w**2 * torch.arange(1, 6, dtype=torch.float64)).sum()
-    loss.backward()
-    grad = w.grad.detach().clone()
-    sam.first_step()
-    return float((w.detach() - (start + rho * grad / grad.norm())).abs().max())
+    deviations = []
+    for adaptive in (False, True):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+        start = w.detach().clone()
+        wrapper = SAM(torch.optim.SGD([w], lr=0.1), rho=rho, adaptive=adaptive, eta=0.01)
+        (w**2 * torch.arange(1, 6, dtype=torch.float64)).sum().backward()
+        grad = w.grad.detach().clone()
+        wrapper.first_step()
+        eps = w.detach() - start
+        if not adaptive:
+            deviations.append(float((eps - rho * grad / grad.norm()).abs().max()) / rho)
+            continue
+        t = start.abs() + 0.01
+        deviations.append(abs(float((eps / t).norm()) - rho) / rho)
+        deviations.append(abs(float(eps @ grad) - rho * float((t * grad).norm())) / (rho * float((t * grad).norm())))
+    return max(deviations)
 
 
 def quadratic_sharpness(
@@ -199,6 +211,14 @@ def quadratic_sharpness(
     zero = torch.zeros(dim, dtype=torch.float64, requires_grad=True)
     (g0,) = torch.autograd.grad(zero @ h @ zero / 2, zero)
     first_order = rho * float(g0.norm())
+    reference = float(formula.subs({rho_: rho, lambda_max_: top_numeric}))
+    numeric, extra_ok, extra_text = "projected gradient ascent (float64)", first_order == 0.0, ""
+    landscape = _landscape_sam_sharpness(h, rho)
+    if landscape is not None:
+        ascent, first = landscape
+        numeric += " + landscape.sharpness.sam_sharpness"
+        extra_ok &= abs(ascent - reference) <= 1e-8 * reference and first == 0.0
+        extra_text = f" landscape sam_sharpness: ascent {ascent:.12g}, first order {first}."
     return make_result(
         id="sam.quadratic_sharpness",
         item=10,
@@ -207,13 +227,38 @@ def quadratic_sharpness(
         method="Lagrangian (solve) on a 3x3 H, eigenvals; gradient at 0",
         symbolic_ok=lagrange_ok and first_order_ok,
         value=found,
-        reference=float(formula.subs({rho_: rho, lambda_max_: top_numeric})),
+        reference=reference,
         tolerance=1e-10 * rho**2 * top_numeric,
-        numeric="projected gradient ascent (float64)",
+        numeric=numeric,
         source=f"{SOURCE}, Eq. (1)-(2)",
         note=(
             f"Lagrangian maximum = formula at lambda_max={top}: {lagrange_ok}; grad L(0) = 0: {first_order_ok}. "
             f"Numeric {dim}-dim H: ascent {found:.12g}, first-order estimate rho|grad L(0)| = {first_order}."
+            + extra_text
         ),
-        numeric_extra_ok=first_order == 0.0,
+        numeric_extra_ok=extra_ok,
     )
+
+
+class _Quadratic(torch.nn.Module):
+    """L(w) = ½wᵀHw at w = 0, as a model whose output is the loss."""
+
+    def __init__(self, h: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("h", h)
+        self.w = torch.nn.Parameter(torch.zeros(h.shape[0], dtype=h.dtype))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return (0.5 * self.w @ self.h @ self.w).expand(len(inputs))
+
+
+def _landscape_sam_sharpness(h: torch.Tensor, rho: float) -> tuple[float, float] | None:
+    """SAM sharpness of the quadratic by ``landscape`` (500 ascent steps; first order), or None if absent."""
+    try:
+        from landscape.sharpness import sam_sharpness
+    except ImportError:
+        return None
+    data = (torch.zeros(1, 1, dtype=h.dtype), torch.zeros(1, dtype=h.dtype))
+    options = {"rho": rho, "loss_fn": lambda out, target: out.mean()}
+    ascent = sam_sharpness(_Quadratic(h), data, method="ascent", steps=500, step_size=rho, **options).value
+    return ascent, sam_sharpness(_Quadratic(h), data, **options).value
