@@ -298,6 +298,17 @@ def exact_variance(
     decreasing = bool(np.all(np.diff(claimed) < 0))
     ratio = claimed[0] / claimed[-1]
     extra = decreasing and ratio > 100 and all(abs(mc - ref) <= k * se for _, mc, se, ref in rows[1:])
+    numeric = f"simulation (chi2 draws, n={samples} per rho)"
+    try:
+        from landscape.adaptive_lr import exact_variance as landscape_exact
+    except ImportError:
+        landscape_text = ""
+    else:
+        landscape_dev = float(np.max(np.abs(landscape_exact(grid) / claimed - 1)))
+        # float64 cancellation in rho/(rho-2) - rho*exp(2*(lgamma-lgamma))/2 ~ 1e-3 loses ~3 of 16 digits at rho=500
+        extra &= landscape_dev <= 1e-8
+        numeric += " + landscape.adaptive_lr.exact_variance"
+        landscape_text = f" landscape's exact_variance vs the claim on rho=5..500: max relative {landscape_dev:.2g} (tolerance 1e-8)."
     rho0, mc0, se0, ref0 = rows[0]
     mc_text = "; ".join(f"rho={r}: MC {mc:.5g} vs {ref:.5g} (SE {se:.2g})" for r, mc, se, ref in rows)
     return make_result(
@@ -310,13 +321,14 @@ def exact_variance(
         value=mc0,
         reference=ref0,
         tolerance=k * se0,
-        numeric=f"simulation (chi2 draws, n={samples} per rho)",
+        numeric=numeric,
         source=f"{SOURCE}, Appendix A, Eq. (10)-(11)",
         note=(
             f"integral = claim: {derived}; Legendre duplication (Beta form = claim): {legendre}. {mc_text} "
             f"(k={k}). Decreasing on rho=5..500: {decreasing}; Var(5)/Var(500) = {ratio:.1f} (> 100). "
             f"First order at rho=5: {float(first_order_variance(5.0)):.4g} vs exact "
             f"{float(_exact_variance_np(5.0)):.4g} ({float(first_order_variance(5.0) / _exact_variance_np(5.0)):.2f}x)."
+            + landscape_text
         ),
         numeric_extra_ok=extra,
     )
