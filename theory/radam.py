@@ -308,7 +308,10 @@ def exact_variance(
         # float64 cancellation in rho/(rho-2) - rho*exp(2*(lgamma-lgamma))/2 ~ 1e-3 loses ~3 of 16 digits at rho=500
         extra &= landscape_dev <= 1e-8
         numeric += " + landscape.adaptive_lr.exact_variance"
-        landscape_text = f" landscape's exact_variance vs the claim on rho=5..500: max relative {landscape_dev:.2g} (tolerance 1e-8)."
+        landscape_text = (
+            f" landscape's exact_variance vs the claim on rho=5..500: max relative {landscape_dev:.2g} "
+            "(tolerance 1e-8)."
+        )
     rho0, mc0, se0, ref0 = rows[0]
     mc_text = "; ".join(f"rho={r}: MC {mc:.5g} vs {ref:.5g} (SE {se:.2g})" for r, mc, se, ref in rows)
     return make_result(
