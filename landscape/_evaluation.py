@@ -35,9 +35,26 @@ def top1_accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
         and outputs.shape[0] == targets.shape[0]
         and outputs.shape[2:] == targets.shape[1:]
     )
-    if classification:
-        return (outputs.argmax(dim=1) == targets).to(outputs.dtype).mean()
+    if classification:  # arg-max over the leading dimension: several times faster on CPU for few classes
+        return (outputs.movedim(1, 0).argmax(dim=0) == targets).to(outputs.dtype).mean()
     return torch.full((), float("nan"), dtype=outputs.dtype, device=outputs.device)
+
+
+def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy, as ``torch.nn.functional.cross_entropy`` with its defaults (the default loss).
+
+    For ``(B, C)`` scores and integer targets the log-softmax is taken over the leading dimension of the transpose,
+    which on CPU is several times faster than over a short last dimension; other inputs go to torch's function.
+
+    Example:
+        >>> out, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
+        >>> round(cross_entropy(out, y).item(), 6) == round(nn.functional.cross_entropy(out, y).item(), 6)
+        True
+    """
+    fast = outputs.dim() == 2 and not targets.is_floating_point() and len(targets) == len(outputs)
+    if fast and bool((targets >= 0).all()):  # negative targets: torch's ignore_index handling
+        return -outputs.t().log_softmax(dim=0).gather(0, targets[None]).mean()
+    return nn.functional.cross_entropy(outputs, targets)
 
 
 def function_name(fn: Callable) -> str:

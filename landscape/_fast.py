@@ -38,6 +38,7 @@ AFFINE = (
 
 
 PARTS_CACHE_BYTES = 256 * 2**20  # first-layer products kept across chunks up to this size
+PASS_BYTES = 8 * 2**20  # bound on the combined first-layer outputs of one vmap pass (points per pass follow)
 
 
 class _Stop(Exception):
@@ -118,6 +119,7 @@ class FastEvaluator:
         self.n_points = 0
         self._parts: dict[int, Tensor] = {}
         self._parts_bytes = 0
+        self._buffer: Tensor | None = None
         x, y = batches[0]
         probe = [(x[:4], y[:4])]
         coords = torch.tensor([[0.0] * len(directions), [0.5, -0.25][: len(directions)]])
@@ -158,11 +160,11 @@ class FastEvaluator:
         return loss, acc
 
     def _batch_plain(self, coords: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        def point(c: Tensor) -> tuple[Tensor, Tensor]:
+        def point(c: Tensor) -> Tensor:
             out = functional_call(self.model, combine(self.origin, self.directions, c), (x,))
-            return self.loss_fn(out, y), self.accuracy_fn(out, y)
+            return out
 
-        return vmap(point)(coords)
+        return self._score(vmap(point)(coords), y)
 
     def _first_layer_parts(self, x: Tensor, key: int | None) -> Tensor:
         r""":math:`f(x; W_0, b_0), f(x; D_1, e_1), \ldots` stacked, kept for later chunks while memory allows."""
@@ -190,8 +192,19 @@ class FastEvaluator:
 
     def _batch_trick(self, coords: Tensor, x: Tensor, y: Tensor, key: int | None) -> tuple[Tensor, Tensor]:
         parts = self._first_layer_parts(x, key)
+        step = max(1, PASS_BYTES // max(parts[0].nbytes, 1))
+        scores = [self._pass_trick(coords[i : i + step], parts, x, y) for i in range(0, len(coords), step)]
+        return torch.cat([s[0] for s in scores]), torch.cat([s[1] for s in scores])
+
+    def _pass_trick(self, coords: Tensor, parts: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         weights = torch.cat([torch.ones_like(coords[:, :1]), coords], dim=1)
-        first = (weights @ parts.reshape(len(parts), -1)).reshape(len(coords), *parts.shape[1:])
+        size = len(coords) * parts[0].numel()
+        if self._buffer is None or self._buffer.numel() < size or self._buffer.dtype != parts.dtype:
+            self._buffer = torch.empty(size, dtype=parts.dtype, device=parts.device)
+        # one buffer reused by every pass: fresh large allocations cost page faults on CPU
+        flat = self._buffer[:size].view(len(coords), -1)
+        torch.mm(weights, parts.reshape(len(parts), -1), out=flat)
+        first = flat.view(len(coords), *parts.shape[1:])
         prefix = self.layer_name + "."
         layer = self.model.get_submodule(self.layer_name)
         rest = {n: t for n, t in self.origin.items() if not n.startswith(prefix)}
@@ -200,17 +213,24 @@ class FastEvaluator:
         def precomputed(*_args: Tensor, **_kwargs: Tensor) -> Tensor:
             return current[0]
 
-        def point(c: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        def point(c: Tensor, z: Tensor) -> Tensor:
             current[:] = [z]
             out = functional_call(self.model, combine(rest, self.directions, c), (x,))
-            return self.loss_fn(out, y), self.accuracy_fn(out, y)
+            return out
 
         saved = layer.__dict__.get("forward")
         layer.forward = precomputed
         try:
-            return vmap(point)(coords, first)
+            outputs = vmap(point)(coords, first)
         finally:
             if saved is None:
                 del layer.forward
             else:
                 layer.forward = saved
+        return self._score(outputs, y)
+
+    def _score(self, outputs: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Loss and accuracy of each point's outputs, by the same calls as the loop (vmapped losses are slow)."""
+        loss = torch.stack([self.loss_fn(out, y) for out in outputs])
+        acc = torch.stack([self.accuracy_fn(out, y) for out in outputs])
+        return loss, acc

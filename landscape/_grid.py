@@ -30,6 +30,7 @@ from landscape._evaluation import (
     LoopEvaluator,
     LossFn,
     batches_to,
+    cross_entropy,
     function_name,
     preserved_state,
     top1_accuracy,
@@ -148,7 +149,7 @@ class SurfaceJob:
         if bn == "recompute":
             source = as_batches(bn_data, batch_size) if bn_data is not None else self.batches
             self.bn_batches = batches_to(source[:bn_batches], device)
-        self.loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
+        self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
         self.accuracy_fn = accuracy_fn if accuracy_fn is not None else top1_accuracy
         self.method = "loop" if bn == "recompute" else method
         self.first_layer_trick, self.chunk_size, self.progress = first_layer_trick, chunk_size, progress
