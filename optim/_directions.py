@@ -121,7 +121,7 @@ def _adam2k(group: dict[str, Any], p: Tensor, state: dict[str, Any], grad: Tenso
 
 
 def _expectigrad(group: dict[str, Any], p: Tensor, state: dict[str, Any], grad: Tensor | None) -> Direction | None:
-    count = state["counter"].clamp(min=1) if "counter" in state else _step(state)
+    count = state["counter"] if "counter" in state else _step(state)  # the counter is never 0 (see Expectigrad)
     rate = torch.reciprocal((state["sum_sq"] / count).sqrt_().add_(group["eps"])).mul_(group["lr"])
     if "exp_avg" in state:
         return state["exp_avg"] / (1 - group["beta"] ** _step(state)), rate

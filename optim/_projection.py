@@ -10,59 +10,69 @@ from torch import Tensor
 
 
 class Projection(NamedTuple):
-    """Outcome of :func:`project_radial` for one tensor.
+    """Outcome of the projection test for one tensor, and the removed part.
 
     Attributes:
-        view: ``"none"``, ``"channel"`` or ``"layer"`` — the view whose radial part was removed.
+        view: ``"none"``, ``"channel"`` or ``"layer"`` — the view whose radial part is removed.
         max_cosine: max over output channels of |cos(g, θ)| (NaN for tensors with fewer than 2 dims).
         layer_cosine: |cos(g, θ)| of the whole tensor (NaN for tensors with fewer than 2 dims).
         wd_ratio: the factor applied to the weight decay (``wd_ratio`` when projected, else 1).
-        radial_norm: norm of the removed radial part of the update (0 when not projected).
+        radial_norm: norm of the radial part removed from the parameter step (0 when not projected).
     """
 
     view: str
     max_cosine: float
     layer_cosine: float
     wd_ratio: float
-    radial_norm: float
+    radial_norm: float = 0.0
 
 
-def project_radial(
-    param: Tensor, grad: Tensor, update: Tensor, *, delta: float, wd_ratio: float, eps: float
-) -> Projection:
-    r"""Remove the radial part of ``update`` in place where θ looks scale invariant; return what happened.
+def radial_view(param: Tensor, grad: Tensor, *, delta: float, wd_ratio: float, eps: float) -> Projection:
+    r"""Decide which view of ``param`` looks scale invariant for ``grad`` (no projection done yet).
 
-    For the views (rows = output channels, then the whole tensor as one row), with
-    :math:`c = |\cos(g, θ)|` row-wise (each norm clamped below at ε, as ``F.cosine_similarity``):
-    if :math:`\max c < δ/\sqrt{\text{row length}}`, :math:`\hat θ = θ/(\lVert θ\rVert_{row} + ε)` and
-    :math:`u ← u - \hat θ \sum_{row}(\hat θ ⊙ u)`; the first view that passes wins. Tensors with fewer than
-    two dims are never projected. The layer cosine is assembled from the row sums, so no extra pass is needed.
+    For the views (rows = output channels, then the whole tensor as one row) with
+    :math:`c = |\cos(g, θ)|` row-wise (each norm clamped below at ε, as ``F.cosine_similarity``): the first
+    view with :math:`\max c < δ/\sqrt{\text{row length}}` is chosen. Tensors with fewer than two dims never are.
+    The layer cosine is assembled from the row sums, so it costs no extra pass.
     """
     if param.dim() < 2:
-        return Projection("none", math.nan, math.nan, 1.0, 0.0)
+        return Projection("none", math.nan, math.nan, 1.0)
     rows = param.shape[0]
     param_rows = param.reshape(rows, -1)
     grad_rows = grad.reshape(rows, -1)
-    dots = (grad_rows * param_rows).sum(dim=1)
-    grad_sq = grad_rows.square().sum(dim=1)
-    param_sq = param_rows.square().sum(dim=1)
-    channel_cos = dots.abs() / (grad_sq.sqrt().clamp(min=eps) * param_sq.sqrt().clamp(min=eps))
-    layer_cos = dots.sum().abs() / (grad_sq.sum().sqrt().clamp(min=eps) * param_sq.sum().sqrt().clamp(min=eps))
+    dots = torch.linalg.vecdot(grad_rows, param_rows)
+    grad_norms = torch.linalg.vector_norm(grad_rows, dim=1)
+    param_norms = torch.linalg.vector_norm(param_rows, dim=1)
+    channel_cos = dots.abs() / (grad_norms.clamp(min=eps) * param_norms.clamp(min=eps))
+    layer_grad = torch.linalg.vector_norm(grad_norms).clamp(min=eps)
+    layer_param = torch.linalg.vector_norm(param_norms).clamp(min=eps)
     max_cosine = channel_cos.max().item()
-    layer_cosine = layer_cos.item()
-    row_length = param_rows.shape[1]
-    if max_cosine < delta / math.sqrt(row_length):
-        view, norms = "channel", param_sq.sqrt()
-    elif layer_cosine < delta / math.sqrt(param.numel()):
-        view, norms = "layer", param_sq.sum().sqrt().expand(rows)
-    else:
-        return Projection("none", max_cosine, layer_cosine, 1.0, 0.0)
-    unit = param_rows / norms.add(eps).unsqueeze(1)
+    layer_cosine = (dots.sum().abs() / (layer_grad * layer_param)).item()
+    if max_cosine < delta / math.sqrt(param_rows.shape[1]):
+        return Projection("channel", max_cosine, layer_cosine, wd_ratio)
+    if layer_cosine < delta / math.sqrt(param.numel()):
+        return Projection("layer", max_cosine, layer_cosine, wd_ratio)
+    return Projection("none", max_cosine, layer_cosine, 1.0)
+
+
+def remove_radial(param: Tensor, update: Tensor, view: str, *, eps: float) -> float:
+    r"""Remove the radial part of ``update`` in place for ``view``; return the norm of the removed part.
+
+    .. math::
+        \hat θ = θ/(\lVert θ\rVert_{row} + ε),\qquad u ← u - \hat θ \textstyle\sum_{row}(\hat θ ⊙ u).
+    """
+    rows = param.shape[0]
+    param_rows = param.reshape(rows, -1)
     update_rows = update.view(rows, -1)
     if view == "channel":
-        coefficients = (unit * update_rows).sum(dim=1, keepdim=True)
+        norms = torch.linalg.vector_norm(param_rows, dim=1, keepdim=True)
     else:
-        coefficients = (unit * update_rows).sum().expand(rows, 1)
-    radial = unit * coefficients
+        norms = torch.linalg.vector_norm(param_rows).expand(rows, 1)
+    unit = param_rows / norms.add(eps)
+    if view == "channel":
+        coefficients = torch.linalg.vecdot(unit, update_rows).unsqueeze(1)
+    else:
+        coefficients = torch.linalg.vecdot(unit.flatten(), update_rows.flatten()).expand(rows, 1)
+    radial = unit.mul_(coefficients)
     update_rows.sub_(radial)
-    return Projection(view, max_cosine, layer_cosine, wd_ratio, torch.linalg.vector_norm(radial).item())
+    return torch.linalg.vector_norm(radial).item()

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optim._checks import check_betas, check_bool, check_nonnegative, check_positive, evaluate
-from optim._projection import Projection, project_radial
+from optim._projection import Projection, radial_view, remove_radial
 
 __all__ = ["AdamP", "adamp"]
 
@@ -32,23 +32,36 @@ def adamp(
     wd_ratio: float,
     nesterov: bool,
 ) -> list[Projection]:
-    """Apply one AdamP update in place (``steps`` already incremented); return the projection of each tensor."""
+    r"""Apply one AdamP update in place (``steps`` already incremented); return the projection of each tensor.
+
+    Uses :math:`u = m/(\sqrt{v}/c + ε) = c\,m/(\sqrt{v} + εc)` with :math:`c = \sqrt{1-β_2^t}`, which saves a
+    pass; u is only materialised where it is projected (or for Nesterov).
+    """
     projections = []
     for param, grad, exp_avg, exp_avg_sq, step in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
         bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
+        sqrt_bias_correction2 = math.sqrt(1 - beta2**step)
+        step_size = lr * sqrt_bias_correction2 / bias_correction1
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = exp_avg_sq.sqrt().div_(math.sqrt(bias_correction2)).add_(eps)
-        if nesterov:
+        denom = exp_avg_sq.sqrt().add_(eps * sqrt_bias_correction2)
+        projection = radial_view(param, grad, delta=delta, wd_ratio=wd_ratio, eps=eps)
+        if projection.view == "none" and not nesterov:
+            update = None
+        elif nesterov:
             update = (exp_avg * beta1).add_(grad, alpha=1 - beta1).div_(denom)
         else:
             update = torch.div(exp_avg, denom, out=denom)
-        projection = project_radial(param, grad, update, delta=delta, wd_ratio=wd_ratio, eps=eps)
+        if projection.view != "none":
+            radial_norm = step_size * remove_radial(param, update, projection.view, eps=eps)
+            projection = projection._replace(radial_norm=radial_norm)
         projections.append(projection)
         if weight_decay > 0:
             param.mul_(1 - lr * weight_decay * projection.wd_ratio)
-        param.add_(update, alpha=-lr / bias_correction1)
+        if update is None:
+            param.addcdiv_(exp_avg, denom, value=-step_size)
+        else:
+            param.add_(update, alpha=-step_size)
     return projections
 
 
@@ -170,6 +183,5 @@ class AdamP(Optimizer):
                 state["projection"] = projection.view  # "none" | "channel" | "layer"
                 state["max_cosine"] = projection.max_cosine  # max over channels of |cos(g, θ)|
                 state["layer_cosine"] = projection.layer_cosine  # |cos(g, θ)| of the whole tensor
-                # norm of the radial part removed from the parameter step
-                state["radial_norm"] = group["lr"] / (1 - beta1 ** state["step"]) * projection.radial_norm
+                state["radial_norm"] = projection.radial_norm  # norm of the radial part removed from the step
         return loss

@@ -31,12 +31,16 @@ def expectigrad(
         params, grads, sum_sqs, counters, exp_avgs, steps, strict=True
     ):
         sum_sq.addcmul_(grad, grad)
+        work = torch.empty_like(sum_sq if counter is None else counter)  # one scratch buffer per tensor
         if counter is None:
-            mean_sq = sum_sq / step
+            mean_sq = torch.div(sum_sq, step, out=work)
         else:
-            counter.add_(grad.ne(0))  # a NaN gradient counts (NaN != 0), so it propagates instead of vanishing
-            # n = 0 implies s = 0 (every gradient so far was 0), so s / max(n, 1) is exactly the 0/0 := 0 rule.
-            mean_sq = sum_sq / counter.clamp(min=1)
+            # a NaN gradient counts (NaN != 0), so it propagates instead of vanishing. The comparison is
+            # written into a float buffer: adding a bool tensor to a float one is several times slower.
+            counter.add_(torch.ne(grad, 0, out=work))
+            # The counter starts at the smallest normal float instead of 0: where n = 0, s = 0 and s / tiny = 0
+            # is the 0/0 := 0 rule; where n ≥ 1, n + tiny rounds to n exactly. No clamp pass is needed.
+            mean_sq = torch.div(sum_sq, counter, out=work)
         update = torch.div(grad, mean_sq.sqrt_().add_(eps), out=mean_sq)
         if exp_avg is None:
             param.add_(update, alpha=-lr)
@@ -67,7 +71,8 @@ class Expectigrad(Optimizer):
         eps: ε. Default 1e-8.
         sparse_counter: count only nonzero gradients (``True``, authors' default) or every step.
 
-    State per parameter: ``step``, ``sum_sq`` s, ``counter`` n (sparse only), ``exp_avg`` m (β > 0 only).
+    State per parameter: ``step``, ``sum_sq`` s, ``counter`` n (sparse only; stored as n + the smallest normal
+    float, which equals n exactly for n ≥ 1), ``exp_avg`` m (β > 0 only).
 
     Example:
         >>> p = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
@@ -106,7 +111,8 @@ class Expectigrad(Optimizer):
                 state["sum_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # s = Σ g²
                 if group["sparse_counter"]:
                     counter_dtype = torch.promote_types(p.dtype, torch.float32)
-                    state["counter"] = torch.zeros_like(p, dtype=counter_dtype)  # n = Σ 1[g ≠ 0]
+                    # n = Σ 1[g ≠ 0], offset by the smallest normal float (exact for n ≥ 1, see expectigrad())
+                    state["counter"] = torch.full_like(p, torch.finfo(counter_dtype).tiny, dtype=counter_dtype)
                 if group["beta"] > 0:
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # m
             state["step"] += 1

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optim._checks import check_bool, check_nonnegative, check_positive, check_unit_interval, evaluate
-from optim._projection import Projection, project_radial
+from optim._projection import Projection, radial_view, remove_radial
 
 __all__ = ["SGDP", "sgdp"]
 
@@ -37,8 +37,13 @@ def sgdp(
             direction = grad.add(buf, alpha=momentum)
         else:
             # The authors' code projects the momentum buffer itself in place; valley projects a copy.
-            direction = buf.clone() if param.dim() > 1 else buf
-        projection = project_radial(param, grad, direction, delta=delta, wd_ratio=wd_ratio, eps=eps)
+            direction = buf
+        projection = radial_view(param, grad, delta=delta, wd_ratio=wd_ratio, eps=eps)
+        if projection.view != "none":
+            if direction is buf:
+                direction = buf.clone()
+            radial_norm = lr * remove_radial(param, direction, projection.view, eps=eps)
+            projection = projection._replace(radial_norm=radial_norm)
         projections.append(projection)
         if weight_decay != 0:
             param.mul_(1 - lr * weight_decay * projection.wd_ratio / (1 - momentum))
@@ -159,6 +164,5 @@ class SGDP(Optimizer):
                 state["projection"] = projection.view  # "none" | "channel" | "layer"
                 state["max_cosine"] = projection.max_cosine  # max over channels of |cos(g, θ)|
                 state["layer_cosine"] = projection.layer_cosine  # |cos(g, θ)| of the whole tensor
-                # norm of the radial part removed from the parameter step
-                state["radial_norm"] = group["lr"] * projection.radial_norm
+                state["radial_norm"] = projection.radial_norm  # norm of the radial part removed from the step
         return loss
