@@ -1,13 +1,7 @@
 import pytest
-import torch
 
 from theory import adam
 from theory.adam import BIAS, RATIO, TERMINAL, beta2_, mu_, t_
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
 
 
 @pytest.mark.parametrize("check", [adam.bias_correction, adam.sparse_step_bound, adam.momentum_terminal_velocity])

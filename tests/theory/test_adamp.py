@@ -1,14 +1,8 @@
 import pytest
 import sympy as sp
-import torch
 
 from theory import adamp
 from theory.adamp import GRADIENT_SCALE, P_, beta_, gamma_, k_, t_
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
 
 
 @pytest.mark.parametrize("check", [adamp.scale_invariance, adamp.norm_growth])

@@ -1,17 +1,10 @@
 import pytest
 import sympy as sp
-import torch
 
 from theory import curvature, filter_normalization, sharpness
 from theory.curvature import VARIANCE, diag2_, frob2_
 from theory.filter_normalization import SCALE, d_, theta_
 from theory.sharpness import BOX_MAXIMUM, TOP_EIGENVALUE, alpha_
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
 
 CHECKS = {
     "keskar": (sharpness.keskar_box_maximum, "landscape.sharpness.epsilon_sharpness"),

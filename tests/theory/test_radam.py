@@ -1,16 +1,9 @@
 import numpy as np
 import pytest
 import sympy as sp
-import torch
 
 from theory import radam
 from theory.radam import EXACT, FIRST_ORDER, R_T, RHO_T, rho_, rho_t_, t_, tau_
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
 
 CHECKS = ["center_of_mass", "scaled_inv_chi2_moments", "exact_variance", "rectification", "adaptive_lr_monte_carlo"]
 

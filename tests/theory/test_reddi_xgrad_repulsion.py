@@ -1,16 +1,10 @@
 import pytest
 import sympy as sp
-import torch
 
 from theory import reddi, repulsion, xgrad
 from theory.reddi import C_, DISPLACEMENT, gamma_
 from theory.repulsion import DERIVATIVE
 from theory.xgrad import PREDICTION, delta_, s_, theta_
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
 
 
 @pytest.mark.parametrize("check", [reddi.reddi_counterexample, xgrad.weight_prediction, repulsion.kernel_gradient])

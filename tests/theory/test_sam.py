@@ -1,13 +1,7 @@
 import pytest
-import torch
 
 from theory import sam
 from theory.sam import EPSILON, QUADRATIC_MAX
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
 
 
 @pytest.mark.parametrize("check", [sam.dual_norm, sam.quadratic_sharpness])
