@@ -3,8 +3,9 @@ r"""Curvature matrices of a loss behind one linear-operator interface: the Hessi
 Both operators act on flat parameter vectors (the model's trainable parameters concatenated in registration order),
 are frozen at the parameters they were built with, and average over ``data`` with batch-size weights, because every
 loss is a mean over examples (see :mod:`landscape._data`). Each application is split in two: a per-shard sum
-:math:`\sum_b n_b C_b v` with its example count :math:`\sum_b n_b`, then the normalisation by the count. A data-parallel
-run all-reduces the first before the second.
+:math:`\sum_b n_b C_b v` with its example count :math:`\sum_b n_b`, then the normalisation by the count. With
+``distributed=True`` each rank keeps its shard of the data (:func:`landscape.distributed.shard_batches`) and the sums
+and counts are all-reduced before the division, so every rank applies the operator of the whole data set.
 
 They are ``scipy.sparse.linalg.LinearOperator`` objects (``shape``, ``dtype``, ``matvec``/``matmat`` on NumPy arrays,
 usable by ``eigsh``) whose ``matvec``/``matmat`` also accept torch tensors and then stay on the model's device. Every
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from landscape._data import Data, as_batches, model_device, named_parameters
+from landscape.distributed import all_reduce_sum, shard_batches
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -39,6 +41,9 @@ class CurvatureOperator(LinearOperator):
         dtype: computation dtype (e.g. ``torch.float64``); parameters, buffers and floating inputs are cast to it.
             ``None`` keeps the parameters' dtype.
         batch_size: split a single pair into batches of this size (memory bound); ``None`` keeps it whole.
+        distributed: data parallel over the ranks of the default process group: pass the same ``data`` on every
+            rank; each keeps its shard and every application all-reduces. Every rank must make the same
+            applications (estimators with the same seed do). No effect in a single process.
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class CurvatureOperator(LinearOperator):
         data: Data,
         dtype: torch.dtype | None = None,
         batch_size: int | None = None,
+        distributed: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -55,6 +61,8 @@ class CurvatureOperator(LinearOperator):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"Invalid dtype: {dtype}")
+        if not isinstance(distributed, bool):
+            raise TypeError(f"distributed must be a bool, got {type(distributed).__name__}")
         params = named_parameters(model)
         if not params:
             raise ValueError("model has no trainable parameter")
@@ -62,7 +70,11 @@ class CurvatureOperator(LinearOperator):
         self.loss_fn = loss_fn
         self.device = model_device(model)
         self.torch_dtype = dtype or next(iter(params.values())).dtype
-        self.batches = [(self._cast(x), y.to(self.device)) for x, y in as_batches(data, batch_size)]
+        batches = as_batches(data, batch_size)
+        self.distributed = distributed
+        if distributed:
+            batches = shard_batches(batches)
+        self.batches = [(self._cast(x), y.to(self.device)) for x, y in batches]
         self.num_data = sum(len(y) for _, y in self.batches)
         self.names = list(params)
         self.shapes = [p.shape for p in params.values()]
@@ -104,6 +116,8 @@ class CurvatureOperator(LinearOperator):
             raise ValueError(f"vectors must have shape ({self.shape[0]}, k), got {tuple(vectors.shape)}")
         vectors = vectors.to(device=self.device, dtype=self.torch_dtype)
         total, count = self.shard_sum(vectors)
+        if self.distributed:
+            total, count = all_reduce_sum(total, count)
         self.applications += vectors.shape[1]
         return total / count
 
