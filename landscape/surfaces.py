@@ -12,6 +12,9 @@ mode; BatchNorm uses its saved running statistics (``bn="saved"``, default) or s
 on a few training batches (``bn="recompute"``); the policy is recorded in the result's config. Work runs in chunks
 (:class:`landscape._grid.SurfaceJob`): batched with ``vmap`` by default, by the plain loop with ``method="loop"``,
 resumable through ``cache_dir``. Non-finite losses are stored as they come (NaN or inf) and counted in the config.
+With ``distributed=True`` under ``torchrun`` the chunks are dealt round robin over the ranks
+(:func:`landscape.distributed.evaluate_job`): each rank persists its finished chunks in ``cache_dir`` (a folder every
+rank sees), every rank returns the whole surface, and rank 0 is the one to save it.
 
 References:
     Goodfellow, Vinyals, Saxe. "Qualitatively characterizing neural network optimization problems." ICLR 2015.
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 from landscape._data import Data, named_parameters
 from landscape._grid import SurfaceJob
 from landscape.directions import cosine_similarity, model_direction
+from landscape.distributed import evaluate_job, world_size
 
 
 def make_grid(lo: float, hi: float, n: int, include_zero: bool = True) -> np.ndarray:
@@ -107,8 +111,10 @@ class Surface:
             return cls(f["alphas"], betas, f["loss"], f["accuracy"], json.loads(str(f["config"])))
 
 
-def _run(job: SurfaceJob, alphas: np.ndarray, betas: np.ndarray | None, config: dict[str, Any]) -> Surface:
-    loss, acc = job.assemble(job.evaluate())
+def _run(
+    job: SurfaceJob, alphas: np.ndarray, betas: np.ndarray | None, config: dict[str, Any], distributed: bool
+) -> Surface:
+    loss, acc = job.assemble(evaluate_job(job) if distributed else job.evaluate())
     shape = (len(alphas),) if betas is None else (len(alphas), len(betas))
     loss, acc = loss.reshape(shape), acc.reshape(shape)
     config = {
@@ -117,6 +123,7 @@ def _run(job: SurfaceJob, alphas: np.ndarray, betas: np.ndarray | None, config: 
         "evaluator": job.evaluator_name,
         "chunks_computed": len(job.computed),
         "chunks_reused": len(job.reused),
+        "world_size": world_size() if distributed else 1,
         "n_nonfinite": int((~np.isfinite(loss)).sum()),
     }
     return Surface(alphas, betas, loss, acc, config)
@@ -135,6 +142,7 @@ def surface_1d(
     direction: Mapping[str, Tensor],
     alphas: Sequence[float] | np.ndarray,
     origin: Mapping[str, Tensor] | None = None,
+    distributed: bool = False,
     **options: Any,
 ) -> Surface:
     r"""Loss and accuracy along :math:`\theta_0 + \alpha d` (default origin: the model's parameters).
@@ -145,12 +153,13 @@ def surface_1d(
         direction: tensors by trainable parameter name (e.g. from :func:`landscape.directions.random_direction`).
         alphas: coordinates.
         origin: parameters at :math:`\alpha = 0` (default: the model's trainable parameters).
+        distributed: split the chunks over the ranks of the default process group (no effect in one process).
         **options: ``loss_fn, accuracy_fn, method, bn, bn_data, bn_batches, batch_size, chunk_size, cache_dir,
             first_layer_trick, progress`` as in :class:`landscape._grid.SurfaceJob`.
     """
     alphas = _coords(alphas, "alphas")
     job = SurfaceJob(model, data, [direction], alphas[:, None], origin=origin, **options)
-    return _run(job, alphas, None, {"kind": "surface_1d"})
+    return _run(job, alphas, None, {"kind": "surface_1d"}, distributed)
 
 
 def interpolate_1d(
@@ -159,6 +168,7 @@ def interpolate_1d(
     theta_b: nn.Module | Mapping[str, Tensor],
     data: Data,
     alphas: Sequence[float] | np.ndarray,
+    distributed: bool = False,
     **options: Any,
 ) -> Surface:
     r"""Loss and accuracy along :math:`(1 - \alpha)\theta_a + \alpha\theta_b` (Goodfellow et al. 2015).
@@ -172,6 +182,7 @@ def interpolate_1d(
         theta_b: the point at :math:`\alpha = 1`.
         data: a pair ``(inputs, targets)`` or an iterable of pairs.
         alphas: coordinates (values outside [0, 1] extrapolate).
+        distributed: as in :func:`surface_1d`.
         **options: as in :func:`surface_1d`.
     """
     names = named_parameters(model).keys()
@@ -179,7 +190,7 @@ def interpolate_1d(
     b = {n: t for n, t in _as_params(theta_b).items() if n in names}
     alphas = _coords(alphas, "alphas")
     job = SurfaceJob(model, data, [model_direction(a, b)], alphas[:, None], origin=a, **options)
-    return _run(job, alphas, None, {"kind": "interpolate_1d"})
+    return _run(job, alphas, None, {"kind": "interpolate_1d"}, distributed)
 
 
 def _as_params(source: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -195,6 +206,7 @@ def surface_2d(
     alphas: Sequence[float] | np.ndarray,
     betas: Sequence[float] | np.ndarray,
     origin: Mapping[str, Tensor] | None = None,
+    distributed: bool = False,
     **options: Any,
 ) -> Surface:
     r"""Loss and accuracy on the grid :math:`\theta_0 + \alpha d_1 + \beta d_2` (Li et al. 2018, Eq. 1).
@@ -206,6 +218,7 @@ def surface_2d(
         alphas: coordinates along :math:`d_1` (rows of the grid).
         betas: coordinates along :math:`d_2` (columns); need not match ``alphas`` in length.
         origin: parameters at the grid centre (default: the model's trainable parameters).
+        distributed: as in :func:`surface_1d`.
         **options: as in :func:`surface_1d`.
 
     Example:
@@ -224,4 +237,4 @@ def surface_2d(
     coords = np.stack([grid_a.ravel(), grid_b.ravel()], axis=1)
     job = SurfaceJob(model, data, directions, coords, origin=origin, **options)
     cosine = cosine_similarity(directions[0], directions[1])
-    return _run(job, alphas, betas, {"kind": "surface_2d", "cosine": cosine})
+    return _run(job, alphas, betas, {"kind": "surface_2d", "cosine": cosine}, distributed)
