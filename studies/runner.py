@@ -6,6 +6,10 @@ skips configs whose results are cached (same config hash and study version), exe
 atomically as it finishes, so an interrupted study resumes with the runs that finished. The combined results of a
 scale are written to ``<root>/<study>/<scale>.csv`` (and the study's notes, such as runs skipped for missing data,
 to ``<scale>.notes.txt``), which the figure scripts read.
+
+Under ``torchrun`` (a process group opened by :func:`landscape.distributed.process_group`) the configs are dealt round
+robin over the ranks, one run at a time per rank, each on its own GPU for ``device="cuda"``; the finished runs are
+gathered and rank 0 writes the combined files, which every rank then returns.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from landscape import distributed
 from studies.store import RunStore, atomic_write_text, write_frame
 
 SCALES = ("tiny", "quick", "full")
@@ -89,19 +94,26 @@ def run_study(
         raise ValueError(f"Invalid scale {scale!r}; choose one of {', '.join(SCALES)}")
     root = Path(root) if root is not None else default_root()
     store = RunStore(root, study.name, study.version)
-    ctx = Context(store, resolve_device(device), data_dir, progress)
+    ctx = Context(store, distributed.local_device(resolve_device(device)), data_dir, progress)
     configs = study.grid(scale, ctx)
-    frames = []
-    for config in tqdm(configs, desc=study.name, disable=not progress, unit="run"):
+    grid_notes = len(ctx.notes)  # the same on every rank; notes made by runs follow
+    frames = {}
+    for i in tqdm(distributed.shard(range(len(configs))), desc=study.name, disable=not progress, unit="run"):
+        config = configs[i]
         frame = None if force else store.load(config)
         if frame is None:
             start = time.perf_counter()
             frame = study.run(config, ctx)
             store.save(config, frame, ctx.device, time.perf_counter() - start)
-        frames.append(_with_config(frame, config, store.run_dir(config).name))
-    combined = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    write_frame(root / study.name / f"{scale}.csv", combined)
-    atomic_write_text(root / study.name / f"{scale}.notes.txt", "".join(f"{n}\n" for n in ctx.notes))
+        frames[i] = _with_config(frame, config, store.run_dir(config).name)
+    parts = distributed.all_gather_objects((frames, ctx.notes[grid_notes:]))
+    frames = {i: frame for part, _ in parts for i, frame in part.items()}
+    notes = ctx.notes[:grid_notes] + [note for _, run_notes in parts for note in run_notes]
+    combined = pd.concat([frames[i] for i in sorted(frames)], ignore_index=True) if frames else pd.DataFrame()
+    if distributed.is_main():
+        write_frame(root / study.name / f"{scale}.csv", combined)
+        atomic_write_text(root / study.name / f"{scale}.notes.txt", "".join(f"{n}\n" for n in notes))
+    distributed.barrier()
     return combined
 
 
