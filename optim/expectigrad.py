@@ -42,6 +42,8 @@ def expectigrad(
             # is the 0/0 := 0 rule; where n ≥ 1, n + tiny rounds to n exactly. No clamp pass is needed.
             mean_sq = torch.div(sum_sq, counter, out=work)
         update = torch.div(grad, mean_sq.sqrt_().add_(eps), out=mean_sq)
+        if update.dtype != param.dtype:  # low-precision parameters keep a float32 counter
+            update = update.to(param.dtype)
         if exp_avg is None:
             param.add_(update, alpha=-lr)
         else:

@@ -136,3 +136,12 @@ def test_dtype_preserved(name, dtype, kwargs_for):
     state = _floating_state(opt)
     assert state or name in ("sgd", "extragradient")
     assert all(t.dtype == dtype for t in state)
+
+
+@pytest.mark.parametrize("name", ["radam", "adam2k", "adamp", "sgdp", "expectigrad", "adabelief", "adam3"])
+def test_bfloat16_parameters_stay_bfloat16_and_finite(name, kwargs_for):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.bfloat16))
+    opt = optim.make(name, [w], **kwargs_for(name))
+    run(opt, lambda: (w.float() ** 2).sum(), 5)
+    assert w.dtype == torch.bfloat16 and torch.isfinite(w).all()
