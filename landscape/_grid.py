@@ -91,7 +91,9 @@ class SurfaceJob:
         bn_batches: number of batches for re-estimation (default 4).
         batch_size: split a single ``(inputs, targets)`` pair into batches of this size.
         chunk_size: points per chunk (default 64).
-        cache_dir: folder for finished chunks (``None``: nothing written).
+        cache_dir: folder for finished chunks (``None``: nothing written). The key covers parameter and buffer values,
+            origin, directions, grid, data, BatchNorm data, chunking and method; loss and accuracy functions enter it
+            by qualified name only, so two different functions of one name must not share a folder.
         first_layer_trick: allow the first-affine-layer shortcut on the fast path.
         progress: show a progress bar over chunks.
     """
