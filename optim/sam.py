@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,11 @@ from optim._checks import check_bool, check_nonnegative, evaluate
 from optim._wrapper import GLOBAL, Wrapper
 
 __all__ = ["SAM"]
+
+
+def _stacked(norms: list[torch.Tensor]) -> torch.Tensor:
+    """Stack per-tensor norms in float64 on the first tensor's device."""
+    return torch.stack([n.to(device=norms[0].device, dtype=torch.float64) for n in norms])
 
 
 def _as_float(loss: Any) -> float:
@@ -74,34 +78,30 @@ class SAM(Wrapper):
     @torch.no_grad()
     def first_step(self) -> None:
         """Save w and move to w + ε̂ using the gradients currently in ``.grad``."""
-        scaled_sq = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                scaled = p.grad * (p.abs() + group["sam_eta"]) if group["sam_adaptive"] else p.grad
-                scaled_sq.append(torch.linalg.vector_norm(scaled) ** 2)
-        scaled_norm = math.sqrt(sum(x.item() for x in scaled_sq))
-        grad_sq = 0.0
-        e_sq = 0.0
-        for group in self.param_groups:
+        with_grad = [(group, p) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not with_grad:
+            return
+        scaled_norms = [
+            torch.linalg.vector_norm(p.grad * (p.abs() + group["sam_eta"]) if group["sam_adaptive"] else p.grad)
+            for group, p in with_grad
+        ]
+        scaled_norm = _stacked(scaled_norms).norm().item()  # one device sync for the global norm
+        e_norms, grad_norms = [], []
+        for group, p in with_grad:
             scale = group["sam_rho"] / scaled_norm if scaled_norm > 0 else 0.0
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                state["point"] = p.detach().clone()  # w, restored by second_step
-                e = p.grad * scale
-                if group["sam_adaptive"]:
-                    e.mul_((p.abs() + group["sam_eta"]).square_())
-                p.add_(e)
-                e_norm = torch.linalg.vector_norm(e).item()
-                state["e_norm"] = e_norm  # ‖ε̂‖ of this tensor
-                e_sq += e_norm**2
-                grad_sq += torch.linalg.vector_norm(p.grad).item() ** 2
+            self.state[p]["point"] = p.detach().clone()  # w, restored by second_step
+            e = p.grad * scale
+            if group["sam_adaptive"]:
+                e.mul_((p.abs() + group["sam_eta"]).square_())
+            p.add_(e)
+            e_norms.append(torch.linalg.vector_norm(e))
+            grad_norms.append(torch.linalg.vector_norm(p.grad))
+        e_norms_stacked, grad_norms_stacked = _stacked(e_norms), _stacked(grad_norms)
+        for (_, p), e_norm in zip(with_grad, e_norms_stacked.tolist(), strict=True):
+            self.state[p]["e_norm"] = e_norm  # ‖ε̂‖ of this tensor
         stats = self.state[GLOBAL]
-        stats["e_norm"] = math.sqrt(e_sq)  # ‖ε̂‖ over all parameters
-        stats["grad_norm"] = math.sqrt(grad_sq)  # ‖∇L(w)‖₂ over all parameters
+        stats["e_norm"] = e_norms_stacked.norm().item()  # ‖ε̂‖ over all parameters
+        stats["grad_norm"] = grad_norms_stacked.norm().item()  # ‖∇L(w)‖₂ over all parameters
 
     @torch.no_grad()
     def second_step(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,7 +21,12 @@ __all__ = ["XGrad"]
 SUPPORTED = (SGD, RMSprop, Adam, AdamW, AdaBelief, AdaM3, RAdam)
 """Base optimizer classes XGrad can predict for (exact class match)."""
 
-_NEEDS_LAST_GRAD = (SGD, RMSprop)  # their state holds no direction when momentum = 0
+
+def _needs_last_grad(optimizer: Optimizer, group: dict[str, Any]) -> bool:
+    """SGD and RMSprop without momentum, and Nesterov SGD, need the last gradient to form Δ."""
+    if isinstance(optimizer, SGD):
+        return group["momentum"] == 0 or group["nesterov"]
+    return isinstance(optimizer, RMSprop) and group["momentum"] == 0
 
 
 class XGrad(Wrapper):
@@ -39,8 +43,9 @@ class XGrad(Wrapper):
     ``step(closure)`` moves to θ̂, runs the closure there, restores θ_t bit-exactly (copy) and steps the base
     optimizer; ``predicted()`` does the same for hand-written loops. Before the base optimizer has state the
     prediction is a no-op, and ``steps=0`` gives the base optimizer's trajectory bitwise. For SGD and RMSprop
-    without momentum the last gradient is kept in the wrapper's state (``grad``) so that resuming from a
-    ``state_dict`` predicts exactly as the uninterrupted run. ``steps`` lives in each group as ``xgrad_steps``.
+    without momentum, and Nesterov SGD (Δ = g + μb), the last gradient is kept in the wrapper's state
+    (``grad``) so that resuming from a ``state_dict`` predicts exactly as the uninterrupted run. ``steps``
+    lives in each group as ``xgrad_steps``.
 
     Args:
         base_optimizer: A ``torch.optim`` SGD, RMSprop, Adam or AdamW, or valley's AdaBelief, AdaM3 or RAdam.
@@ -80,8 +85,7 @@ class XGrad(Wrapper):
     @contextmanager
     def predicted(self) -> Iterator[None]:
         """Within the block the parameters are at θ̂; on exit they are restored bit-exactly."""
-        cached = []
-        displacement_sq = 0.0
+        cached, displacements = [], []
         with torch.no_grad():
             for group in self.param_groups:
                 if group["xgrad_steps"] == 0:
@@ -94,8 +98,9 @@ class XGrad(Wrapper):
                     delta = found[0].mul_(float(group["lr"]) * group["xgrad_steps"])
                     cached.append((p, p.detach().clone()))
                     p.sub_(delta)
-                    displacement_sq += torch.linalg.vector_norm(delta).item() ** 2
-        self.state[GLOBAL]["displacement_norm"] = math.sqrt(displacement_sq)  # ‖θ̂ − θ_t‖
+                    displacements.append(torch.linalg.vector_norm(delta).to(torch.float64))
+        norm = torch.stack(displacements).norm().item() if displacements else 0.0  # one device sync
+        self.state[GLOBAL]["displacement_norm"] = norm  # ‖θ̂ − θ_t‖
         try:
             yield
         finally:
@@ -106,14 +111,12 @@ class XGrad(Wrapper):
     @torch.no_grad()
     def _base_step(self) -> None:
         self.base_optimizer.step()
-        if isinstance(self.base_optimizer, _NEEDS_LAST_GRAD):
-            for group in self.param_groups:
-                if group.get("momentum", 0) > 0 or group["xgrad_steps"] == 0:
-                    continue
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self.state[p]["grad"] = p.grad.detach().clone()  # last gradient, for Δ
-        return None
+        for group in self.param_groups:
+            if group["xgrad_steps"] == 0 or not _needs_last_grad(self.base_optimizer, group):
+                continue
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.state[p]["grad"] = p.grad.detach().clone()  # last gradient, for Δ
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Run the closure at the predicted weights (if given), then step the base optimizer; return the loss.

@@ -130,6 +130,7 @@ def test_asam_group_without_adaptive():
 BASES = {
     "sgdm": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
     "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05),
+    "nesterov": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
     "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=0.01),
     "rmsprop_momentum": lambda ps: torch.optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True),
     "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
@@ -301,3 +302,29 @@ def test_extragradient_checkpoint_between_half_steps():
     assert torch.equal(q, expected)
     with pytest.raises(RuntimeError, match="extrapolate"):
         resumed.step()
+
+
+@pytest.mark.parametrize("base", list(BASES))
+def test_xgrad_resumes_bitwise_for_every_base(base):
+    def closure_on(opt, param):
+        def closure():
+            opt.zero_grad()
+            loss = _nonquadratic(param)
+            loss.backward()
+            return loss
+
+        return closure
+
+    p = torch.nn.Parameter(torch.tensor([1.0, -0.7, 0.3], dtype=torch.float64))
+    xgrad = optim.XGrad(BASES[base]([p]), steps=2)
+    for _ in range(4):
+        xgrad.step(closure_on(xgrad, p))
+    saved, saved_p = copy.deepcopy(xgrad.state_dict()), p.detach().clone()
+    for _ in range(4):
+        xgrad.step(closure_on(xgrad, p))
+    q = torch.nn.Parameter(saved_p)
+    resumed = optim.XGrad(BASES[base]([q]), steps=2)
+    resumed.load_state_dict(saved)
+    for _ in range(4):
+        resumed.step(closure_on(resumed, q))
+    assert torch.equal(p, q)
