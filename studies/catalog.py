@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from studies import heo2021adamp, kingma2015adam, ravines, reddi2018
+from studies import crowded_valley, heo2021adamp, kingma2015adam, ravines, reddi2018
 from studies.runner import Study
 
 STUDIES: dict[str, Study] = {
-    s.name: s for s in (kingma2015adam.STUDY, reddi2018.STUDY, heo2021adamp.STUDY, ravines.STUDY)
+    s.name: s for s in (kingma2015adam.STUDY, reddi2018.STUDY, heo2021adamp.STUDY, ravines.STUDY, crowded_valley.STUDY)
 }
 
 
