@@ -79,9 +79,11 @@ class AdamP(Optimizer):
         θ ← θ(1 - γλ_{eff}),\quad θ ← θ - \frac{γ}{1-β_1^t} u.
 
     The projection is tried per output channel first, then on the whole tensor (see
-    :func:`optim._projection.project_radial`); tensors with fewer than two dims are never projected. Where
-    nothing is projected AdamP computes exactly AdamW's update with the same λ (decoupled decay
-    :math:`θ(1-γλ)`, then :math:`θ - γ/(1-β_1^t) · m_t/(\sqrt{v_t}/\sqrt{1-β_2^t}+ε)`); with λ = 0, Adam's.
+    :func:`optim._projection.radial_view`); tensors with fewer than two dims are never projected. Where
+    nothing is projected (and ``nesterov=False``) AdamP is ``torch.optim.AdamW`` with the same λ — decoupled
+    decay :math:`θ(1-γλ)` (wd_ratio does not apply), then :math:`θ - γ/(1-β_1^t) · m_t/(\sqrt{v_t}/\sqrt{1-β_2^t}+ε)`
+    — equal to rounding, since AdamP evaluates it as :math:`c\,m_t/(\sqrt{v_t}+εc)`, :math:`c=\sqrt{1-β_2^t}`.
+    With AdamP's default λ = 0 that is plain Adam (AdamW's own default λ is 0.01).
 
     Args:
         params: Iterable of parameters or param groups.
