@@ -3,6 +3,9 @@
 ``valley figures [--quick|--full] [--only NAME] [--device cpu|cuda]`` runs each figure's study through the cached
 runner, draws it, runs the theory checks and writes the report; ``valley study NAME`` runs one study;
 ``valley theory`` prints the theory table; ``valley list`` lists what exists.
+
+``torchrun --nproc-per-node N -m studies.cli study NAME ...`` runs one study's configs round robin over N processes
+(gloo on CPU, NCCL and one GPU per process with ``--device cuda``); a plain run needs no distributed set-up.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from landscape import distributed
 from studies import catalog, data
 from studies.runner import SCALES, default_root, run_study
 
@@ -25,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "study":  # the entry point torchrun launches; a plain process opens nothing
+        with distributed.process_group(args.device):
+            return args.func(args)
     return args.func(args)
 
 
@@ -82,8 +89,11 @@ def _cmd_study(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     root = args.runs_dir or default_root()
-    print(f"{args.name}: {frame['run'].nunique() if len(frame) else 0} runs, {time.perf_counter() - start:.1f} s")
-    print(f"results: {root / args.name / f'{args.scale}.csv'}")
+    if distributed.is_main():
+        runs = frame["run"].nunique() if len(frame) else 0
+        seconds = time.perf_counter() - start
+        print(f"{args.name}: {runs} runs on {distributed.world_size()} process(es), {seconds:.1f} s")
+        print(f"results: {root / args.name / f'{args.scale}.csv'}")
     return 0
 
 
@@ -153,3 +163,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         state = "embedded" if name in data.EMBEDDED else ("found" if data.available(name, args.data_dir) else "absent")
         print(f"  {name:24s} {state}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
