@@ -25,6 +25,7 @@ from landscape import _grid, distributed
 from landscape.curvature import GGNOperator, HessianOperator, hutchinson_trace, lanczos_eigenpairs, slq_density
 from landscape.directions import random_direction
 from landscape.surfaces import make_grid, surface_2d
+from studies import catalog
 from studies.runner import Study, run_study
 from studies.store import RunStore
 
@@ -192,6 +193,22 @@ def test_killed_rank_resumes_with_one_process_without_recomputing(tmp_path):
     assert resumed.config["chunks_computed"] == n_chunks - len(files) > 0
     np.testing.assert_array_equal(resumed.loss, reference.loss)
     assert all(p.stat().st_mtime_ns == t for p, t in files.items())  # finished chunks untouched
+
+
+def test_cli_study_under_torchrun_equals_one_process(tmp_path):
+    address = ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
+    launch = ["-m", "torch.distributed.run", "--nproc-per-node", "2", *address]
+    study = ["-m", "studies.cli", "study", "reddi2018", "--scale", "tiny", "--runs-dir", str(tmp_path / "two")]
+    env = {k: v for k, v in os.environ.items() if k not in distributed.TORCHRUN_VARIABLES}
+    env |= {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    cmd = [sys.executable, *launch, *study, "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("5 runs on 2 process(es)") == 1  # printed by rank 0 only
+    torch.set_num_threads(1)
+    run_study(catalog.get("reddi2018"), "tiny", root=tmp_path / "one", progress=False)  # plain process, no set-up
+    one, two = (pd.read_csv(tmp_path / d / "reddi2018" / "tiny.csv") for d in ("one", "two"))
+    pd.testing.assert_frame_equal(two, one)
 
 
 def test_single_process_is_a_no_op(monkeypatch):
