@@ -161,7 +161,6 @@ class LoopEvaluator:
         self.model, self.origin, self.directions = model, origin, directions
         self.batches, self.loss_fn, self.accuracy_fn, self.bn_batches = batches, loss_fn, accuracy_fn, bn_batches
         self.params = dict(model.named_parameters())
-        self.n_points = 0
 
     def __call__(self, coords: Tensor) -> tuple[Tensor, Tensor]:
         """Loss and accuracy at every row of ``coords`` (shape ``(G, k)``), as float64 tensors of length ``G``."""
@@ -173,7 +172,6 @@ class LoopEvaluator:
             if self.bn_batches is not None:
                 recompute_batchnorm(self.model, self.bn_batches)
             losses[i], accs[i] = evaluate_batches(self.model, self.batches, self.loss_fn, self.accuracy_fn)
-            self.n_points += 1
         return losses, accs
 
 

@@ -12,7 +12,9 @@ receives only parameter-free transforms of the input, its output is linear in th
 so the three products on the right are computed once per batch (and kept across chunks up to
 ``PARTS_CACHE_BYTES``), combined for all points of a chunk by one matrix product with the rows
 :math:`(1, \alpha_g, \beta_g)`, and only the rest of the network runs per point. The trick is checked against the
-plain batched call on a few examples before use.
+plain batched call on a few examples before use. Points go through ``vmap`` a few at a time (``PASS_BYTES`` of
+first-layer output per pass, written into one reused buffer), and each point's loss and accuracy are computed outside
+``vmap`` by the same calls the loop makes.
 """
 
 from __future__ import annotations
@@ -116,7 +118,6 @@ class FastEvaluator:
     ) -> None:
         self.model, self.origin, self.directions = model, origin, directions
         self.batches, self.loss_fn, self.accuracy_fn = batches, loss_fn, accuracy_fn
-        self.n_points = 0
         self._parts: dict[int, Tensor] = {}
         self._parts_bytes = 0
         self._buffer: Tensor | None = None
@@ -136,9 +137,7 @@ class FastEvaluator:
 
     def __call__(self, coords: Tensor) -> tuple[Tensor, Tensor]:
         """Loss and accuracy at every row of ``coords`` (shape ``(G, k)``), as float64 tensors of length ``G``."""
-        out = self._chunk(coords, self.batches, use_trick=self.layer_name is not None, cache=True)
-        self.n_points += len(coords)
-        return out
+        return self._chunk(coords, self.batches, use_trick=self.layer_name is not None, cache=True)
 
     def _chunk(
         self, coords: Tensor, batches: Sequence[Batch], use_trick: bool, cache: bool = False
@@ -161,8 +160,7 @@ class FastEvaluator:
 
     def _batch_plain(self, coords: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         def point(c: Tensor) -> Tensor:
-            out = functional_call(self.model, combine(self.origin, self.directions, c), (x,))
-            return out
+            return functional_call(self.model, combine(self.origin, self.directions, c), (x,))
 
         return self._score(vmap(point)(coords), y)
 
@@ -215,8 +213,7 @@ class FastEvaluator:
 
         def point(c: Tensor, z: Tensor) -> Tensor:
             current[:] = [z]
-            out = functional_call(self.model, combine(rest, self.directions, c), (x,))
-            return out
+            return functional_call(self.model, combine(rest, self.directions, c), (x,))
 
         saved = layer.__dict__.get("forward")
         layer.forward = precomputed
