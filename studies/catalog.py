@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from studies import crowded_valley, heo2021adamp, kingma2015adam, ravines, reddi2018
+from studies import crowded_valley, heo2021adamp, kingma2015adam, liu2020radam, ravines, reddi2018
 from studies.runner import Study
 
 STUDIES: dict[str, Study] = {
-    s.name: s for s in (kingma2015adam.STUDY, reddi2018.STUDY, heo2021adamp.STUDY, ravines.STUDY, crowded_valley.STUDY)
+    s.name: s
+    for s in (
+        kingma2015adam.STUDY,
+        reddi2018.STUDY,
+        heo2021adamp.STUDY,
+        ravines.STUDY,
+        crowded_valley.STUDY,
+        liu2020radam.STUDY,
+    )
 }
 
 
