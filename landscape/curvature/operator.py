@@ -9,7 +9,8 @@ and counts are all-reduced before the division, so every rank applies the operat
 
 They are ``scipy.sparse.linalg.LinearOperator`` objects (``shape``, ``dtype``, ``matvec``/``matmat`` on NumPy arrays,
 usable by ``eigsh``) whose ``matvec``/``matmat`` also accept torch tensors and then stay on the model's device. Every
-application of the operator to one vector increments ``applications``.
+application of the operator to one vector increments ``applications``. Products always run in the operator's dtype:
+autocast (mixed precision a caller may use for training) is switched off inside.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ class CurvatureOperator(LinearOperator):
         if vectors.ndim != 2 or vectors.shape[0] != self.shape[0]:
             raise ValueError(f"vectors must have shape ({self.shape[0]}, k), got {tuple(vectors.shape)}")
         vectors = vectors.to(device=self.device, dtype=self.torch_dtype)
-        total, count = self.shard_sum(vectors)
+        with torch.autocast(self.device.type, enabled=False):  # never mixed precision, even inside a caller's autocast
+            total, count = self.shard_sum(vectors)
         if self.distributed:
             total, count = all_reduce_sum(total, count)
         self.applications += vectors.shape[1]
