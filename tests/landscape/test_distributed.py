@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from landscape import _grid, distributed
 from landscape.curvature import GGNOperator, HessianOperator, hutchinson_trace, lanczos_eigenpairs, slq_density
 from landscape.directions import random_direction
-from landscape.surfaces import make_grid, surface_2d
+from landscape.surfaces import interpolate_1d, make_grid, surface_2d
 from studies import catalog
 from studies.runner import Study, run_study
 from studies.store import RunStore
@@ -44,6 +44,14 @@ def _surface(cache: Path | None, dist: bool, chunk_size: int = 4):
     grid_a, grid_b = make_grid(-1, 1, 7), make_grid(-1, 1, 5)
     return surface_2d(
         model, data, dirs, grid_a, grid_b, chunk_size=chunk_size, cache_dir=cache, progress=False, distributed=dist
+    )
+
+
+def _interpolation(dist: bool):
+    model, data, dirs = _case()
+    end = {n: p.detach() + dirs[0][n] for n, p in model.named_parameters()}
+    return interpolate_1d(
+        model, model, end, data, make_grid(-0.5, 1.5, 9), chunk_size=2, progress=False, distributed=dist
     )
 
 
@@ -99,6 +107,7 @@ def _worker(mode: str, out: Path) -> None:
             "loss": surface.loss.tolist(),
             "computed": surface.config["chunks_computed"],
             "reused": surface.config["chunks_reused"],
+            "line": _interpolation(True).loss.tolist(),
             **_curvature(True),
         }
         frame = run_study(TOY, "tiny", root=out / "runs", progress=False)
@@ -146,6 +155,7 @@ def test_two_rank_surface_equals_one_process(two_ranks):
         assert result["world"] == 2
         np.testing.assert_array_equal(np.array(result["loss"]), reference.loss)
         assert result["computed"] == reference.config["n_chunks"] == 9 and result["reused"] == 0
+        np.testing.assert_array_equal(np.array(result["line"]), _interpolation(False).loss)
     assert len(list((out / "cache").glob("*/chunk_*.npz"))) == 9
     restarted = _surface(out / "cache", False)  # one process finds every chunk the two ranks wrote
     assert restarted.config["chunks_computed"] == 0 and restarted.config["chunks_reused"] == 9
@@ -209,6 +219,18 @@ def test_cli_study_under_torchrun_equals_one_process(tmp_path):
     run_study(catalog.get("reddi2018"), "tiny", root=tmp_path / "one", progress=False)  # plain process, no set-up
     one, two = (pd.read_csv(tmp_path / d / "reddi2018" / "tiny.csv") for d in ("one", "two"))
     pd.testing.assert_frame_equal(two, one)
+
+
+def test_hessian_ignores_a_callers_autocast():
+    model, data, _ = _case()
+    hessian = HessianOperator(model, F.cross_entropy, data)
+    v = torch.randn(hessian.shape[0], 2)
+    plain = hessian.matmat(v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision for training must not reach the Hessian
+        assert torch.mm(v.T, v).dtype == torch.bfloat16
+        mixed = hessian.matmat(v)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, rtol=1e-6, atol=1e-7)
 
 
 def test_single_process_is_a_no_op(monkeypatch):
