@@ -8,8 +8,27 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from paper_figures import crowded_valley, heo2021adamp, kingma2015adam, liu2020radam, ravines, reddi2018
+from paper_figures import (
+    checkpoint_distance,
+    crowded_valley,
+    guan_xgrad,
+    heo2021adamp,
+    kingma2015adam,
+    liu2020radam,
+    ravines,
+    reddi2018,
+)
 
 FIGURES: dict[str, ModuleType] = {
-    m.STUDY: m for m in (kingma2015adam, reddi2018, heo2021adamp, ravines, crowded_valley, liu2020radam)
+    m.STUDY: m
+    for m in (
+        kingma2015adam,
+        reddi2018,
+        heo2021adamp,
+        ravines,
+        crowded_valley,
+        liu2020radam,
+        guan_xgrad,
+        checkpoint_distance,
+    )
 }

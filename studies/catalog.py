@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from studies import crowded_valley, heo2021adamp, kingma2015adam, liu2020radam, ravines, reddi2018
+from studies import (
+    checkpoint_distance,
+    crowded_valley,
+    guan_xgrad,
+    heo2021adamp,
+    kingma2015adam,
+    liu2020radam,
+    ravines,
+    reddi2018,
+)
 from studies.runner import Study
 
 STUDIES: dict[str, Study] = {
@@ -13,6 +22,8 @@ STUDIES: dict[str, Study] = {
         heo2021adamp.STUDY,
         ravines.STUDY,
         crowded_valley.STUDY,
+        guan_xgrad.STUDY,
+        checkpoint_distance.STUDY,
         liu2020radam.STUDY,
     )
 }
