@@ -12,7 +12,7 @@ Data and model: LeNet-5 (``studies.models.LeNet5``) on Fashion-MNIST at the full
 else (and at the quick and tiny scales) scikit-learn's digits; every run of a seed starts from one saved
 initialisation. s = 0 is the plain base optimizer (no wrapper), the reference of the overheads.
 
-Hyperparameters (:data:`BASES`; mini-batches of 128): SGDM lr 0.01, momentum 0.9; RMSprop lr 1e-3, α = 0.99 (torch
+Hyperparameters (:data:`BASES`; mini-batches of 128): SGDM lr 0.05, momentum 0.9; RMSprop lr 1e-3, α = 0.99 (torch
 default); Adam lr 1e-3, β = (0.9, 0.999), ε = 1e-8 (Kingma & Ba 2015); AdamW the same with decoupled decay 0.01
 (torch default, Loshchilov & Hutter 2019); AdaBelief and AdaM3 lr 1e-3, β = (0.9, 0.999), ε = 1e-16 (their authors'
 defaults, SPEC_OPTIM). The paper tunes per task and trains ResNets/VGG on CIFAR for 200 epochs; these are the usual
@@ -57,7 +57,7 @@ REPORTED_OVERHEAD: dict[str, tuple[float, float]] = {"SGDM": (5.67, 1.8), "Adam"
 
 #: name -> builder of the base optimizer from parameters; see the module docstring for the sources.
 BASES: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
-    "SGDM": lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
+    "SGDM": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
     "RMSprop": lambda p: torch.optim.RMSprop(p, lr=1e-3, alpha=0.99),
     "Adam": lambda p: torch.optim.Adam(p, lr=1e-3, betas=(0.9, 0.999), eps=1e-8),
     "AdamW": lambda p: torch.optim.AdamW(p, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01),
