@@ -17,6 +17,7 @@ from paper_figures import (
     liu2020radam,
     ravines,
     reddi2018,
+    weight_norm_growth,
 )
 
 FIGURES: dict[str, ModuleType] = {
@@ -30,5 +31,6 @@ FIGURES: dict[str, ModuleType] = {
         liu2020radam,
         guan_xgrad,
         checkpoint_distance,
+        weight_norm_growth,
     )
 }

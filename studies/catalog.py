@@ -11,6 +11,7 @@ from studies import (
     liu2020radam,
     ravines,
     reddi2018,
+    weight_norm_growth,
 )
 from studies.runner import Study
 
@@ -24,6 +25,7 @@ STUDIES: dict[str, Study] = {
         crowded_valley.STUDY,
         guan_xgrad.STUDY,
         checkpoint_distance.STUDY,
+        weight_norm_growth.STUDY,
         liu2020radam.STUDY,
     )
 }
