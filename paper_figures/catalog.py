@@ -11,6 +11,7 @@ from types import ModuleType
 from paper_figures import (
     checkpoint_distance,
     crowded_valley,
+    flat_minima,
     guan_xgrad,
     heo2021adamp,
     kingma2015adam,
@@ -31,6 +32,7 @@ FIGURES: dict[str, ModuleType] = {
         liu2020radam,
         guan_xgrad,
         checkpoint_distance,
+        flat_minima,
         weight_norm_growth,
     )
 }

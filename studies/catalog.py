@@ -5,6 +5,7 @@ from __future__ import annotations
 from studies import (
     checkpoint_distance,
     crowded_valley,
+    flat_minima,
     guan_xgrad,
     heo2021adamp,
     kingma2015adam,
@@ -25,6 +26,7 @@ STUDIES: dict[str, Study] = {
         crowded_valley.STUDY,
         guan_xgrad.STUDY,
         checkpoint_distance.STUDY,
+        flat_minima.STUDY,
         weight_norm_growth.STUDY,
         liu2020radam.STUDY,
     )

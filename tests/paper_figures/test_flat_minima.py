@@ -1,0 +1,58 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from paper_figures import flat_minima as figure
+from studies import flat_minima as study
+from studies.runner import run_study
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """The tiny study (single-threaded: faster on a shared 2-core machine) drawn into a temporary folder."""
+    root = tmp_path_factory.mktemp("flat")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_study(study.STUDY, "tiny", root=root / "runs", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    frame = figure.load_data(root / "runs", "tiny")
+    return figure.make_figure(frame, root / "out"), root / "out"
+
+
+def test_every_image_and_table_is_written(drawn):
+    output, out = drawn
+    for name in ("interpolation", "surfaces", "spectra", "sharpness_vs_gap", "dinh_rescaling"):
+        for ext in ("png", "pdf"):
+            assert (out / f"{name}.{ext}").stat().st_size > 1000, name
+    assert set(output.tables) == {"sharpness_vs_gap", "claims", "dinh"}
+    for key in output.tables:
+        assert (out / f"{key}.csv").exists()
+    assert "mnist1d" in output.caption and "SAM ρ = 0.05" in output.caption
+
+
+def test_sharpness_table_has_every_solution_and_finite_measures(drawn):
+    table = drawn[0].tables["sharpness_vs_gap"]
+    assert list(table["solution"]) == list(figure.SOLUTION_ORDER)
+    measures = [c for c in figure.MEASURES.values() if c in table.columns]
+    assert len(measures) == len(figure.MEASURES) and np.isfinite(table[measures].to_numpy()).all()
+    np.testing.assert_allclose(table["loss gap (test - train)"], table["test loss"] - table["train loss"], rtol=1e-12)
+
+
+def test_claims_table_states_each_paper_and_the_dinh_invariance_holds(drawn):
+    claims = drawn[0].tables["claims"]
+    assert set(claims["paper"]) == {"Keskar et al. 2017", "Foret et al. 2021", "Dinh et al. 2017"}
+    assert claims["agrees"].map(type).eq(bool).all()
+    dinh = claims[claims["claim"].str.startswith("rescaling changes")].iloc[0]
+    assert dinh["agrees"] and dinh["seeds agreeing"] == "1/1"
+    table = drawn[0].tables["dinh"]
+    np.testing.assert_allclose(table["test loss"], table["test loss"].iloc[0], rtol=1e-5)
+
+
+def test_load_data_names_missing_columns(tmp_path):
+    (tmp_path / figure.STUDY).mkdir()
+    pd.DataFrame({"analysis": ["summary"], "value": [1.0]}).to_csv(tmp_path / figure.STUDY / "tiny.csv", index=False)
+    with pytest.raises(ValueError, match="solution"):
+        figure.load_data(tmp_path, "tiny")
