@@ -1,13 +1,14 @@
 """Crowded-valley trio: SAM, AdamP and Expectigrad (and Adam) on the dense 784-784-10 network.
 
-Source: a student report in the spirit of Schmidt, Schneider and Hennig (2021), "Descending through a Crowded
-Valley — Benchmarking Deep Learning Optimizers" (ICML), which trained three recent optimizers — SAM (Foret et al.
-2021, "Sharpness-Aware Minimization for Efficiently Improving Generalization", ICLR), AdamP (Heo et al. 2021,
-"AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights", ICLR) and Expectigrad
-(Daley & Amato 2020, arXiv:2010.01356) — on MNIST with a fully connected 784-784-10 ReLU network, learning rate
-1e-3 and mini-batches of 128 for 100 epochs, and tabulated the test accuracy at every 10% of training. Its final
-accuracies were SAM 0.81, AdamP 0.69 and Expectigrad 0.90 (:data:`REPORTED`), far below what this network reaches
-on MNIST (~0.98), so they look under-trained; this study re-runs the setting to show what a correct run gives.
+Source: the project's crowded-valley report (DESIGN.md, study 3; its full reference is not in the design notes,
+and its name echoes Schmidt, Schneider and Hennig 2021, "Descending through a Crowded Valley — Benchmarking Deep
+Learning Optimizers", ICML). It trained three recent optimizers — SAM (Foret et al. 2021, "Sharpness-Aware
+Minimization for Efficiently Improving Generalization", ICLR), AdamP (Heo et al. 2021, "AdamP: Slowing Down the
+Slowdown for Momentum Optimizers on Scale-invariant Weights", ICLR) and Expectigrad (Daley & Amato 2020,
+arXiv:2010.01356) — on MNIST with a fully connected 784-784-10 ReLU network, learning rate 1e-3 and mini-batches of
+128 for 100 epochs, and tabulated the test accuracy at every 10% of training. Its final accuracies were SAM 0.81,
+AdamP 0.69 and Expectigrad 0.90 (:data:`REPORTED`), far below what this network reaches on MNIST (~0.98), so they
+look under-trained; this study re-runs the setting to show what a correct run gives.
 The report also drew 2D loss surfaces around the SGD and SAM solutions; those are produced by the flat-minima study
 (DESIGN.md, study 9) and are not repeated here.
 

@@ -1,7 +1,7 @@
 """XGrad: six optimizers with and without weight prediction (s = 1..4 steps ahead); accuracy, time and memory.
 
-Guan, L., Li, D., Shi, Y. and Meng, J. (2024). XGrad: Boosting Gradient-Based Optimizers With Weight Prediction.
-IEEE Transactions on Pattern Analysis and Machine Intelligence (arXiv:2305.18240). Before each forward pass XGrad
+Guan, L. et al. (2024). XGrad: Boosting Gradient-Based Optimizers With Weight Prediction. IEEE Transactions on
+Pattern Analysis and Machine Intelligence. Before each forward pass XGrad
 moves the weights to θ̂ = θ_t − γ·s·Δ_{t+1}, the point the base optimizer will reach s steps later, computes the
 gradient there, restores θ_t and lets the base optimizer step (Algorithm 1; ``optim.XGrad``). The paper compares
 SGDM, RMSprop, Adam, AdamW, AdaBelief and AdaM3 with their XGrad versions, reports the best top-1 accuracy, and
@@ -137,7 +137,9 @@ def peak_training_memory(
     ``x`` and ``y`` are allocated beforehand and not counted. CUDA: ``max_memory_allocated`` above the allocation
     at the start. CPU: the peak running sum of the allocation events ``torch.profiler`` records with
     ``profile_memory=True`` (frees of tensors allocated before the window would lower it, so garbage is collected
-    first and nothing from outside the window is released inside it).
+    first and nothing from outside the window is released inside it). The events are read from
+    ``prof.profiler.kineto_results``, which torch does not document (checked on torch 2.13); ``prof.events()``
+    keeps only the allocations no operator claims.
     """
     gc.collect()
     if x.device.type == "cuda":
