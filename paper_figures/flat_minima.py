@@ -91,6 +91,39 @@ def dinh_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.rename_axis("α (layer 1 × α, layer 2 × 1/α)").reset_index()
 
 
+def trajectory_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per solution and seed: epoch, train and test loss, gap and λ_max at every snapshot and at the end."""
+    snapshots = frame[frame["analysis"] == "trajectory"]
+    wide = snapshots.pivot_table(index=["solution", "seed", "epoch"], columns="quantity", values="value")
+    final = _summary(frame)
+    epochs = frame[frame["analysis"] == "training"].groupby("solution")["epochs"].first()
+    final = final.assign(epoch=[epochs[name] for name, _ in final.index]).set_index("epoch", append=True)
+    keep = ["train_loss", "test_loss", "loss_gap", "lambda_max"]
+    return pd.concat([wide[keep], final[keep]]).sort_index().reset_index()
+
+
+def matched_sharpness(frame: pd.DataFrame, a: str, b: str) -> tuple[int, int, int, int]:
+    """How often ``a`` is sharper than ``b`` at equal training loss along training.
+
+    Every point of ``a``'s trajectory whose training loss lies inside the range of ``b``'s is compared with ``b``'s
+    λ_max interpolated (linearly in log-log) at that loss. Returns ``(points where a is sharper, points compared,
+    seeds where a is sharper at most points, seeds compared)``.
+    """
+    points = trajectory_points(frame)
+    sharper = compared = seeds_sharper = seeds = 0
+    for _, runs in points.groupby("seed"):
+        x, y = runs[runs["solution"] == a], runs[runs["solution"] == b].sort_values("train_loss")
+        if x.empty or len(y) < 2:
+            continue
+        inside = x[x["train_loss"].between(y["train_loss"].min(), y["train_loss"].max())]
+        reference = np.exp(np.interp(np.log(inside["train_loss"]), np.log(y["train_loss"]), np.log(y["lambda_max"])))
+        wins = int((inside["lambda_max"].to_numpy() > reference).sum())
+        sharper, compared = sharper + wins, compared + len(inside)
+        if len(inside):
+            seeds, seeds_sharper = seeds + 1, seeds_sharper + int(wins > len(inside) / 2)
+    return sharper, compared, seeds_sharper, seeds
+
+
 def claims_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Each paper's claim, our number for it (seed means) and whether it agrees, with the count of agreeing seeds."""
     per_seed = _summary(frame)
@@ -114,6 +147,14 @@ def claims_table(frame: pd.DataFrame) -> pd.DataFrame:
     for quantity, label in (("lambda_max", "Hessian λ_max"), ("epsilon_sharpness_0.001", "ε-sharpness (ε=1e-3)")):
         lb, sb, seeds = compare("LB SGD", "SB SGD", quantity, bigger=True)
         claim(keskar, f"large batch reaches a sharper minimum: {label}", f"LB {lb:.4g} vs SB {sb:.4g}", lb > sb, seeds)
+    wins, total, seed_wins, n_seeds = matched_sharpness(frame, "LB SGD", "SB SGD")
+    claim(
+        keskar,
+        "large batch is sharper at equal training loss (λ_max along training)",
+        f"LB above SB at {wins}/{total} matched points",
+        total > 0 and wins > total / 2,
+        (seed_wins, n_seeds),
+    )
     lb, sb, seeds = compare("LB SGD", "SB SGD", "loss_gap", bigger=True)
     claim(keskar, "large batch has a larger gap (test − train loss)", f"LB {lb:.4g} vs SB {sb:.4g}", lb > sb, seeds)
     lb, sb, seeds = compare("LB SGD", "SB SGD", "test_accuracy", bigger=False)
@@ -122,6 +163,14 @@ def claims_table(frame: pd.DataFrame) -> pd.DataFrame:
     for quantity, label in (("lambda_max", "Hessian λ_max"), ("sam_sharpness", "SAM sharpness (ρ=0.05)")):
         sam, sgd, seeds = compare("SB SAM", "SB SGD", quantity, bigger=False)
         claim(foret, f"SAM reaches a flatter minimum: {label}", f"SAM {sam:.4g} vs SGD {sgd:.4g}", sam < sgd, seeds)
+    wins, total, seed_wins, n_seeds = matched_sharpness(frame, "SB SGD", "SB SAM")
+    claim(
+        foret,
+        "SAM is flatter at equal training loss (λ_max along training)",
+        f"SGD above SAM at {wins}/{total} matched points",
+        total > 0 and wins > total / 2,
+        (seed_wins, n_seeds),
+    )
     sam, sgd, seeds = compare("SB SAM", "SB SGD", "loss_gap", bigger=False)
     claim(foret, "SAM has a smaller gap (test − train loss)", f"SAM {sam:.4g} vs SGD {sgd:.4g}", sam < sgd, seeds)
     sam, sgd, seeds = compare("SB SAM", "SB SGD", "test_accuracy", bigger=True)
@@ -247,6 +296,29 @@ def _gap_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     return save_figure(fig, out_dir, "sharpness_vs_gap")
 
 
+def _trajectory_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    points = trajectory_points(frame)
+    order = _order(points["solution"].unique())
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.9))
+    panels = (("lambda_max", "Hessian λ_max (Lanczos)"), ("loss_gap", "gap: test − train loss (nats)"))
+    for ax, (quantity, label) in zip(axes, panels, strict=True):
+        for (name, seed), run in points.groupby(["solution", "seed"]):
+            run = run.sort_values("epoch")
+            first = seed == points["seed"].min()
+            ax.plot(run["train_loss"], run[quantity], marker="o", ms=3.5, color=PALETTE.get(name), alpha=0.85,
+                    label=name if first else None)  # fmt: skip
+            ax.plot(run["train_loss"].iloc[-1], run[quantity].iloc[-1], marker="*", ms=12, color=PALETTE.get(name))
+        _log_axis(ax, "x")
+        ax.invert_xaxis()
+        ax.set_xlabel("training loss of the snapshot (nats; training runs to the right)")
+        ax.set_ylabel(label)
+    _log_axis(axes[0], "y")
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].legend([handles[labels.index(n)] for n in order], order, fontsize="small", title="★ = end of training")
+    fig.tight_layout()
+    return save_figure(fig, out_dir, "sharpness_along_training")
+
+
 def _dinh_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     rows = frame[frame["analysis"] == "dinh"]
     reference = _summary(frame).groupby(level="solution").mean()
@@ -276,7 +348,7 @@ def make_figure(frame: pd.DataFrame, out_dir: str | os.PathLike) -> FigureOutput
     """Five images (interpolation, surfaces, spectra, sharpness vs gap, Dinh) and three tables."""
     out_dir = Path(out_dir)
     images = _interpolation_figure(frame, out_dir) + _surface_figure(frame, out_dir)
-    images += _spectrum_figure(frame, out_dir) + _gap_figure(frame, out_dir)
+    images += _spectrum_figure(frame, out_dir) + _gap_figure(frame, out_dir) + _trajectory_figure(frame, out_dir)
     if (frame["analysis"] == "dinh").any():
         images += _dinh_figure(frame, out_dir)
     training = frame[frame["analysis"] == "training"]
@@ -293,7 +365,10 @@ def make_figure(frame: pd.DataFrame, out_dir: str | os.PathLike) -> FigureOutput
         "Interpolation: (1 − α)θ_a + αθ_b for α ∈ [−1, 2] (Keskar et al. 2017). Surfaces: training loss along two "
         "filter-normalised Gaussian directions, biases fixed (Li et al. 2018). Curvature of the training loss: top "
         "eigenvalues by Lanczos, trace by Hutchinson, density by SLQ. ε-sharpness: Keskar et al.'s φ in the full "
-        "space, 10 L-BFGS-B iterations. Dinh: the first layer times α and the second times 1/α on the SB SGD solution."
+        "space, 10 L-BFGS-B iterations. Sharpness along training: λ_max at snapshots after 5%-75% of the epochs and "
+        "at the end, against the snapshot's training loss (the cross-entropy Hessian shrinks as that loss goes to 0, "
+        "so solutions ending at different losses are compared at equal loss). Dinh: the first layer times α and the "
+        "second times 1/α on the SB SGD solution."
     )
     tables = {"sharpness_vs_gap": sharpness_table(frame), "claims": claims_table(frame)}
     if (frame["analysis"] == "dinh").any():

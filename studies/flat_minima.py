@@ -32,14 +32,18 @@ For each solution (``analysis="solution"``): training curves; train/test loss an
 (test − train loss, train − test accuracy); a filter-normalised 2D training-loss surface; Keskar's ε-sharpness; SAM
 sharpness (first order and by projected gradient ascent) and ASAM's adaptive sharpness (Kwon et al. 2021, ρ = 0.5,
 η = 0.01); the top Hessian eigenvalues (Lanczos), the trace (Hutchinson) and the spectral density (SLQ), all on the
-training set. Per pair of solutions (``analysis="interpolation"``): the 1D interpolation on train and test data. On
-"SB SGD" (``analysis="dinh"``): the Dinh rescaling of the first two layers for every factor in ``dinh_scales``.
+training set; and λ_max with the losses at snapshots taken at 5%-75% of training (``analysis="trajectory"``), because
+the cross-entropy Hessian shrinks as the training loss goes to zero: two solutions that end at different training
+losses are compared at equal training loss along these curves. Per pair of solutions (``analysis="interpolation"``):
+the 1D interpolation on train and test data. On "SB SGD" (``analysis="dinh"``): the Dinh rescaling of the first two
+layers for every factor in ``dinh_scales``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -56,9 +60,9 @@ from studies.data import Dataset, load_dataset, why_unavailable
 from studies.models import make_model
 from studies.runner import Context, Study
 from studies.store import config_hash
-from studies.train import evaluate, train
+from studies.train import TrainState, evaluate, train
 
-VERSION = "1"
+VERSION = "2"
 #: name -> (optimizer, batch regime); see the module docstring.
 SOLUTIONS: dict[str, tuple[str, str]] = {
     "SB SGD": ("SGD", "small"),
@@ -70,6 +74,8 @@ PAIRS: tuple[tuple[str, str], ...] = (("SB SGD", "LB SGD"), ("SB SGD", "SB SAM")
 #: Optimizer hyperparameters (module docstring): SGD lr and momentum, SAM ρ, ASAM ρ and η, and Keskar's LB fraction.
 HYPER: dict[str, float] = {"lr": 0.05, "momentum": 0.9, "rho": 0.05, "asam_rho": 0.5, "asam_eta": 0.01}
 LB_FRACTION = 0.1
+#: Fractions of training at which a snapshot is kept for the sharpness-along-training curves.
+SNAPSHOT_FRACTIONS = (0.05, 0.125, 0.25, 0.5, 0.75)
 #: The two layers the Dinh rescaling multiplies by α and 1/α (ReLU between them).
 DINH_LAYERS = ("layers.0", "layers.1")
 
@@ -128,26 +134,59 @@ def run(config: dict[str, Any], ctx: Context) -> pd.DataFrame:
         "n_train_used": len(data.y_train),
     }
     setup |= {k: HYPER[k] for k in ("lr", "momentum", "rho")}
-    for name, (_, metrics, diverged) in solutions.items():
-        if diverged:
+    for name, solution in solutions.items():
+        if solution.diverged:
             ctx.note(f"{name} (seed {config['seed']}) diverged; its {config['analysis']} analysis is skipped.")
-            return metrics.assign(analysis="training", **setup)
+            return solution.metrics.assign(analysis="training", **setup)
     splits = {
         "train": (data.x_train.to(ctx.device), data.y_train.to(ctx.device)),
         "test": (data.x_test.to(ctx.device), data.y_test.to(ctx.device)),
     }
     if config["analysis"] == "interpolation":
-        (model_a, _, _), (model_b, _, _) = solutions.values()
-        return _interpolation(model_a, model_b, splits, config).assign(**setup)
-    model, metrics, _ = solutions[config["solution"]]
+        start, end = solutions.values()
+        return _interpolation(start.model, end.model, splits, config).assign(**setup)
+    solution = solutions[config["solution"]]
     if config["analysis"] == "dinh":
-        return _dinh(model, splits, config).assign(**setup)
-    measures = _measures(model, splits, config, ctx)
-    return pd.concat([metrics.assign(analysis="training"), measures], ignore_index=True).assign(**setup)
+        return _dinh(solution.model, splits, config).assign(**setup)
+    measures = _measures(solution.model, splits, config, ctx)
+    trajectory = _trajectory(solution, splits, config)
+    frames = [solution.metrics.assign(analysis="training"), measures, trajectory]
+    return pd.concat(frames, ignore_index=True).assign(**setup)
 
 
-def _solution(config: dict[str, Any], name: str, data: Dataset, ctx: Context) -> tuple[nn.Module, pd.DataFrame, bool]:
-    """The trained model of solution ``name`` (a store artifact shared by every analysis), its metrics, divergence."""
+class _Solution(NamedTuple):
+    """A trained solution: the model (eval mode), its training metrics, divergence and snapshots by epoch."""
+
+    model: nn.Module
+    metrics: pd.DataFrame
+    diverged: bool
+    snapshots: dict[int, dict[str, Tensor]]
+
+
+class _Snapshots:
+    """Training callback keeping a CPU copy of the weights after each epoch of ``epochs``."""
+
+    def __init__(self, epochs: set[int]) -> None:
+        self.epochs = epochs
+        self.states: dict[str, dict[str, Tensor]] = {}
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if state.epoch in self.epochs:
+            self.states[str(state.epoch)] = {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}
+
+
+def snapshot_epochs(epochs: int) -> list[int]:
+    """Epochs at :data:`SNAPSHOT_FRACTIONS` of training, before the last one (which is the solution itself).
+
+    Example:
+        >>> snapshot_epochs(40)
+        [2, 5, 10, 20, 30]
+    """
+    return sorted({max(1, round(f * epochs)) for f in SNAPSHOT_FRACTIONS} - {epochs})
+
+
+def _solution(config: dict[str, Any], name: str, data: Dataset, ctx: Context) -> _Solution:
+    """The trained solution ``name``: a store artifact shared by every analysis of the seed (trained once)."""
     optimizer, regime = SOLUTIONS[name]
     batch = config["sb_batch"] if regime == "small" else max(1, round(LB_FRACTION * len(data.y_train)))
     epochs = config["sb_epochs"] if regime == "small" else config["lb_epochs"]
@@ -168,6 +207,7 @@ def _solution(config: dict[str, Any], name: str, data: Dataset, ctx: Context) ->
     init = ctx.store.artifact(f"init-mlp-{init_key}", initial_state)
 
     def trained() -> dict[str, Any]:
+        snapshots = _Snapshots(set(snapshot_epochs(epochs)))
         result = train(
             model_factory,
             optimizer_factory,
@@ -177,11 +217,17 @@ def _solution(config: dict[str, Any], name: str, data: Dataset, ctx: Context) ->
             seed=config["seed"],
             device=ctx.device,
             init_state=init,
+            callbacks=[snapshots],
             progress=ctx.progress,
             desc=name,
         )
         metrics = {column: result.metrics[column].tolist() for column in result.metrics.columns}
-        return {"state": result.state_dict, "metrics": metrics, "diverged": result.diverged}
+        return {
+            "state": result.state_dict,
+            "metrics": metrics,
+            "diverged": result.diverged,
+            "snapshots": snapshots.states,
+        }
 
     spec = {key: config[key] for key in _TRAINING_KEYS} | {"solution": name, "hyper": HYPER, "batch_size": batch}
     saved = ctx.store.artifact(f"solution-{config_hash(spec, VERSION)}", trained)
@@ -189,7 +235,8 @@ def _solution(config: dict[str, Any], name: str, data: Dataset, ctx: Context) ->
     model.load_state_dict(saved["state"])
     model.eval()
     metrics = pd.DataFrame(saved["metrics"]).assign(batch_size=batch, epochs=epochs, optimizer=optimizer)
-    return model, metrics, bool(saved["diverged"])
+    snapshots = {int(epoch): state for epoch, state in saved["snapshots"].items()}
+    return _Solution(model, metrics, bool(saved["diverged"]), snapshots)
 
 
 def _rows(analysis: str, values: dict[str, float], **keys: Any) -> list[dict[str, Any]]:
@@ -272,6 +319,22 @@ def _measures(model: nn.Module, splits: dict, config: dict[str, Any], ctx: Conte
     )
     grid_frame = surface.frame().melt(["alpha", "beta"], var_name="quantity", value_name="value")
     rows += grid_frame.assign(analysis="surface", cosine=surface.config["cosine"]).to_dict("records")
+    return pd.DataFrame(rows)
+
+
+def _trajectory(solution: _Solution, splits: dict, config: dict[str, Any]) -> pd.DataFrame:
+    """λ_max (Lanczos) and the losses at the snapshots: sharpness compared at equal training loss, not only at the end.
+
+    The cross-entropy Hessian shrinks as the training loss goes to zero, so two minima are compared fairly along
+    their trajectories, at matching training losses.
+    """
+    rows = []
+    for epoch, state in sorted(solution.snapshots.items()):
+        model = copy.deepcopy(solution.model)
+        model.load_state_dict(state)
+        values = _losses(model, splits, config)
+        values["lambda_max"] = _lanczos(_hessian(model, splits["train"], config), 1, config["seed"]).eigenvalues[0]
+        rows += _rows("trajectory", values, epoch=epoch)
     return pd.DataFrame(rows)
 
 

@@ -24,7 +24,8 @@ def drawn(tmp_path_factory):
 
 def test_every_image_and_table_is_written(drawn):
     output, out = drawn
-    for name in ("interpolation", "surfaces", "spectra", "sharpness_vs_gap", "dinh_rescaling"):
+    names = ("interpolation", "surfaces", "spectra", "sharpness_vs_gap", "sharpness_along_training", "dinh_rescaling")
+    for name in names:
         for ext in ("png", "pdf"):
             assert (out / f"{name}.{ext}").stat().st_size > 1000, name
     assert set(output.tables) == {"sharpness_vs_gap", "claims", "dinh"}
@@ -49,6 +50,43 @@ def test_claims_table_states_each_paper_and_the_dinh_invariance_holds(drawn):
     assert dinh["agrees"] and dinh["seeds agreeing"] == "1/1"
     table = drawn[0].tables["dinh"]
     np.testing.assert_allclose(table["test loss"], table["test loss"].iloc[0], rtol=1e-5)
+
+
+def _trajectory_frame(points: dict[str, list[tuple[float, float]]]) -> pd.DataFrame:
+    """A hand-made frame: per solution, (train loss, λ_max) at epochs 1, 2, ...; the last point is the solution."""
+    rows = []
+    for name, trajectory in points.items():
+        rows.append({"analysis": "training", "solution": name, "seed": 0, "epochs": len(trajectory)})
+        for epoch, (loss, lam) in enumerate(trajectory, start=1):
+            analysis = "summary" if epoch == len(trajectory) else "trajectory"
+            for quantity, value in (
+                ("train_loss", loss),
+                ("test_loss", 2 * loss),
+                ("loss_gap", loss),
+                ("lambda_max", lam),
+            ):
+                rows.append(
+                    {
+                        "analysis": analysis,
+                        "solution": name,
+                        "seed": 0,
+                        "epoch": epoch,
+                        "quantity": quantity,
+                        "value": value,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_matched_sharpness_interpolates_in_log_log():
+    # b: λ = 1/loss between losses 1 and 0.01; a's points at losses 0.1 (λ 20 > 10), 0.5 (λ 1 < 2), 0.001 (outside).
+    frame = _trajectory_frame(
+        {"a": [(0.5, 1.0), (0.1, 20.0), (0.001, 5.0)], "b": [(1.0, 1.0), (0.1, 10.0), (0.01, 100.0)]}
+    )
+    assert figure.matched_sharpness(frame, "a", "b") == (1, 2, 0, 1)
+    assert figure.matched_sharpness(frame, "b", "a")[:2] == (1, 2)  # b at 0.1 (10 < 20), b at 0.01 (100 > 10)
+    points = figure.trajectory_points(frame)
+    assert list(points[points["solution"] == "a"]["epoch"]) == [1, 2, 3]
 
 
 def test_load_data_names_missing_columns(tmp_path):

@@ -28,7 +28,7 @@ def test_tiny_run_has_every_analysis_with_finite_values(frame):
     assert {"analysis", "quantity", "value", "solution", "seed", "alpha", "beta", "split", "scale"} <= set(
         frame.columns
     )
-    expected = {"training", "summary", "eigenvalue", "spectrum", "surface", "interpolation", "dinh"}
+    expected = {"training", "summary", "eigenvalue", "spectrum", "surface", "interpolation", "dinh", "trajectory"}
     assert set(frame["analysis"]) == expected
     assert "diverged" not in set(frame["quantity"])
     for analysis in expected - {"training"}:
@@ -65,6 +65,20 @@ def test_dinh_rescaling_keeps_the_losses_and_changes_the_curvature(frame):
     np.testing.assert_allclose(dinh.loc[1.0, "lambda_max"], summary.loc["SB SGD", "lambda_max"], rtol=1e-6)
     assert dinh.loc[2.0, "lambda_max"] > 1.2 * dinh.loc[1.0, "lambda_max"]
     assert dinh.loc[0.5, "lambda_max"] > 1.2 * dinh.loc[1.0, "lambda_max"]
+
+
+def test_trajectory_has_lambda_max_and_losses_at_every_snapshot(frame):
+    trajectory = frame[frame["analysis"] == "trajectory"]
+    scale = study._SCALES["tiny"]
+    for name, (_, regime) in study.SOLUTIONS.items():
+        epochs = scale["sb_epochs"] if regime == "small" else scale["lb_epochs"]
+        rows = trajectory[trajectory["solution"] == name]
+        assert sorted(rows["epoch"].unique()) == study.snapshot_epochs(epochs)
+        assert set(rows["quantity"]) >= {"train_loss", "test_loss", "lambda_max"}
+    # The first snapshot is early in training: a higher training loss than the solution's.
+    losses = trajectory[trajectory["quantity"] == "train_loss"].sort_values("epoch")
+    first = losses.groupby("solution")["value"].first()
+    assert (first > _summary(frame)["train_loss"].loc[first.index]).all()
 
 
 def test_large_batch_is_a_tenth_of_the_training_set(frame):
