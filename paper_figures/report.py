@@ -61,8 +61,11 @@ def write_report(
             md += [f"> {note}", ""]
             body.append(f"<blockquote>{html.escape(note)}</blockquote>")
     if theory is not None:
-        md += ["## Theory checks", "", _markdown_table(theory), ""]
-        body.append(f"<h2>Theory checks</h2>{theory.to_html(index=False)}")
+        from theory import format_markdown
+
+        md += ["## Theory checks", "", format_markdown(theory).replace("\n## Checks", "\n### Checks"), ""]
+        columns = ["item", "id", "title", "method", "value", "reference", "tolerance", "passed", "note"]
+        body.append(f"<h2>Theory checks</h2>{theory[columns].to_html(index=False, float_format='{:.4g}'.format)}")
     style = "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
     style += "td,th{border:1px solid #ccc;padding:2px 6px}"
     page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>valley report</title><style>{style}</style>"

@@ -11,15 +11,20 @@ runner, draws it, runs the theory checks and writes the report; ``valley study N
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
+import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from landscape import distributed
 from studies import catalog, data
 from studies.runner import SCALES, default_root, run_study
+from studies.store import environment, write_frame
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,27 +126,39 @@ def _cmd_figures(args: argparse.Namespace) -> int:
         outputs.append(output)
         timings.append(f"{name}: {time.perf_counter() - start:.1f} s")
         print(f"{name}: {', '.join(str(p) for p in output.images)}")
-    theory = None if args.skip_theory or args.only else _theory_table(args.out / "theory")
+    theory = None if args.skip_theory or args.only else _theory_table(args.out / "theory", root, args.force)
     header = f"Scale: {args.scale}; device: {args.device}; time per figure: {'; '.join(timings)}."
     md, page = write_report(outputs, args.out, theory, header)
     print(f"report: {md} and {page}")
     return 0 if theory is None or bool(theory["passed"].all()) else 1
 
 
-def _theory_table(out_dir: Path):
+def _theory_table(out_dir: Path, root: Path, force: bool) -> pd.DataFrame:
+    """The theory table, cached under ``<root>/theory/`` keyed by the source of the packages the checks run."""
     theory = importlib.import_module("theory")
-    if not hasattr(theory, "run_all"):
-        print("theory checks are not available yet; the report leaves them out", file=sys.stderr)
-        return None
-    return theory.run_all(out_dir=out_dir)
+    path = root / "theory" / f"{_source_key(('theory', 'optim', 'landscape'))}.csv"
+    if path.exists() and not force:
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        theory.write_tables(table, out_dir)
+        print(f"theory: {int(table['passed'].sum())}/{len(table)} checks passed (cached: {path})")
+        return table
+    table = theory.run_all(out_dir=out_dir)
+    write_frame(path, table)
+    return table
+
+
+def _source_key(packages: Sequence[str]) -> str:
+    """SHA-256 of the Python sources of ``packages`` and the library versions (first 16 hex digits)."""
+    digest = hashlib.sha256(json.dumps(environment(), sort_keys=True).encode())
+    for package in packages:
+        folder = Path(importlib.import_module(package).__file__).parent
+        for source in sorted(folder.rglob("*.py")):
+            digest.update(source.relative_to(folder).as_posix().encode() + source.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _cmd_theory(args: argparse.Namespace) -> int:
-    theory = importlib.import_module("theory")
-    if not hasattr(theory, "run_all"):
-        print("No theory checks exist yet.", file=sys.stderr)
-        return 1
-    table = theory.run_all(out_dir=args.out)
+    table = importlib.import_module("theory").run_all(out_dir=args.out)
     return 0 if bool(table["passed"].all()) else 1
 
 
@@ -152,12 +169,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("Figures (valley figures --only NAME):")
     for name, figure in _figures().items():
         print(f"  {name:24s} {figure.TITLE}")
-    optim = importlib.import_module("optim")
-    if hasattr(optim, "names"):
-        print(f"Optimizers: {', '.join(optim.names())}")
-    theory = importlib.import_module("theory")
-    if hasattr(theory, "checks"):
-        print(f"Theory checks: {len(theory.checks())} (valley theory)")
+    print(f"Optimizers: {', '.join(importlib.import_module('optim').names())}")
+    print(f"Theory checks: {len(importlib.import_module('theory').checks())} (valley theory)")
     print("Data sets:")
     for name in data.DATASETS:
         state = "embedded" if name in data.EMBEDDED else ("found" if data.available(name, args.data_dir) else "absent")
