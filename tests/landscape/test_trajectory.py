@@ -50,7 +50,7 @@ def train(callbacks, epochs=2, steps_per_epoch=2, lr=0.1):
             loss.backward()
             optimizer.step()
             state.step += 1
-            state.loss = float(loss)
+            state.loss = loss.item()
             for c in callbacks:
                 getattr(c, "on_step_end", lambda s: None)(state)
         for c in callbacks:
