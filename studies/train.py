@@ -1,11 +1,28 @@
-"""The training runner: one model, one optimizer, one data set, recorded as a tidy DataFrame.
+r"""The training runner: one model, one optimizer, one data set, recorded as a tidy DataFrame.
 
 Every step calls ``optimizer.step(closure)``; the closure zeroes the gradients, runs forward and backward and returns
-the loss, so wrappers that evaluate the loss more than once (SAM, XGrad, extragradient) work unchanged.
+the loss, so wrappers that evaluate the loss more than once (SAM, XGrad, extragradient) work unchanged. The closure
+minimises :math:`L_B(\theta) + R(\theta)`: the mini-batch loss plus an optional regulariser
+:math:`R` (``regularizer``, e.g. a repulsion from checkpoints); test loss and accuracy never include :math:`R`.
+The values logged for a step are those of the closure's first call (at the current weights, the point whose loss
+SAM, extragradient and torch's optimizers return).
+
+The hot loop never waits for the device: per-step losses (and penalties) stay on the device and are moved to the
+host once per epoch, together with the divergence check.
+
+Mixed precision (``amp=True``) runs the forward pass of the training closure under ``torch.autocast`` with bfloat16
+on CPU and CUDA alike, without a gradient scaler: bfloat16 keeps float32's 8-bit exponent, so gradients do not
+underflow and need no loss scaling (the reason float16 needs ``torch.amp.GradScaler``), and a scaler would not
+compose with closure-based wrappers (``GradScaler.step`` refuses closures). Parameters, gradients and optimizer state
+stay in float32, the backward pass runs outside the autocast region (as torch recommends), the regulariser is
+evaluated in full precision, and evaluation (and everything in :mod:`landscape`) never runs under autocast.
+``amp=None`` (the default) follows :func:`mixed_precision`, which :func:`studies.runner.run_study` sets from its
+``amp`` argument, so every study's training obeys ``--amp`` without passing it along.
 
 Metrics are rows ``step, epoch, quantity, value`` (plus any key a callback adds, e.g. ``param``):
 
-* ``train_loss`` at every step (the mini-batch loss before the step);
+* ``train_loss`` at every step (the mini-batch data loss before the step, without any regulariser);
+* ``regularizer`` at every step when :func:`train` is given one (the penalty R(θ) before the step);
 * per epoch (``epoch = 0`` is the initial model): ``epoch_train_loss`` (mean mini-batch loss of the epoch),
   ``test_loss``, ``test_accuracy`` and ``seconds`` (wall time of the epoch's training steps, evaluation excluded);
 * ``diverged = 1`` at the first non-finite training loss; training stops there and the run is a result, not an error.
@@ -19,7 +36,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +53,35 @@ from studies.data import Dataset, batches
 from studies.store import atomic_torch_save, safe_torch_load
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+Regularizer = Callable[[nn.Module], Tensor]
+
+#: The default of ``train(amp=None)``: set for a block by :func:`mixed_precision`.
+_AMP: ContextVar[bool] = ContextVar("valley_amp", default=False)
+
+
+@contextmanager
+def mixed_precision(enabled: bool) -> Iterator[None]:
+    """Within the block, :func:`train` called with ``amp=None`` trains with (or without) bfloat16 autocast.
+
+    Example:
+        >>> with mixed_precision(True):
+        ...     amp_default()
+        True
+        >>> amp_default()
+        False
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    token = _AMP.set(enabled)
+    try:
+        yield
+    finally:
+        _AMP.reset(token)
+
+
+def amp_default() -> bool:
+    """Whether ``train(amp=None)`` uses mixed precision here (set by :func:`mixed_precision`; default ``False``)."""
+    return _AMP.get()
 
 
 @dataclass
@@ -80,12 +128,12 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn = F.cross_e
     """
     was_training = model.training
     model.eval()
-    total_loss = torch.zeros((), device=x.device)
+    total_loss = torch.zeros((), device=x.device)  # promoted to the loss's dtype (float64 for a float64 model)
     correct = torch.zeros((), device=x.device)
     with torch.no_grad():
         for xb, yb in batches(x, y, batch_size, shuffle=False):
             out = model(xb)
-            total_loss += loss_fn(out, yb) * len(yb)
+            total_loss = total_loss + loss_fn(out, yb) * len(yb)
             correct += (out.argmax(1) == yb).sum()
     model.train(was_training)
     return total_loss / len(y), correct / len(y)
@@ -103,6 +151,8 @@ def train(
     init_state: dict[str, Tensor] | None = None,
     callbacks: Sequence[object] = (),
     loss_fn: LossFn = F.cross_entropy,
+    regularizer: Regularizer | None = None,
+    amp: bool | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_epochs: Sequence[int] = (),
     progress: bool = True,
@@ -120,7 +170,10 @@ def train(
         device: where to train.
         init_state: a state dict loaded before training, so several optimizers start from the same weights.
         callbacks: objects with any of the hooks named in the module docstring.
-        loss_fn: mean loss over a batch.
+        loss_fn: mean loss over a batch (training and evaluation).
+        regularizer: ``R(model)``, a differentiable scalar added to every mini-batch loss in the training closure
+            (logged per step as ``regularizer``; never part of ``train_loss``, ``test_loss`` or the evaluation).
+        amp: train with bfloat16 autocast (see the module docstring); ``None`` follows :func:`mixed_precision`.
         checkpoint_dir: folder for checkpoints (``epoch0003.pt``: model, optimizer, step, epoch).
         checkpoint_epochs: epochs after which to checkpoint (0 = before training).
         progress: show a progress bar.
@@ -135,7 +188,14 @@ def train(
         raise ValueError(f"Invalid batch_size: {batch_size}")
     if checkpoint_epochs and checkpoint_dir is None:
         raise ValueError(f"checkpoint_epochs={list(checkpoint_epochs)} needs a checkpoint_dir")
+    if regularizer is not None and not callable(regularizer):
+        raise TypeError(f"regularizer must be callable, got {type(regularizer).__name__}")
+    amp = amp_default() if amp is None else amp
+    if not isinstance(amp, bool):
+        raise TypeError(f"amp must be a bool or None, got {type(amp).__name__}")
     device = torch.device(device)
+    if amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"amp=True needs bfloat16 support, which {device} lacks")
     torch.manual_seed(seed)
     model = model_factory()
     if init_state is not None:
@@ -173,32 +233,51 @@ def train(
     for epoch in range(1, epochs + 1):
         state.epoch = epoch
         losses: list[Tensor] = []
+        penalties: list[Tensor] = []
         start = time.perf_counter()
         for xb, yb in batches(x_tr, y_tr, batch_size, generator=order):
+            first: list[Tensor] = []  # data loss (and penalty) of the closure's first call in this step
 
-            def closure(xb: Tensor = xb, yb: Tensor = yb) -> Tensor:
+            def closure(xb: Tensor = xb, yb: Tensor = yb, first: list[Tensor] = first) -> Tensor:
                 optimizer.zero_grad()
-                loss = loss_fn(model(xb), yb)
-                loss.backward()
-                return loss
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = loss_fn(model(xb), yb)
+                penalty = None if regularizer is None else regularizer(model)  # full precision
+                if not first:
+                    first.append(loss.detach())
+                    if penalty is not None:
+                        first.append(penalty.detach())
+                total = loss if penalty is None else loss + penalty
+                total.backward()
+                return total
 
-            loss = optimizer.step(closure).detach()
+            optimizer.step(closure)
+            if not first:
+                raise RuntimeError(f"{type(optimizer).__name__}.step(closure) did not call the closure")
             state.step += 1
-            state._loss = loss
-            losses.append(loss)
+            state._loss = first[0]
+            losses.append(first[0])
+            penalties.extend(first[1:])
             for hook in hooks["on_step_end"]:
                 hook(state)
             bar.update()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-        step_losses = torch.stack(losses).cpu()
+        step_losses = torch.stack(losses).double().cpu()  # the epoch's one transfer (two with a regulariser)
         first_step = state.step - len(losses) + 1
         state.records.extend(
             {"step": first_step + i, "epoch": epoch, "quantity": "train_loss", "value": v}
             for i, v in enumerate(step_losses.tolist())
         )
-        bad = (~torch.isfinite(step_losses)).nonzero()
+        if penalties:
+            step_penalties = torch.stack(penalties).double().cpu()
+            state.records.extend(
+                {"step": first_step + i, "epoch": epoch, "quantity": "regularizer", "value": v}
+                for i, v in enumerate(step_penalties.tolist())
+            )
+        objective = step_losses + step_penalties if penalties else step_losses  # a non-finite penalty diverges too
+        bad = (~torch.isfinite(objective)).nonzero()
         if len(bad):
             state.records.append(
                 {"step": first_step + int(bad[0]), "epoch": epoch, "quantity": "diverged", "value": 1.0}

@@ -47,3 +47,7 @@ def test_tiny_run_distances_restarts_and_ensembles(tmp_path):
     assert final["repulsion σ=1 s=1"] > final["plain"]  # pushed away from the checkpoint
     snaps = frame[frame["quantity"] == "snapshot_accuracy"].groupby("label").size()
     assert (snaps == epochs - warmup).all()
+    penalty = frame[frame["quantity"] == "regularizer"]
+    assert set(penalty["label"]) == {"repulsion σ=1 s=1"}  # the repulsion is the regulariser, logged apart
+    assert (penalty.loc[penalty["epoch"] <= warmup, "value"] == 0).all()  # no checkpoint yet
+    assert (penalty.loc[penalty["epoch"] > warmup, "value"] > 0).all()

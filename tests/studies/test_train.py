@@ -1,8 +1,13 @@
+import dataclasses
+import functools
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from studies.data import load_dataset
 from studies.models import MLP
@@ -121,3 +126,40 @@ def test_invalid_arguments(small_digits):
               batch_size=0)  # fmt: skip
     with pytest.raises(ValueError, match="checkpoint_dir"):
         _run(small_digits, checkpoint_epochs=[1])
+
+
+def _linear_float64(data):
+    def factory():
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).double()
+
+    double = dataclasses.replace(data, x_train=data.x_train.double(), x_test=data.x_test.double())
+    return factory, double
+
+
+def test_l2_regularizer_equals_weight_decay_for_plain_sgd(small_digits):
+    c, lr = 0.05, 0.1
+    factory, data = _linear_float64(small_digits)
+    run = functools.partial(train, factory, data=data, epochs=2, batch_size=32, progress=False, seed=1)
+    penalty = lambda m: c * sum(p.square().sum() for p in m.parameters())  # noqa: E731
+    reg = run(lambda m: torch.optim.SGD(m.parameters(), lr=lr), regularizer=penalty)
+    decay = run(lambda m: torch.optim.SGD(m.parameters(), lr=lr, weight_decay=2 * c))
+    # θ ← θ − γ(∇L + ∇(c‖θ‖²)) = θ − γ(∇L + 2cθ): the weight-decay step of SGD, up to float64 rounding.
+    for name, value in decay.state_dict.items():
+        torch.testing.assert_close(reg.state_dict[name], value, rtol=1e-12, atol=1e-14)
+    m_reg, m_decay = reg.metrics, decay.metrics
+    for quantity in ("train_loss", "test_loss", "test_accuracy"):  # data loss and evaluation exclude the penalty
+        a = m_reg.loc[m_reg["quantity"] == quantity, "value"].to_numpy()
+        b = m_decay.loc[m_decay["quantity"] == quantity, "value"].to_numpy()
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    torch.manual_seed(1)
+    theta0 = factory().state_dict()
+    logged = m_reg[m_reg["quantity"] == "regularizer"]
+    assert logged["step"].tolist() == list(range(1, 15)) and "regularizer" not in set(m_decay["quantity"])
+    hand = c * sum(float(t.square().sum()) for t in theta0.values())
+    assert logged["value"].iloc[0] == pytest.approx(hand, rel=1e-14)
+    x, y = data.x_test, data.y_test
+    first_test = m_reg[(m_reg["quantity"] == "test_loss") & (m_reg["epoch"] == 0)]["value"].item()
+    w, b = theta0["1.weight"], theta0["1.bias"]
+    assert first_test == pytest.approx(float(F.cross_entropy(x.flatten(1) @ w.T + b, y)), rel=1e-12)
+    with pytest.raises(TypeError, match="regularizer"):
+        run(lambda m: torch.optim.SGD(m.parameters(), lr=lr), regularizer=1.0)
