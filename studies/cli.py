@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--runs-dir", type=Path, default=None, help="results cache (default $VALLEY_RUNS or runs/)")
         p.add_argument("--data-dir", default=None, help="folder with MNIST/Fashion-MNIST/CIFAR-10 ($VALLEY_DATA)")
         p.add_argument("--force", action="store_true", help="recompute cached runs")
+        p.add_argument("--amp", action="store_true", help="train with bfloat16 autocast (cached apart)")
         p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
     figures = sub.add_parser("figures", help="run the studies and draw every figure and the report")
@@ -92,6 +93,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         force=args.force,
         progress=args.progress,
+        amp=args.amp,
     )
     root = args.runs_dir or default_root()
     if distributed.is_main():
@@ -121,13 +123,16 @@ def _cmd_figures(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             force=args.force,
             progress=args.progress,
+            amp=args.amp,
         )
         output = figure.make_figure(figure.load_data(root, args.scale), args.out / name)
         outputs.append(output)
         timings.append(f"{name}: {time.perf_counter() - start:.1f} s")
         print(f"{name}: {', '.join(str(p) for p in output.images)}")
     theory = None if args.skip_theory or args.only else _theory_table(args.out / "theory", root, args.force)
-    header = f"Scale: {args.scale}; device: {args.device}; time per figure: {'; '.join(timings)}."
+    precision = "bfloat16 autocast (amp)" if args.amp else "float32"
+    header = f"Scale: {args.scale}; device: {args.device}; training: {precision}; "
+    header += f"time per figure: {'; '.join(timings)}."
     md, page = write_report(outputs, args.out, theory, header)
     print(f"report: {md} and {page}")
     return 0 if theory is None or bool(theory["passed"].all()) else 1

@@ -10,6 +10,11 @@ to ``<scale>.notes.txt``), which the figure scripts read.
 Under ``torchrun`` (a process group opened by :func:`landscape.distributed.process_group`) the configs are dealt round
 robin over the ranks, one run at a time per rank, each on its own GPU for ``device="cuda"``; the finished runs are
 gathered and rank 0 writes the combined files, which every rank then returns.
+
+``amp=True`` trains every run with bfloat16 autocast (:func:`studies.train.mixed_precision` is set around each run,
+so a study's ``train`` calls follow it without passing it along; ``ctx.amp`` says so to a run that trains otherwise).
+Mixed-precision runs are cached under their own keys (the store version gets a ``+amp`` suffix, which leaves the keys
+of full-precision runs unchanged), so the two never share a cache entry; the notes file says that amp was on.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from tqdm.auto import tqdm
 
 from landscape import distributed
 from studies.store import RunStore, atomic_write_text, write_frame
+from studies.train import mixed_precision
 
 SCALES = ("tiny", "quick", "full")
 
@@ -40,6 +46,7 @@ class Context:
     data_dir: str | None = None
     progress: bool = True
     notes: list[str] = field(default_factory=list)
+    amp: bool = False
 
     def note(self, message: str) -> None:
         """Record a message for the user (e.g. a run skipped because its data is absent); printed and saved."""
@@ -84,17 +91,23 @@ def run_study(
     data_dir: str | None = None,
     force: bool = False,
     progress: bool = True,
+    amp: bool = False,
 ) -> pd.DataFrame:
     """Execute (or load from the cache) every run of ``study`` at ``scale`` and return the combined results.
 
     Each run's frame gets the config's scalar entries as columns (unless the run set them itself) and a ``run``
-    column with its config hash. ``force=True`` recomputes cached runs.
+    column with its config hash. ``force=True`` recomputes cached runs; ``amp=True`` trains with bfloat16 autocast
+    (cached apart from full-precision runs).
     """
     if scale not in SCALES:
         raise ValueError(f"Invalid scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if not isinstance(amp, bool):
+        raise TypeError(f"amp must be a bool, got {type(amp).__name__}")
     root = Path(root) if root is not None else default_root()
-    store = RunStore(root, study.name, study.version)
-    ctx = Context(store, distributed.local_device(resolve_device(device)), data_dir, progress)
+    store = RunStore(root, study.name, f"{study.version}+amp" if amp else study.version)
+    ctx = Context(store, distributed.local_device(resolve_device(device)), data_dir, progress, amp=amp)
+    if amp:
+        ctx.notes.append("Trained with bfloat16 autocast (amp); evaluation and curvature in full precision.")
     configs = study.grid(scale, ctx)
     grid_notes = len(ctx.notes)  # the same on every rank; notes made by runs follow
     frames = {}
@@ -103,7 +116,8 @@ def run_study(
         frame = None if force else store.load(config)
         if frame is None:
             start = time.perf_counter()
-            frame = study.run(config, ctx)
+            with mixed_precision(amp):
+                frame = study.run(config, ctx)
             store.save(config, frame, ctx.device, time.perf_counter() - start)
         frames[i] = _with_config(frame, config, store.run_dir(config).name)
     parts = distributed.all_gather_objects((frames, ctx.notes[grid_notes:]))

@@ -5,6 +5,7 @@ import pytest
 
 from studies.runner import Study, run_study
 from studies.store import RunStore, config_hash
+from studies.train import amp_default
 
 
 def _counting_study(calls, fail_on=None):
@@ -67,3 +68,18 @@ def test_bad_scale_and_device(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="'cuda'"):
             run_study(_counting_study([]), "tiny", root=tmp_path, device="cuda")
+
+
+def test_amp_reaches_the_runs_and_is_cached_apart(tmp_path):
+    def run(config, ctx):
+        return pd.DataFrame({"quantity": ["amp"], "value": [float(amp_default() and ctx.amp)]})
+
+    study = Study(name="toy", title="toy", grid=lambda scale, ctx: [{"x": 0}], run=run)
+    full = run_study(study, "tiny", root=tmp_path, progress=False)
+    mixed = run_study(study, "tiny", root=tmp_path, progress=False, amp=True)
+    assert full["value"].tolist() == [0.0] and mixed["value"].tolist() == [1.0]
+    assert full["run"].item() == RunStore(tmp_path, "toy").run_dir({"x": 0}).name  # fp32 keys unchanged
+    assert mixed["run"].item() != full["run"].item()
+    assert "bfloat16 autocast" in (tmp_path / "toy" / "tiny.notes.txt").read_text()
+    assert run_study(study, "tiny", root=tmp_path, progress=False)["value"].tolist() == [0.0]  # no shared entry
+    assert (tmp_path / "toy" / "tiny.notes.txt").read_text() == ""  # the last run (fp32) wrote the notes
