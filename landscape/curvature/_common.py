@@ -87,7 +87,7 @@ class EigenResult:
         eigenvectors: ``(n, k)`` unit eigenvectors, column ``i`` belongs to ``eigenvalues[i]``.
         residuals: ``(k,)`` residual norms :math:`\lVert Hv_i - \lambda_i v_i \rVert`.
         converged: ``(k,)`` flags, ``residuals <= residual_tol * max|eigenvalues|``.
-        applications: operator applications used, including the ``k`` for the residuals.
+        applications: operator applications used, including any spent measuring the residuals.
         method: name of the estimator.
         config: the estimator's arguments and diagnostics.
     """
@@ -121,12 +121,20 @@ def eigen_result(
     residual_tol: float,
     method: str,
     config: dict[str, Any],
+    residuals: Tensor | None = None,
 ) -> EigenResult:
-    """Sort eigenpairs (largest first), measure their residuals with one ``k``-column application, build the result."""
+    """Sort eigenpairs (largest first) and build the result.
+
+    ``residuals`` (in the order of ``eigenvalues``) are taken as given when the estimator knows them; otherwise they
+    are measured with one ``k``-column application.
+    """
     eigenvalues, eigenvectors = eigenvalues.to(operator.dtype), eigenvectors.to(operator.dtype)
     order = torch.argsort(eigenvalues, descending=True)
     values, vectors = eigenvalues[order], eigenvectors[:, order]
-    residuals = torch.linalg.vector_norm(operator.apply(vectors) - vectors * values, dim=0)
+    if residuals is None:
+        residuals = torch.linalg.vector_norm(operator.apply(vectors) - vectors * values, dim=0)
+    else:
+        residuals = torch.as_tensor(residuals, dtype=operator.dtype, device=values.device)[order.to(values.device)]
     scale = values.abs().max().clamp_min(torch.finfo(values.dtype).tiny)
     config = {**config, "residual_tol": residual_tol}
     return EigenResult(
