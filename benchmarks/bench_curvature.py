@@ -130,6 +130,7 @@ def print_eigen(eigen: pd.DataFrame) -> None:
         max_rel_error_worst=("max_rel_error", "max"),
     )
     print(summary.to_string(float_format=lambda v: f"{v:.3g}"))
+    print("converged: pairs with residual <= 1e-6 max|lambda| (the default residual_tol), stricter than tol=1e-3")
     power = eigen[eigen.method == "power (PyHessian rule)"].set_index("seed")
     power_all, power_iterations = power.applications, power.applications - power.residual_checks
     print("ratio of applications to power (PyHessian rule), same seed; target <= 0.25:")

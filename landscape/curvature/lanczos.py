@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 from tqdm.auto import tqdm
 
@@ -53,16 +54,19 @@ def lanczos_eigenpairs(
     pair has :math:`\beta_m|e_m^\top s_i| \le \tau\max(|\theta_i|, \epsilon^{2/3}\lVert T_m\rVert)`, with
     :math:`\tau = \max(\mathrm{tol}, \epsilon)` and :math:`\epsilon` the dtype's machine epsilon (ARPACK's test, with
     its floor scaled by :math:`\lVert T_m\rVert`). These bounds are the reported ``residuals``: no application is spent
-    re-checking them. Eigenvalue errors are smaller still, :math:`|\lambda_i - \theta_i| \le r_i^2/\mathrm{gap}_i`.
-    A breakdown :math:`\beta_j \le 100\,\epsilon\lVert T_j\rVert` means :math:`V_j` spans an invariant subspace: the
-    Ritz pairs there are exact, and if fewer than ``k`` are wanted-and-converged the basis continues from a new
-    random vector orthogonal to :math:`V_j` (:math:`T` gets a zero off-diagonal; the dropped :math:`\beta_j` stays in
-    the residuals). Like every single-vector Krylov method, one block sees an exactly repeated eigenvalue once: with
-    ``k`` or more pairs found before a breakdown, a second copy can be missed.
+    re-checking them (for float32 operators they are accurate to the products' rounding, about
+    :math:`10^{-7}\lVert H\rVert`, below which a bound can fall but a measured residual cannot). The eigenvalue error
+    of a pair with residual :math:`r_i` is at most :math:`r_i^2/\mathrm{gap}_i`. A breakdown
+    :math:`\beta_j \le 100\,\epsilon\lVert T_j\rVert` means :math:`V_j` spans an invariant subspace whose Ritz pairs
+    are exact; if the basis holds fewer than ``k`` vectors, or the wanted pairs are not within ``tol``, it continues
+    from a new random vector orthogonal to :math:`V_j` (:math:`T` gets a zero off-diagonal; the dropped
+    :math:`\beta_j` stays in the residuals). Like every single-vector Krylov method, one block sees an exactly repeated
+    eigenvalue once: with ``k`` or more pairs found before a breakdown, a second copy can be missed.
 
     Memory: the basis holds :math:`m \times n` numbers of the operator's dtype (e.g. 60 vectors of a 10⁵-parameter
-    float64 Hessian: 48 MB) and grows only as needed, up to ``max_basis``. If the wanted pairs have not converged by
-    then, a ``RuntimeWarning`` is issued and the current Ritz pairs are returned with ``converged`` false; for
+    float64 Hessian: 48 MB) and grows by doubling only as needed, up to ``max_basis``. If the wanted pairs are not
+    within ``tol`` by then, a ``RuntimeWarning`` is issued and the current Ritz pairs are returned with their residual
+    bounds and ``config["stop"] == "max_basis"``; for
     operators too large for such a basis, ``method="arpack"`` restarts within ``ncv`` vectors at the price of more
     applications (ARPACK, Lehoucq et al. 1998, via ``scipy.sparse.linalg.eigsh``; it measures residuals explicitly
     with ``k`` extra applications).
@@ -143,25 +147,25 @@ def _lanczos(
     """The iteration of :func:`lanczos_eigenpairs`: wanted Ritz values, Ritz vectors, residual bounds, diagnostics."""
     eps = float(torch.finfo(view.dtype).eps)
     tau = max(tol, eps)
-    basis = torch.empty(view.n, min(max_basis, 2 * k + 20), dtype=view.dtype, device=view.device)
-    basis[:, 0] = _unit(view.tensor(generator.standard_normal(view.n)))
+    basis = torch.empty(min(max_basis, 2 * k + 20), view.n, dtype=view.dtype, device=view.device)  # rows v_j
+    basis[0] = _unit(view.tensor(generator.standard_normal(view.n)))
     alphas: list[float] = []
     betas: list[float] = []  # off-diagonal of T; 0 where a breakdown started a new block
     dropped: list[tuple[int, float]] = []  # (row, beta) of each breakdown: the coupling left out of T
     previous, m = 0.0, 0
     while True:
-        v = basis[:, m]
-        w = view.apply(v[:, None])[:, 0] - previous * (basis[:, m - 1] if m else 0.0)
+        v = basis[m]
+        w = view.apply(v[:, None])[:, 0] - previous * (basis[m - 1] if m else 0.0)
         alpha = float(v @ w)
         w = w - alpha * v
         for _ in range(2):  # full reorthogonalisation; twice is enough (Kahan and Parlett)
-            coefficients = basis[:, : m + 1].T @ w
-            w = w - basis[:, : m + 1] @ coefficients
+            coefficients = basis[: m + 1] @ w
+            w = w - coefficients @ basis[: m + 1]
             alpha += float(coefficients[m])
         alphas.append(alpha)
         beta = float(torch.linalg.vector_norm(w))
         m += 1
-        theta, s = np.linalg.eigh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
+        theta, s = eigh_tridiagonal(np.array(alphas), np.array(betas))
         scale = float(np.abs(theta).max())
         wanted = _wanted(theta, min(k, m), which)
         bounds = np.sqrt(beta**2 * s[m - 1, wanted] ** 2 + sum(b**2 * s[row, wanted] ** 2 for row, b in dropped))
@@ -174,20 +178,20 @@ def _lanczos(
             stop = "invariant"
         if stop is not None:
             break
-        if m == basis.shape[1]:  # grow the basis only as far as needed
-            grown = torch.empty(view.n, min(max_basis, 2 * m), dtype=view.dtype, device=view.device)
-            grown[:, :m] = basis
+        if m == basis.shape[0]:  # grow the basis only as far as needed
+            grown = torch.empty(min(max_basis, 2 * m), view.n, dtype=view.dtype, device=view.device)
+            grown[:m] = basis
             basis = grown
         if invariant:  # restart from a random vector orthogonal to the invariant subspace found
             dropped.append((m - 1, beta))
             w = view.tensor(generator.standard_normal(view.n))
             for _ in range(2):
-                w = w - basis[:, :m] @ (basis[:, :m].T @ w)
+                w = w - (basis[:m] @ w) @ basis[:m]
             beta = 0.0
         betas.append(beta)
         previous = beta
-        basis[:, m] = _unit(w)
-    ritz = basis[:, :m] @ view.tensor(s[:, wanted])
+        basis[m] = _unit(w)
+    ritz = basis[:m].T @ view.tensor(s[:, wanted])
     info = {"basis_size": m, "restarts": len(dropped), "stop": stop}
     return torch.as_tensor(theta[wanted]), ritz, torch.as_tensor(bounds), info
 
