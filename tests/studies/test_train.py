@@ -25,7 +25,7 @@ def _run(data, lr=0.05, dropout=0.2, **kwargs):
         lambda m: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9),
         data,
         epochs=kwargs.pop("epochs", 2),
-        batch_size=32,
+        batch_size=kwargs.pop("batch_size", 32),
         progress=False,
         **kwargs,
     )
@@ -192,3 +192,22 @@ def test_amp_trains_in_bfloat16_with_float32_weights_and_full_precision_evaluati
         assert amp_default() and _run(small_digits, epochs=0, amp=False) is not None
     with pytest.raises(TypeError, match="'yes'|str"):
         _run(small_digits, epochs=0, amp="yes")
+
+
+def test_hot_loop_reads_the_device_once_per_epoch_with_amp_and_a_regularizer(small_digits, monkeypatch):
+    """Host reads of tensor values (what synchronises a GPU) do not grow with the number of steps per epoch."""
+    reads = []
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__bool__", "__int__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda t, *a, _f=original, _n=name, **k: reads.append(_n) or _f(t, *a, **k)
+        )
+
+    def count(batch_size: int) -> dict[str, int]:
+        reads.clear()
+        penalty = lambda m: 1e-3 * sum(p.square().sum() for p in m.parameters())  # noqa: E731
+        result = _run(small_digits, epochs=1, batch_size=batch_size, amp=True, regularizer=penalty)
+        assert (result.metrics["quantity"] == "train_loss").sum() == -(-200 // batch_size)
+        return {name: reads.count(name) for name in set(reads)}
+
+    assert count(100) == count(10)  # 2 steps vs 20 steps
