@@ -7,7 +7,6 @@ error correlation c/v of E[(mean error)²] = v/k + (k−1)c/k). Reads the result
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,7 +14,7 @@ import pandas as pd
 import seaborn as sns
 
 from paper_figures._style import save_figure
-from paper_figures.report import FigureOutput
+from paper_figures.report import FigureOutput, read_results
 
 STUDY = "checkpoint_distance"
 TITLE = "Checkpoint distance: repulsion vs plain training vs warm restarts, snapshot ensembles"
@@ -23,15 +22,8 @@ COLUMNS = ("label", "method", "dataset", "seed", "warmup", "cycle", "cycles", "e
 
 
 def load_data(root: str | os.PathLike, scale: str) -> pd.DataFrame:
-    """The study's combined results at ``scale``; its notes (e.g. Fashion-MNIST absent) in ``attrs["notes"]``."""
-    folder = Path(root) / STUDY
-    frame = pd.read_csv(folder / f"{scale}.csv")
-    missing = set(COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"{folder / f'{scale}.csv'} lacks the columns {sorted(missing)}")
-    notes_file = folder / f"{scale}.notes.txt"
-    frame.attrs["notes"] = notes_file.read_text().splitlines() if notes_file.exists() else []
-    return frame
+    """The study's combined results at ``scale``, its notes in ``attrs["notes"]``."""
+    return read_results(root, STUDY, scale, COLUMNS)
 
 
 def _palette(labels: list[str]) -> dict[str, tuple[float, ...]]:

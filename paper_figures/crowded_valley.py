@@ -8,7 +8,6 @@ the SGD and SAM solutions belong to the flat-minima figure.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -16,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 
 from paper_figures._style import optimizer_palette, save_figure
-from paper_figures.report import FigureOutput
+from paper_figures.report import FigureOutput, read_results
 
 STUDY = "crowded_valley"
 TITLE = "Crowded-valley trio: SAM, AdamP, Expectigrad and Adam on a 784-784-10 net"
@@ -26,15 +25,8 @@ REPORTED = {"SAM": 0.81, "AdamP": 0.69, "Expectigrad": 0.90}
 
 
 def load_data(root: str | os.PathLike, scale: str) -> pd.DataFrame:
-    """The study's combined results at ``scale``; its notes (e.g. MNIST absent) in ``attrs["notes"]``."""
-    folder = Path(root) / STUDY
-    frame = pd.read_csv(folder / f"{scale}.csv")
-    missing = set(COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"{folder / f'{scale}.csv'} lacks the columns {sorted(missing)}")
-    notes_file = folder / f"{scale}.notes.txt"
-    frame.attrs["notes"] = notes_file.read_text().splitlines() if notes_file.exists() else []
-    return frame
+    """The study's combined results at ``scale``, its notes in ``attrs["notes"]``."""
+    return read_results(root, STUDY, scale, COLUMNS)
 
 
 def accuracy_table(frame: pd.DataFrame) -> pd.DataFrame:

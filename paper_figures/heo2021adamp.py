@@ -7,14 +7,13 @@ Heo et al. (2021), AdamP, Figure 3: trajectories (on the sphere and in the angle
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from paper_figures._style import optimizer_palette, save_figure
-from paper_figures.report import FigureOutput
+from paper_figures.report import FigureOutput, read_results
 
 STUDY = "heo2021adamp"
 TITLE = "Scale-invariant 3D Rosenbrock: momentum, weight decay, projection (Heo et al. 2021)"
@@ -26,15 +25,8 @@ _LINES = {"Momentum": dict(lw=3.0, ls="-"), "Momentum + WD": dict(lw=1.6, ls="--
 
 
 def load_data(root: str | os.PathLike, scale: str) -> pd.DataFrame:
-    """The study's combined results at ``scale``; its notes in ``attrs``."""
-    folder = Path(root) / STUDY
-    frame = pd.read_csv(folder / f"{scale}.csv")
-    missing = set(COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"{folder / f'{scale}.csv'} lacks the columns {sorted(missing)}")
-    notes_file = folder / f"{scale}.notes.txt"
-    frame.attrs["notes"] = notes_file.read_text().splitlines() if notes_file.exists() else []
-    return frame
+    """The study's combined results at ``scale``, its notes in ``attrs["notes"]``."""
+    return read_results(root, STUDY, scale, COLUMNS)
 
 
 def _wide(frame: pd.DataFrame) -> pd.DataFrame:

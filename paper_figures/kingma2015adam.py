@@ -7,14 +7,13 @@ reproductions of the paper report. Reads the results of the study :mod:`studies.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
 from paper_figures._style import optimizer_palette, save_figure
-from paper_figures.report import FigureOutput
+from paper_figures.report import FigureOutput, read_results
 
 STUDY = "kingma2015adam"
 TITLE = "Adam paper reproduction (Kingma & Ba 2015)"
@@ -23,15 +22,8 @@ _MODEL_NAMES = {"mlp": "MLP 1000-1000", "adam_cnn": "CNN c64-c64-c128-1000"}
 
 
 def load_data(root: str | os.PathLike, scale: str) -> pd.DataFrame:
-    """The study's combined results at ``scale``; its notes (e.g. runs skipped for missing data) in ``attrs``."""
-    folder = Path(root) / STUDY
-    frame = pd.read_csv(folder / f"{scale}.csv")
-    missing = set(COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"{folder / f'{scale}.csv'} lacks the columns {sorted(missing)}")
-    notes_file = folder / f"{scale}.notes.txt"
-    frame.attrs["notes"] = notes_file.read_text().splitlines() if notes_file.exists() else []
-    return frame
+    """The study's combined results at ``scale``, its notes in ``attrs["notes"]``."""
+    return read_results(root, STUDY, scale, COLUMNS)
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -7,7 +7,6 @@ Adam, Adam-2k, Adam-eps, Adam + warmup and RAdam on MNIST-1D over a learning-rat
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,7 +14,7 @@ import pandas as pd
 from matplotlib.colors import LogNorm
 
 from paper_figures._style import optimizer_palette, save_figure
-from paper_figures.report import FigureOutput
+from paper_figures.report import FigureOutput, read_results
 
 STUDY = "liu2020radam"
 TITLE = "RAdam: variance of the adaptive learning rate (Liu et al. 2020)"
@@ -24,15 +23,8 @@ _THEORY_NAMES = {"exact": "exact Var[ψ]", "first_order": "first-order approxima
 
 
 def load_data(root: str | os.PathLike, scale: str) -> pd.DataFrame:
-    """The study's combined results at ``scale``; its notes in ``attrs``."""
-    folder = Path(root) / STUDY
-    frame = pd.read_csv(folder / f"{scale}.csv", low_memory=False)
-    missing = set(COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"{folder / f'{scale}.csv'} lacks the columns {sorted(missing)}")
-    notes_file = folder / f"{scale}.notes.txt"
-    frame.attrs["notes"] = notes_file.read_text().splitlines() if notes_file.exists() else []
-    return frame
+    """The study's combined results at ``scale``, its notes in ``attrs["notes"]``."""
+    return read_results(root, STUDY, scale, COLUMNS)
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -7,7 +7,6 @@ The classic ravine picture (Ruder 2016; Duchi et al. 2011 for sparse features). 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,7 +14,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from paper_figures._style import optimizer_palette, save_figure
-from paper_figures.report import FigureOutput
+from paper_figures.report import FigureOutput, read_results
 
 STUDY = "ravines"
 TITLE = "Ravines: aligned, rotated and sparse-feature valleys"
@@ -29,15 +28,8 @@ _THRESHOLD = 1e-2
 
 
 def load_data(root: str | os.PathLike, scale: str) -> pd.DataFrame:
-    """The study's combined results at ``scale``; its notes in ``attrs``."""
-    folder = Path(root) / STUDY
-    frame = pd.read_csv(folder / f"{scale}.csv")
-    missing = set(COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"{folder / f'{scale}.csv'} lacks the columns {sorted(missing)}")
-    notes_file = folder / f"{scale}.notes.txt"
-    frame.attrs["notes"] = notes_file.read_text().splitlines() if notes_file.exists() else []
-    return frame
+    """The study's combined results at ``scale``, its notes in ``attrs["notes"]``."""
+    return read_results(root, STUDY, scale, COLUMNS)
 
 
 def _wide(frame: pd.DataFrame) -> pd.DataFrame:

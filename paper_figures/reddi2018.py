@@ -7,13 +7,12 @@ Reddi, Kale & Kumar (2018), Figure 1 (the paper's C = 1010 experiments) and Theo
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from paper_figures._style import optimizer_palette, save_figure
-from paper_figures.report import FigureOutput
+from paper_figures.report import FigureOutput, read_results
 
 STUDY = "reddi2018"
 TITLE = "Reddi's counterexample: Adam vs AMSGrad, Expectigrad, SGD (Reddi et al. 2018)"
@@ -36,15 +35,8 @@ _REPORTED = {
 
 
 def load_data(root: str | os.PathLike, scale: str) -> pd.DataFrame:
-    """The study's combined results at ``scale``; its notes in ``attrs``."""
-    folder = Path(root) / STUDY
-    frame = pd.read_csv(folder / f"{scale}.csv")
-    missing = set(COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"{folder / f'{scale}.csv'} lacks the columns {sorted(missing)}")
-    notes_file = folder / f"{scale}.notes.txt"
-    frame.attrs["notes"] = notes_file.read_text().splitlines() if notes_file.exists() else []
-    return frame
+    """The study's combined results at ``scale``, its notes in ``attrs["notes"]``."""
+    return read_results(root, STUDY, scale, COLUMNS)
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:

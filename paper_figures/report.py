@@ -30,6 +30,22 @@ class FigureOutput:
             write_frame(Path(out_dir) / f"{key}.csv", table)
 
 
+def read_results(root: str | os.PathLike, study: str, scale: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A study's combined results ``<root>/<study>/<scale>.csv``, its notes (e.g. data absent) in ``attrs["notes"]``.
+
+    Raises:
+        ValueError: the file lacks one of ``columns`` (the figure script and the study disagree).
+    """
+    folder = Path(root) / study
+    frame = pd.read_csv(folder / f"{scale}.csv", low_memory=False)
+    missing = set(columns) - set(frame.columns)
+    if missing:
+        raise ValueError(f"{folder / f'{scale}.csv'} lacks the columns {sorted(missing)}")
+    notes_file = folder / f"{scale}.notes.txt"
+    frame.attrs["notes"] = notes_file.read_text().splitlines() if notes_file.exists() else []
+    return frame
+
+
 def _markdown_table(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, floatfmt=".4g")
 

@@ -8,14 +8,13 @@ effective step shrink faster; projection (SGDP, AdamP) prevents it. Reads the re
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
 from paper_figures._style import optimizer_palette, save_figure
-from paper_figures.report import FigureOutput
+from paper_figures.report import FigureOutput, read_results
 
 STUDY = "weight_norm_growth"
 TITLE = "Weight-norm growth of scale-invariant weights (Heo et al. 2021)"
@@ -23,15 +22,8 @@ COLUMNS = ("dataset", "optimizer", "seed", "epochs", "step", "epoch", "quantity"
 
 
 def load_data(root: str | os.PathLike, scale: str) -> pd.DataFrame:
-    """The study's combined results at ``scale``; its notes (e.g. CIFAR-10 absent) in ``attrs["notes"]``."""
-    folder = Path(root) / STUDY
-    frame = pd.read_csv(folder / f"{scale}.csv")
-    missing = set(COLUMNS) - set(frame.columns)
-    if missing:
-        raise ValueError(f"{folder / f'{scale}.csv'} lacks the columns {sorted(missing)}")
-    notes_file = folder / f"{scale}.notes.txt"
-    frame.attrs["notes"] = notes_file.read_text().splitlines() if notes_file.exists() else []
-    return frame
+    """The study's combined results at ``scale``, its notes in ``attrs["notes"]``."""
+    return read_results(root, STUDY, scale, COLUMNS)
 
 
 def _invariant(frame: pd.DataFrame, quantity: str) -> pd.DataFrame:
