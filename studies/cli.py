@@ -4,14 +4,7 @@
 cached runner, draws it, runs the theory checks and writes the report; ``valley study NAME`` runs one study (``--amp``:
 train with bfloat16 autocast); ``valley theory`` prints the theory table; ``valley list`` lists what exists.
 
-``valley surface`` and ``valley curvature`` analyse one trained model: the weights of a checkpoint written by
-``studies.train.train`` (``--checkpoint``, its ``"model"`` entry; a bare state dict works too), loaded with
-``weights_only=True``, into the architecture ``--model`` with ``--model-kwargs`` (a JSON object passed to
-``studies.models.make_model``), sized from ``--dataset``. ``surface`` writes a 1D slice along a filter-normalised random
-direction, a 1D interpolation to a second checkpoint (``--to``) or a 2D filter-normalised random plane, chunked and
-resumable through ``--cache-dir``; ``curvature`` writes the top-k Hessian eigenvalues (Lanczos), the Hutchinson trace
-and optionally the SLQ spectral density. Both write a tidy CSV (atomically) and a JSON of their configuration beside
-it.
+``valley surface`` and ``valley curvature`` analyse one trained checkpoint (:mod:`studies.analyse`).
 
 ``torchrun --nproc-per-node N -m studies.cli study|surface|curvature ...`` splits the work over N processes (a study's
 configs, a surface's chunks, a Hessian's data; gloo on CPU, NCCL and one GPU per process with ``--device cuda``);
@@ -30,16 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
 
 from landscape import distributed
-from studies import catalog, data
-from studies.models import MODELS, make_model
-from studies.runner import SCALES, default_root, resolve_device, run_study
-from studies.store import atomic_write_text, environment, write_frame
-from studies.train import load_checkpoint
+from studies import analyse, catalog, data
+from studies.runner import SCALES, default_root, run_study
+from studies.store import environment, write_frame
 
 DISTRIBUTED_COMMANDS = ("study", "surface", "curvature")
 
@@ -92,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     common(study)
     study.set_defaults(func=_cmd_study)
 
-    _analysis_parsers(sub)
+    analyse.add_parsers(sub)
 
     theory = sub.add_parser("theory", help="run the theory checks and print the table")
     theory.add_argument("--out", type=Path, default=Path("paper_figures/out/theory"), help="output folder")
@@ -102,215 +90,6 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--data-dir", default=None)
     listing.set_defaults(func=_cmd_list)
     return parser
-
-
-def _analysis_parsers(sub: argparse._SubParsersAction) -> None:
-    epilog = (
-        "The model: --checkpoint is a file written by studies.train (its 'model' entry) or a saved state dict, "
-        "loaded with torch.load(weights_only=True) into make_model(--model, shape and classes of --dataset, "
-        "**--model-kwargs). Under torchrun --nproc-per-node N the work is split over the N processes; rank 0 "
-        "prints and writes --out and its .json (arguments, configuration, versions)."
-    )
-
-    def target(p: argparse.ArgumentParser, out: str) -> None:
-        p.epilog = epilog
-        p.add_argument("--checkpoint", type=Path, required=True, help="weights written by studies.train (.pt)")
-        p.add_argument("--model", required=True, choices=MODELS, help="the architecture of the checkpoint")
-        p.add_argument(
-            "--model-kwargs", type=json.loads, default={}, help="make_model options, e.g. '{\"widths\": [32]}'"
-        )
-        p.add_argument("--dataset", required=True, choices=data.DATASETS, help="sizes the model; its data is used")
-        p.add_argument("--data-dir", default=None, help="folder with MNIST/Fashion-MNIST/CIFAR-10 ($VALLEY_DATA)")
-        p.add_argument("--split", choices=("train", "test"), default="train", help="data split (default train)")
-        p.add_argument("--samples", type=int, default=None, help="use the first N examples of the split")
-        p.add_argument("--batch-size", type=int, default=1000, help="examples per forward pass (memory bound)")
-        p.add_argument("--seed", type=int, default=0, help="random directions / start vector and probes")
-        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
-        p.add_argument("--out", type=Path, default=Path(out), help=f"CSV to write (default {out})")
-        p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-
-    surface = sub.add_parser(
-        "surface",
-        help="loss surface of a checkpoint: 1D slice or interpolation, 2D random plane",
-        description="Columns: alpha, [beta,] loss, accuracy. --dims 2: filter-normalised random plane "
-        "θ + α d1 + β d2 on [-span, span]²; --dims 1: along one such direction, or with --to PATH the interpolation "
-        "(1 − α) θ + α θ_to on [-span, 1 + span].",
-    )
-    target(surface, "surface.csv")
-    surface.add_argument("--dims", type=int, choices=(1, 2), default=2, help="1D or 2D (default 2)")
-    surface.add_argument("--to", type=Path, default=None, help="1D: interpolate to this checkpoint's weights")
-    surface.add_argument("--resolution", type=int, default=21, help="points per axis (default 21)")
-    surface.add_argument("--span", type=float, default=None, help="half width (default 1; 0.5 beyond ends with --to)")
-    surface.add_argument(
-        "--bn-policy",
-        choices=("saved", "recompute"),
-        default="saved",
-        help="BatchNorm: saved, or re-estimated per point",
-    )
-    surface.add_argument("--chunk-size", type=int, default=64, help="grid points per chunk (default 64)")
-    surface.add_argument("--cache-dir", type=Path, default=None, help="finished chunks (default OUT.chunks/)")
-    surface.set_defaults(func=_cmd_surface)
-
-    curvature = sub.add_parser(
-        "curvature",
-        help="Hessian of a checkpoint's loss: top-k eigenvalues, trace, spectral density",
-        description="Columns: estimator, quantity, index, value. Lanczos: eigenvalue, residual, converged; "
-        "Hutchinson (a fixed number of Rademacher probes): trace, standard_error; SLQ (--density): grid, density.",
-    )
-    target(curvature, "curvature.csv")
-    curvature.add_argument("--dtype", choices=("float32", "float64"), default="float64", help="Hessian dtype")
-    curvature.add_argument("--top-k", type=int, default=3, help="eigenvalues by Lanczos (default 3)")
-    curvature.add_argument("--trace-probes", type=int, default=100, help="Hutchinson probes (default 100)")
-    curvature.add_argument("--density", action="store_true", help="add the SLQ spectral density")
-    curvature.add_argument("--slq-probes", type=int, default=4, help="SLQ probe vectors (default 4)")
-    curvature.add_argument("--slq-steps", type=int, default=40, help="Lanczos steps per SLQ probe (default 40)")
-    curvature.set_defaults(func=_cmd_curvature)
-
-
-def load_model(
-    checkpoint: str | Path, model: str, model_kwargs: dict, input_shape: Sequence[int], num_classes: int
-) -> nn.Module:
-    """Build ``make_model(model, input_shape, num_classes, **model_kwargs)`` and load a checkpoint's weights into it.
-
-    Raises:
-        FileNotFoundError: if ``checkpoint`` does not exist.
-        ValueError: if the weights do not fit the model (naming the first missing, unexpected or mis-shaped key).
-    """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    payload = load_checkpoint(path)
-    state = payload.get("model", payload) if isinstance(payload, dict) else payload
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {str(path)!r} holds no state dict of tensors (expected studies.train's format)")
-    net = make_model(model, input_shape, num_classes, **model_kwargs)
-    expected = net.state_dict()
-    what = f"checkpoint {str(path)!r} does not fit {model} {json.dumps(model_kwargs)}"
-    if missing := [k for k in expected if k not in state]:
-        raise ValueError(f"{what}: the model's {missing[0]!r} is missing ({len(missing)} keys missing)")
-    if unexpected := [k for k in state if k not in expected]:
-        raise ValueError(f"{what}: the checkpoint's {unexpected[0]!r} is not in the model ({len(unexpected)} keys)")
-    for key, tensor in expected.items():
-        if state[key].shape != tensor.shape:
-            shapes = f"{tuple(state[key].shape)} in the checkpoint, {tuple(tensor.shape)} in the model"
-            raise ValueError(f"{what}: {key!r} has shape {shapes}")
-    net.load_state_dict(state)
-    return net.eval()
-
-
-def _analysis_target(args: argparse.Namespace) -> tuple[nn.Module, tuple[Tensor, Tensor], str, data.Dataset]:
-    """The checkpoint's model in eval mode on this rank's device, and the chosen data ``(x, y)`` there."""
-    if args.samples is not None and args.samples < 1:
-        raise ValueError(f"Invalid --samples: {args.samples}")
-    if args.batch_size < 1:
-        raise ValueError(f"Invalid --batch-size: {args.batch_size}")
-    if not isinstance(args.model_kwargs, dict):
-        raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
-    device = distributed.local_device(resolve_device(args.device))
-    dataset = data.load_dataset(args.dataset, args.data_dir)
-    model = load_model(args.checkpoint, args.model, args.model_kwargs, dataset.input_shape, dataset.num_classes)
-    x, y = (dataset.x_train, dataset.y_train) if args.split == "train" else (dataset.x_test, dataset.y_test)
-    x, y = x[: args.samples], y[: args.samples]
-    return model.to(device), (x.to(device), y.to(device)), device, dataset
-
-
-def _write(args: argparse.Namespace, frame: pd.DataFrame, config: dict, device: str) -> None:
-    """Rank 0 writes the CSV and, beside it, ``<out>.json`` with the command's arguments and the result's config."""
-    if not distributed.is_main():
-        return
-    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
-    meta = {"arguments": arguments, "config": config, "environment": environment(device)}
-    meta["environment"]["world_size"] = distributed.world_size()
-    write_frame(args.out, frame)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
-
-
-def _cmd_surface(args: argparse.Namespace) -> int:
-    from landscape.directions import random_direction
-    from landscape.surfaces import interpolate_1d, make_grid, surface_1d, surface_2d
-
-    if args.resolution < 1:
-        raise ValueError(f"Invalid --resolution: {args.resolution}")
-    if args.to is not None and args.dims != 1:
-        raise ValueError(f"--to interpolates in 1D; got --dims {args.dims}")
-    span = args.span if args.span is not None else (0.5 if args.to is not None else 1.0)
-    if not span > 0:
-        raise ValueError(f"Invalid --span: {span}")
-    model, batch, device, dataset = _analysis_target(args)
-    options = {
-        "bn": args.bn_policy,
-        "bn_data": (dataset.x_train[: args.batch_size].to(device), dataset.y_train[: args.batch_size].to(device)),
-        "batch_size": args.batch_size,
-        "chunk_size": args.chunk_size,
-        "cache_dir": args.cache_dir or args.out.with_suffix(".chunks"),
-        "progress": args.progress and distributed.is_main(),
-        "distributed": True,
-    }
-    if args.to is not None:
-        end = load_model(args.to, args.model, args.model_kwargs, dataset.input_shape, dataset.num_classes)
-        alphas = make_grid(-span, 1 + span, args.resolution)
-        surface = interpolate_1d(model, model, end.to(device), batch, alphas, **options)
-    elif args.dims == 1:
-        grid = make_grid(-span, span, args.resolution)
-        surface = surface_1d(model, batch, random_direction(model, seed=args.seed), grid, **options)
-    else:
-        grid = make_grid(-span, span, args.resolution)
-        directions = [random_direction(model, seed=args.seed + i) for i in range(2)]
-        surface = surface_2d(model, batch, directions, grid, grid, **options)
-    _write(args, surface.frame(), surface.config, device)
-    if distributed.is_main():
-        print(
-            f"surface: {surface.loss.size} points, loss at the origin {surface.at_origin():.6g}, "
-            f"{surface.config['chunks_computed']} chunks computed and {surface.config['chunks_reused']} reused on "
-            f"{distributed.world_size()} process(es); written to {args.out}"
-        )
-    return 0
-
-
-def _cmd_curvature(args: argparse.Namespace) -> int:
-    from landscape.curvature import HessianOperator, hutchinson_trace, lanczos_eigenpairs, slq_density
-
-    for name in ("top_k", "trace_probes", "slq_probes", "slq_steps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"Invalid --{name.replace('_', '-')}: {getattr(args, name)}")
-    model, batch, device, _ = _analysis_target(args)
-    dtype = getattr(torch, args.dtype)
-    hessian = HessianOperator(model, F.cross_entropy, batch, dtype, args.batch_size, distributed=True)
-    progress = args.progress and distributed.is_main()
-    eigen = lanczos_eigenpairs(hessian, k=args.top_k, seed=args.seed, progress=progress)
-    probes = args.trace_probes
-    trace = hutchinson_trace(hessian, probes, rtol=0.0, min_samples=max(2, probes), seed=args.seed, progress=progress)
-    rows = [
-        {"estimator": "lanczos", "quantity": q, "index": i, "value": float(v)}
-        for q, values in (
-            ("eigenvalue", eigen.eigenvalues),
-            ("residual", eigen.residuals),
-            ("converged", eigen.converged),
-        )
-        for i, v in enumerate(values)
-    ]
-    rows += [
-        {"estimator": "hutchinson", "quantity": "trace", "index": 0, "value": trace.estimate},
-        {"estimator": "hutchinson", "quantity": "standard_error", "index": 0, "value": trace.standard_error},
-    ]
-    config = {"parameters": hessian.shape[0], "examples": len(batch[1]), "lanczos": eigen.config}
-    config |= {"lanczos_applications": eigen.applications, "trace_applications": trace.applications}
-    if args.density:
-        density = slq_density(hessian, args.slq_probes, args.slq_steps, num_grid=200, seed=args.seed, progress=progress)
-        for quantity, values in (("grid", density.grid), ("density", density.density)):
-            rows += [
-                {"estimator": "slq", "quantity": quantity, "index": i, "value": float(v)} for i, v in enumerate(values)
-            ]
-        config |= {"slq": density.config, "slq_applications": density.applications}
-    _write(args, pd.DataFrame(rows), config, device)
-    if distributed.is_main():
-        top = ", ".join(f"{v:.6g}" for v in eigen.eigenvalues)
-        print(
-            f"curvature: {hessian.shape[0]} parameters, {len(batch[1])} examples on {distributed.world_size()} "
-            f"process(es); top-{args.top_k} eigenvalues {top}; trace {trace.estimate:.6g} ± {trace.standard_error:.2g}"
-            f"; written to {args.out}"
-        )
-    return 0
 
 
 def _figures() -> dict:

@@ -16,7 +16,8 @@ from landscape import distributed
 from landscape.curvature import HessianOperator, hutchinson_trace, lanczos_eigenpairs, slq_density
 from landscape.directions import random_direction
 from landscape.surfaces import interpolate_1d, make_grid, surface_1d, surface_2d
-from studies.cli import load_model, main
+from studies.analyse import load_model
+from studies.cli import main
 from studies.data import load_dataset
 from studies.models import make_model
 from studies.train import train
