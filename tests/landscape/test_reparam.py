@@ -37,7 +37,6 @@ def dense_hessian(model, x, y):
     return hessian(loss)(flat)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_rescaling_keeps_the_function_and_transforms_the_hessian_as_predicted():
     model, alpha = net(), 10.0
     g = torch.Generator().manual_seed(1)

@@ -22,9 +22,9 @@ def test_angles_invert_direction_and_h_is_scale_invariant():
     h = study.rosenbrock_on_sphere(w)
     (grad,) = torch.autograd.grad(h, w)
     assert abs(float((grad * w.detach()).sum())) < 1e-10 * float(grad.norm() * w.detach().norm())  # ∇h ⊥ w
-    assert math.isclose(float(study.rosenbrock_on_sphere(5.0 * w)), float(h), rel_tol=1e-12)
+    assert math.isclose(study.rosenbrock_on_sphere(5.0 * w).item(), h.item(), rel_tol=1e-12)
     psi, phi = study.angles(w.detach())
-    assert math.isclose(float(h), (1 - psi.item()) ** 2 + 100 * (phi.item() - psi.item() ** 2) ** 2, rel_tol=1e-12)
+    assert math.isclose(h.item(), (1 - psi.item()) ** 2 + 100 * (phi.item() - psi.item() ** 2) ** 2, rel_tol=1e-12)
 
 
 def test_tiny_runs_reproduce_the_papers_radii(tiny):
