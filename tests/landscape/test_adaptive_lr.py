@@ -21,15 +21,6 @@ from landscape.adaptive_lr import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Small tensors: one intra-op thread is faster on a shared 2-core machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @dataclass
 class State:
     model: torch.nn.Module

@@ -6,15 +6,6 @@ from landscape.curvature.operator import HessianOperator
 from landscape.curvature.trace import hutchinson_trace, hutchpp_trace
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one intra-op thread is faster on a shared 2-core machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def hessian():
     torch.manual_seed(0)

@@ -13,15 +13,6 @@ from landscape.directions import (
 )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small tensors: one intra-op thread is faster on a shared 2-core machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(

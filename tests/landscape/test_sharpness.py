@@ -7,16 +7,6 @@ from torch import nn
 
 from landscape.sharpness import asam_sharpness, epsilon_sharpness, m_sharpness, sam_sharpness
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small tensors: one intra-op thread is faster on a shared 2-core machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 H = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
 DATA = (torch.zeros(2, 1), torch.zeros(2))
 
