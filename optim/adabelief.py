@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optim._checks import check_betas, check_bool, check_nonnegative, check_positive, evaluate
+from optim._state import adam_group
 from optim.radam import rectification
 
 __all__ = ["AdaBelief", "adabelief"]
@@ -117,32 +118,12 @@ class AdaBelief(Optimizer):
         )
         super().__init__(params, defaults)
 
-    def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:
-        params, grads, exp_avgs, exp_avg_vars, states = [], [], [], [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError("AdaBelief does not support sparse gradients")
-            state = self.state[p]
-            if not state:
-                state["step"] = 0  # steps taken
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # m
-                state["exp_avg_var"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # s
-            state["step"] += 1
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_vars.append(state["exp_avg_var"])
-            states.append(state)
-        return params, grads, exp_avgs, exp_avg_vars, states
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one step; ``closure`` (optional) re-evaluates the model and returns the loss."""
         loss = evaluate(closure)
         for group in self.param_groups:
-            params, grads, exp_avgs, exp_avg_vars, states = self._init_group(group)
+            params, grads, exp_avgs, exp_avg_vars, states = adam_group(self, group, "exp_avg_var")
             beta1, beta2 = group["betas"]
             rectified = adabelief(
                 params,

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optim._checks import check_betas, check_nonnegative, check_positive, evaluate
+from optim._state import adam_group
 
 __all__ = ["Adam2k", "adam2k"]
 
@@ -86,32 +87,12 @@ class Adam2k(Optimizer):
             raise ValueError(f"Invalid freeze_steps: {freeze_steps} (must be an int >= 0)")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, freeze_steps=freeze_steps))
 
-    def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:
-        params, grads, exp_avgs, exp_avg_sqs, states = [], [], [], [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError("Adam2k does not support sparse gradients")
-            state = self.state[p]
-            if not state:
-                state["step"] = 0  # steps taken, frozen ones included
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # m
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # v
-            state["step"] += 1
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            states.append(state)
-        return params, grads, exp_avgs, exp_avg_sqs, states
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one step; ``closure`` (optional) re-evaluates the model and returns the loss."""
         loss = evaluate(closure)
         for group in self.param_groups:
-            params, grads, exp_avgs, exp_avg_sqs, states = self._init_group(group)
+            params, grads, exp_avgs, exp_avg_sqs, states = adam_group(self, group)
             beta1, beta2 = group["betas"]
             adam2k(
                 params,
