@@ -26,6 +26,13 @@ class Projection(NamedTuple):
     wd_ratio: float
     radial_norm: float = 0.0
 
+    def record(self, state: dict) -> None:
+        """Keep the outcome in a parameter's optimizer state (``projection``, the cosines, ``radial_norm``)."""
+        state["projection"] = self.view
+        state["max_cosine"] = self.max_cosine
+        state["layer_cosine"] = self.layer_cosine
+        state["radial_norm"] = self.radial_norm
+
 
 def radial_view(param: Tensor, grad: Tensor, *, delta: float, wd_ratio: float, eps: float) -> Projection:
     r"""Decide which view of ``param`` looks scale invariant for ``grad`` (no projection done yet).

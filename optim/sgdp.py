@@ -161,8 +161,5 @@ class SGDP(Optimizer):
                 wd_ratio=group["wd_ratio"],
             )
             for state, projection in zip(states, projections, strict=True):
-                state["projection"] = projection.view  # "none" | "channel" | "layer"
-                state["max_cosine"] = projection.max_cosine  # max over channels of |cos(g, θ)|
-                state["layer_cosine"] = projection.layer_cosine  # |cos(g, θ)| of the whole tensor
-                state["radial_norm"] = projection.radial_norm  # norm of the radial part removed from the step
+                projection.record(state)
         return loss
