@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from landscape.trajectory import CheckpointDistances
 from optim import CheckpointRepulsion
-from studies.data import Dataset, load_dataset, why_unavailable
+from studies.data import Dataset, load_dataset
 from studies.models import make_model
 from studies.runner import Context, Study
 from studies.store import config_hash
@@ -75,9 +75,7 @@ def grid(scale: str, ctx: Context) -> list[dict[str, Any]]:
     """Plain, restarts and every (σ, s) of the sweep × seeds."""
     setup = dict(_SCALES[scale])
     sweep, seeds = setup.pop("sweep"), setup.pop("seeds")
-    if (reason := why_unavailable(setup["dataset"], ctx.data_dir)) is not None:
-        ctx.note(f"The checkpoint-distance runs use the embedded digits data instead of {setup['dataset']}. {reason}")
-        setup["dataset"] = "digits"
+    setup["dataset"] = ctx.dataset_or_digits(setup["dataset"], "checkpoint-distance")
     methods = [{"method": "plain"}, {"method": "restarts"}]
     methods += [{"method": "repulsion", "sigma": sigma, "strength": s} for sigma, s in sweep]
     return [dict(setup, **m, batch_size=BATCH_SIZE, seed=seed) for seed in seeds for m in methods]

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from optim import SAM, AdamP, Expectigrad
-from studies.data import load_dataset, why_unavailable
+from studies.data import load_dataset
 from studies.models import make_model
 from studies.runner import Context, Study
 from studies.store import config_hash
@@ -72,9 +72,7 @@ def grid(scale: str, ctx: Context) -> list[dict[str, Any]]:
     """Every optimizer of :data:`OPTIMIZERS` × the scale's seeds, on MNIST (full, when present) or digits."""
     setup = dict(_SCALES[scale])
     seeds = setup.pop("seeds")
-    if (reason := why_unavailable(setup["dataset"], ctx.data_dir)) is not None:
-        ctx.note(f"The crowded-valley runs use the embedded digits data instead of {setup['dataset']}. {reason}")
-        setup["dataset"] = "digits"
+    setup["dataset"] = ctx.dataset_or_digits(setup["dataset"], "crowded-valley")
     return [dict(setup, optimizer=name, batch_size=BATCH_SIZE, seed=seed) for seed in seeds for name in OPTIMIZERS]
 
 

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from optim import AdaBelief, AdaM3, XGrad
-from studies.data import load_dataset, why_unavailable
+from studies.data import load_dataset
 from studies.models import make_model
 from studies.runner import Context, Study
 from studies.store import config_hash
@@ -89,9 +89,7 @@ def grid(scale: str, ctx: Context) -> list[dict[str, Any]]:
     """Bases × prediction steps s (0 = the base alone) × seeds, on Fashion-MNIST (full, when present) or digits."""
     setup = dict(_SCALES[scale])
     bases, steps, seeds = setup.pop("bases"), setup.pop("steps"), setup.pop("seeds")
-    if (reason := why_unavailable(setup["dataset"], ctx.data_dir)) is not None:
-        ctx.note(f"The XGrad runs use the embedded digits data instead of {setup['dataset']}. {reason}")
-        setup["dataset"] = "digits"
+    setup["dataset"] = ctx.dataset_or_digits(setup["dataset"], "XGrad")
     return [
         dict(setup, model="lenet5", base=base, steps=s, batch_size=BATCH_SIZE, seed=seed)
         for seed in seeds

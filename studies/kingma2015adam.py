@@ -57,9 +57,7 @@ _CNN = {
 def grid(scale: str, ctx: Context) -> list[dict[str, Any]]:
     """Five optimizers × {no dropout, dropout} for the MLP, and for the CNN when CIFAR-10 is present."""
     mlp = dict(_MLP[scale], model="mlp")
-    if (reason := why_unavailable(mlp["dataset"], ctx.data_dir)) is not None:
-        ctx.note(f"The MLP runs use the embedded digits data instead. {reason}")
-        mlp["dataset"] = "digits"
+    mlp["dataset"] = ctx.dataset_or_digits(mlp["dataset"], "MLP")
     setups = [mlp]
     cnn = _CNN[scale]
     if cnn is not None:

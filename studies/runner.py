@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from landscape import distributed
+from studies.data import why_unavailable
 from studies.store import RunStore, atomic_write_text, write_frame
 from studies.train import mixed_precision
 
@@ -52,6 +53,14 @@ class Context:
         """Record a message for the user (e.g. a run skipped because its data is absent); printed and saved."""
         self.notes.append(message)
         tqdm.write(f"[{self.store.root.name}] {message}")
+
+    def dataset_or_digits(self, dataset: str, runs: str) -> str:
+        """``dataset`` when its files are found, else the embedded ``"digits"`` with a note naming ``runs`` and why."""
+        reason = why_unavailable(dataset, self.data_dir)
+        if reason is None:
+            return dataset
+        self.note(f"The {runs} runs use the embedded digits data instead of {dataset}. {reason}")
+        return "digits"
 
 
 @dataclass(frozen=True)

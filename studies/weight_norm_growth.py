@@ -36,7 +36,7 @@ from torch import nn
 
 from landscape.trajectory import EffectiveStepSize, WeightNorms
 from optim import SGDP, AdamP
-from studies.data import load_dataset, why_unavailable
+from studies.data import load_dataset
 from studies.models import make_model
 from studies.runner import Context, Study
 from studies.store import config_hash
@@ -74,9 +74,7 @@ def grid(scale: str, ctx: Context) -> list[dict[str, Any]]:
     """Every optimizer of :data:`OPTIMIZERS` × the scale's seeds, on CIFAR-10 (full, when present) or digits."""
     setup = dict(_SCALES[scale])
     seeds = setup.pop("seeds")
-    if (reason := why_unavailable(setup["dataset"], ctx.data_dir)) is not None:
-        ctx.note(f"The weight-norm runs use the embedded digits data instead of {setup['dataset']}. {reason}")
-        setup["dataset"] = "digits"
+    setup["dataset"] = ctx.dataset_or_digits(setup["dataset"], "weight-norm")
     return [
         dict(setup, model="resnet", optimizer=name, batch_size=BATCH_SIZE, seed=seed)
         for seed in seeds

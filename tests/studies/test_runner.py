@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from studies.runner import Study, run_study
+from studies.runner import Context, Study, run_study
 from studies.store import RunStore, config_hash
 from studies.train import amp_default
 
@@ -83,3 +83,12 @@ def test_amp_reaches_the_runs_and_is_cached_apart(tmp_path):
     assert "bfloat16 autocast" in (tmp_path / "toy" / "tiny.notes.txt").read_text()
     assert run_study(study, "tiny", root=tmp_path, progress=False)["value"].tolist() == [0.0]  # no shared entry
     assert (tmp_path / "toy" / "tiny.notes.txt").read_text() == ""  # the last run (fp32) wrote the notes
+
+
+def test_dataset_or_digits_falls_back_with_a_note_naming_the_files(tmp_path):
+    ctx = Context(RunStore(tmp_path, "s"), data_dir=str(tmp_path / "no-data"), progress=False)
+    assert ctx.dataset_or_digits("digits", "demo") == "digits" and ctx.notes == []
+    assert ctx.dataset_or_digits("mnist", "demo") == "digits"
+    (note,) = ctx.notes
+    assert note.startswith("The demo runs use the embedded digits data instead of mnist.")
+    assert "train-images-idx3-ubyte.gz" in note
