@@ -3,18 +3,25 @@
 A :class:`SurfaceJob` fixes everything a surface depends on — model state, origin, directions, grid, data, loss,
 BatchNorm policy, chunking — and hashes it into a key. Points are split into chunks of ``chunk_size`` consecutive
 points (row major over the grid). :meth:`SurfaceJob.evaluate` computes a given list of chunk ids and, with a
-``cache_dir``, writes each finished chunk atomically (temporary file + ``os.replace``) under ``cache_dir/<key>/``; a
-later job with the same key loads finished chunks instead of computing them. :meth:`SurfaceJob.assemble` joins chunk
+``cache_dir``, writes each finished chunk under ``cache_dir/<key>/`` through :func:`landscape.files.publish`: the
+arrays (``chunk_000007.npz``), then its record (``chunk_000007.json``: shape, size and SHA-256 of the file, number of
+non-finite values), the completion marker. A later job with the same key loads finished chunks instead of computing
+them, after verifying each against its record: a chunk file that is missing, truncated, edited, replaced by garbage,
+or holds non-finite values where its record says finite is reported with a :class:`landscape.cache.CacheWarning`
+naming the file and computed again. :meth:`SurfaceJob.assemble` joins chunk
 results into the grid. Keeping the two steps apart lets ranks of a distributed run evaluate disjoint chunk ids
 (e.g. ``ids[rank::world_size]``) and gather the results before assembling.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
+import io
 import json
 import os
-import tempfile
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -36,8 +43,10 @@ from landscape._evaluation import (
     top1_accuracy,
 )
 from landscape._fast import FastEvaluator
+from landscape.cache import check_bytes, file_record, read_file, warn_damaged
+from landscape.files import atomic_write, publish
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 METHODS = ("fast", "loop")
 BN_POLICIES = ("saved", "recompute")
 ChunkResult = tuple[np.ndarray, np.ndarray]
@@ -73,6 +82,49 @@ def config_key(parts: object) -> str:
     return h.hexdigest()[:20]
 
 
+def function_key(fn: object, role: str = "function") -> str:
+    """What identifies a loss or accuracy function in a cache key: its importable name and the hash of its source.
+
+    A function that cannot be found again by name — a lambda, a function defined inside another, a callable object
+    — might compute anything under one name, so it is refused rather than keyed by a name it shares with others.
+    ``functools.partial`` of a keyed function with plain JSON arguments is keyed by the function and the arguments.
+
+    Raises:
+        TypeError: ``fn`` cannot be keyed (the message says what to pass instead).
+    """
+    if isinstance(fn, functools.partial):
+        try:
+            bound = json.dumps([fn.args, fn.keywords], sort_keys=True)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{role}: a functools.partial with arguments other than plain JSON cannot key a cache"
+            ) from None
+        return f"partial({function_key(fn.func, role)}, {bound})"
+    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    advice = "define it at module level (or pass cache_dir=None to evaluate without a cache)"
+    if not (inspect.isfunction(fn) or inspect.isbuiltin(fn)) or module is None or name is None:
+        raise TypeError(f"{role}={fn!r} is not a plain function and cannot key a surface cache; {advice}")
+    if "<lambda>" in name or "<locals>" in name:
+        raise TypeError(
+            f"{role}={module}.{name} is a lambda or a local function: two of them can share this name and compute "
+            f"different things, so its results cannot be cached; {advice}"
+        )
+    found = sys.modules.get(module)
+    for part in name.split("."):
+        found = getattr(found, part, None)
+    if found is not fn:
+        raise TypeError(f"{role}={module}.{name} cannot be found again by that name; {advice}")
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):  # a builtin: its name is its identity
+        source = ""
+    return f"{module}.{name}:{hashlib.sha256(source.encode()).hexdigest()[:16]}"
+
+
+def _nonfinite(values: np.ndarray) -> int:
+    return int((~np.isfinite(values)).sum())
+
+
 class SurfaceJob:
     """Everything one surface depends on, split into chunks that can be evaluated, cached and assembled.
 
@@ -92,8 +144,8 @@ class SurfaceJob:
         batch_size: split a single ``(inputs, targets)`` pair into batches of this size.
         chunk_size: points per chunk (default 64).
         cache_dir: folder for finished chunks (``None``: nothing written). The key covers parameter and buffer values,
-            origin, directions, grid, data, BatchNorm data, chunking and method; loss and accuracy functions enter it
-            by qualified name only, so two different functions of one name must not share a folder.
+            origin, directions, grid, data, BatchNorm data, chunking and method, and the loss and accuracy functions
+            by name and source (:func:`function_key`; with a cache, a lambda or local function is refused).
         first_layer_trick: allow the first-affine-layer shortcut on the fast path.
         progress: show a progress bar over chunks.
     """
@@ -173,10 +225,19 @@ class SurfaceJob:
             "numpy": np.__version__,
         }
         state = {"params": dict(model.named_parameters()), "buffers": dict(model.named_buffers())}
+        functions = {}
+        for role, fn in (("loss_fn", self.loss_fn), ("accuracy_fn", self.accuracy_fn)):
+            try:
+                functions[role] = function_key(fn, role)
+            except TypeError:
+                if cache_dir is not None:
+                    raise
+                functions[role] = function_name(fn)  # no cache: the key only labels the result
         self.key = config_key(
             [
                 CACHE_FORMAT,
                 {k: v for k, v in self.config.items() if k not in ("device", "torch", "numpy")},
+                functions,
                 state,
                 self.origin,
                 self.directions,
@@ -206,25 +267,61 @@ class SurfaceJob:
     def _path(self, chunk_id: int) -> Path:
         return self.cache / f"chunk_{chunk_id:06d}.npz"
 
+    def _record_path(self, chunk_id: int) -> Path:
+        return self.cache / f"chunk_{chunk_id:06d}.json"
+
     def _load(self, chunk_id: int) -> ChunkResult | None:
-        if self.cache is None or not self._path(chunk_id).exists():
-            return None
+        """A finished chunk verified against its record; ``None`` if unfinished or damaged (then with a warning)."""
+        if self.cache is None or not os.path.lexists(self._record_path(chunk_id)):
+            return None  # never finished (a chunk file without its record was interrupted while being written)
         n = len(range(*self.chunk_slice(chunk_id).indices(len(self.coords))))
-        with np.load(self._path(chunk_id)) as f:
-            loss, acc = f["loss"], f["accuracy"]
-        return (loss, acc) if loss.shape == acc.shape == (n,) else None
+        path, record = self._path(chunk_id), None
+        raw, problem = read_file(self._record_path(chunk_id))
+        if raw is not None:
+            try:
+                record = json.loads(raw)
+            except (UnicodeDecodeError, ValueError):
+                problem = "it is not valid JSON"
+        if not isinstance(record, dict) or record.get("shape") != [n] or not isinstance(record.get("nonfinite"), dict):
+            warn_damaged(self._record_path(chunk_id), problem or f"it is not the record of a chunk of {n} points")
+            return None
+        data, problem = read_file(path)
+        if data is not None:
+            problem = check_bytes(data, record)
+        if problem is None:
+            try:
+                with np.load(io.BytesIO(data)) as f:
+                    loss, acc = f["loss"], f["accuracy"]
+            except (OSError, ValueError, KeyError, EOFError) as error:
+                problem = f"it cannot be read as a chunk ({error})"
+        if problem is None and not loss.shape == acc.shape == (n,):
+            problem = f"it holds arrays of shapes {loss.shape} and {acc.shape} where ({n},) was written"
+        if problem is None:
+            for name, values in (("loss", loss), ("accuracy", acc)):
+                count, written = _nonfinite(values), record["nonfinite"].get(name)
+                if count != written:
+                    problem = f"its {name} holds {count} non-finite values where {written} were written"
+                    break
+        if problem is not None:
+            warn_damaged(path, problem, "computing the chunk again")
+            return None
+        return loss, acc
 
     def _save(self, chunk_id: int, result: ChunkResult) -> None:
-        self.cache.mkdir(parents=True, exist_ok=True)
         config = self.cache / "config.json"
         if not config.exists():
-            _atomic_write(config, json.dumps(self.config, indent=1).encode())
-        fd, tmp = tempfile.mkstemp(prefix=f".chunk_{chunk_id:06d}.", suffix=".tmp", dir=self.cache)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, loss=result[0], accuracy=result[1])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path(chunk_id))
+            atomic_write(config, json.dumps(self.config, indent=1))
+        loss, acc = (np.asarray(a) for a in result)
+        buffer = io.BytesIO()
+        np.savez(buffer, loss=loss, accuracy=acc)
+        data = buffer.getvalue()
+        record = {
+            "chunk": chunk_id,
+            "shape": list(loss.shape),
+            **file_record(data),
+            "nonfinite": {"loss": _nonfinite(loss), "accuracy": _nonfinite(acc)},
+        }
+        publish({self._path(chunk_id): data, self._record_path(chunk_id): json.dumps(record)})
 
     def evaluate(self, chunk_ids: Iterable[int] | None = None) -> dict[int, ChunkResult]:
         """Loss and accuracy arrays of the given chunks (default: all), loading finished ones from the cache.
@@ -275,13 +372,3 @@ class SurfaceJob:
         loss = np.concatenate([np.asarray(results[i][0], dtype=np.float64) for i in range(self.n_chunks)])
         acc = np.concatenate([np.asarray(results[i][1], dtype=np.float64) for i in range(self.n_chunks)])
         return loss, acc
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

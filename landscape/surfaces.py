@@ -23,8 +23,12 @@ References:
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +41,7 @@ from landscape._data import Data, named_parameters
 from landscape._grid import SurfaceJob
 from landscape.directions import cosine_similarity, model_direction
 from landscape.distributed import evaluate_job, world_size
+from landscape.files import atomic_write
 
 
 def make_grid(lo: float, hi: float, n: int, include_zero: bool = True) -> np.ndarray:
@@ -95,20 +100,46 @@ class Surface:
             raise ValueError("the grid does not contain the origin (use make_grid(..., include_zero=True))")
         return float(self.loss[i[0]] if self.betas is None else self.loss[i[0], j[0]])
 
+    def _digest(self) -> str:
+        """SHA-256 of the grids, values and config, stored in the file by :meth:`save` and checked by :meth:`load`."""
+        h = hashlib.sha256()
+        betas = self.betas if self.betas is not None else np.array([])
+        for array in (self.alphas, betas, self.loss, self.accuracy):
+            a = np.ascontiguousarray(array)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        h.update(json.dumps(self.config, sort_keys=True).encode())
+        return h.hexdigest()
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write grids and config to an ``.npz`` file (atomically: temporary file, then ``os.replace``)."""
-        tmp = f"{os.fspath(path)}.tmp.npz"
+        """Write grids, config and their SHA-256 to an ``.npz`` file at exactly ``path`` (:mod:`landscape.files`)."""
         betas = self.betas if self.betas is not None else np.array([])
         config = json.dumps(self.config)
-        np.savez(tmp, alphas=self.alphas, betas=betas, loss=self.loss, accuracy=self.accuracy, config=config)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()  # np.savez on a path would append ".npz" to a name without it
+        arrays = {"alphas": self.alphas, "betas": betas, "loss": self.loss, "accuracy": self.accuracy}
+        np.savez(buffer, **arrays, config=config, sha256=self._digest())
+        atomic_write(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Surface:
-        """Read a surface written by :meth:`save`."""
-        with np.load(path) as f:
-            betas = f["betas"] if f["loss"].ndim == 2 else None
-            return cls(f["alphas"], betas, f["loss"], f["accuracy"], json.loads(str(f["config"])))
+        """Read a surface written by :meth:`save`, verifying its content.
+
+        Raises:
+            ValueError: the file is not a surface (truncated, garbage, missing entries) or its content differs from
+                what was saved (the SHA-256 stored in the file does not match).
+        """
+        try:
+            with np.load(path) as f:
+                betas = f["betas"] if f["loss"].ndim == 2 else None
+                surface = cls(f["alphas"], betas, f["loss"], f["accuracy"], json.loads(str(f["config"])))
+                stored = str(f["sha256"]) if "sha256" in f.files else None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path}: not a surface file written by Surface.save ({error})") from None
+        if stored is None:
+            warnings.warn(f"{path}: written without a checksum by an older valley; not verified", stacklevel=2)
+        elif stored != surface._digest():
+            raise ValueError(f"{path}: its content differs from what Surface.save wrote (SHA-256 mismatch)")
+        return surface
 
 
 def _run(

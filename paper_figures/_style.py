@@ -1,9 +1,8 @@
-"""The shared look of every figure and the one way figures are saved (PNG + PDF, atomically)."""
+"""The shared look of every figure and the one way figures are saved (PNG + PDF, through :mod:`landscape.files`)."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import seaborn as sns
+
+from landscape.files import publish
 
 #: One colour per optimizer name, so an optimizer looks the same in every figure.
 PALETTE_ORDER = (
@@ -35,16 +36,10 @@ def optimizer_palette(names: list[str]) -> dict[str, tuple[float, float, float]]
 
 
 def save_figure(fig: plt.Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
-    """Save ``fig`` as ``<out_dir>/<name>.png`` and ``.pdf`` (each written to a temporary file, then renamed)."""
+    """Save ``fig`` as ``<out_dir>/<name>.png`` and ``.pdf``, published together (atomic, umask permissions)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        path = out_dir / f"{name}.{ext}"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=f".{ext}")
-        os.close(fd)
-        fig.savefig(tmp, format=ext)
-        os.replace(tmp, path)
-        paths.append(path)
+    paths = publish(
+        {out_dir / f"{name}.{ext}": lambda tmp, ext=ext: fig.savefig(tmp, format=ext) for ext in ("png", "pdf")}
+    )
     plt.close(fig)
     return paths

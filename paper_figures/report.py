@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from studies.store import atomic_write_text, write_frame
+from landscape.files import publish
+from studies.store import write_frame
 
 
 @dataclass
@@ -87,6 +88,5 @@ def write_report(
     page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>valley report</title><style>{style}</style>"
     page += f"</head><body>{''.join(body)}</body></html>"
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    atomic_write_text(md_path, "\n".join(md))
-    atomic_write_text(html_path, page)
+    publish({md_path: "\n".join(md), html_path: page})
     return md_path, html_path

@@ -22,10 +22,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from landscape import distributed
+from landscape.files import atomic_write
 from studies import data
 from studies.models import MODELS, make_model
 from studies.runner import resolve_device
-from studies.store import atomic_write_text, environment, write_frame
+from studies.store import environment, write_frame
 from studies.train import load_checkpoint
 
 
@@ -148,7 +149,7 @@ def _write(args: argparse.Namespace, frame: pd.DataFrame, config: dict, device: 
     meta = {"arguments": arguments, "config": config, "environment": environment(device)}
     meta["environment"]["world_size"] = distributed.world_size()
     write_frame(args.out, frame)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
+    atomic_write(args.out.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
 
 
 def _cmd_surface(args: argparse.Namespace) -> int:

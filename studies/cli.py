@@ -14,6 +14,7 @@ rank 0 prints and writes. A plain run needs no distributed set-up.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib
 import json
@@ -27,7 +28,7 @@ import pandas as pd
 from landscape import distributed
 from studies import analyse, catalog, data
 from studies.runner import SCALES, default_root, run_study
-from studies.store import environment, write_frame
+from studies.store import cached_table, environment
 
 DISTRIBUTED_COMMANDS = ("study", "surface", "curvature")
 
@@ -155,13 +156,11 @@ def _theory_table(out_dir: Path, root: Path, force: bool) -> pd.DataFrame:
     """The theory table, cached under ``<root>/theory/`` keyed by the source of the packages the checks run."""
     theory = importlib.import_module("theory")
     path = root / "theory" / f"{_source_key(('theory', 'optim', 'landscape'))}.csv"
-    if path.exists() and not force:
-        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    run = functools.partial(theory.run_all, out_dir=out_dir)
+    table, cached = cached_table(path, run, force, keep_default_na=False, na_values=[""])
+    if cached:
         theory.write_tables(table, out_dir)
         print(f"theory: {int(table['passed'].sum())}/{len(table)} checks passed (cached: {path})")
-        return table
-    table = theory.run_all(out_dir=out_dir)
-    write_frame(path, table)
     return table
 
 

@@ -6,7 +6,8 @@ Embedded, always available:
   Fixed stratified split: 1347 train / 450 test (``random_state=0``).
 * ``mnist1d`` — MNIST-1D (Greydanus 2020), generated locally by ``mnist1d.data.make_dataset`` with its default
   arguments (4000 train / 1000 test, 40 features). The generated arrays are cached under :func:`cache_dir`, keyed by
-  a hash of the generator's arguments.
+  a hash of the generator's arguments, with their SHA-256 in a sidecar; a damaged cache file is regenerated with a
+  warning.
 
 Read from a local folder (``data_dir`` argument, else the ``VALLEY_DATA`` environment variable), never downloaded:
 
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from studies.store import atomic_write_bytes
+from landscape.cache import read_verified, warn_damaged, write_verified
 
 EMBEDDED = ("digits", "mnist1d")
 LOCAL = ("mnist", "fashion_mnist", "cifar10")
@@ -150,6 +151,28 @@ def available(name: str, data_dir: str | os.PathLike | None = None) -> bool:
     return why_unavailable(name, data_dir) is None
 
 
+def data_fingerprint(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, object] | None:
+    """What identifies the files a local data set is read from: the resolved folder and each file's size and mtime.
+
+    Part of the key of every cached run on that data set, so another folder (or a file replaced in place) gives
+    another key. ``None`` for the embedded sets and names that are no local data set (nothing outside valley).
+
+    Raises:
+        FileNotFoundError: the data set's files are absent (as :func:`load_dataset` would).
+    """
+    if name in _IDX_FOLDERS:
+        folder = _find_idx_folder(name, data_dir)
+        files = [_idx_path(folder, stem) for stem in _IDX_FILES["train"] + _IDX_FILES["test"]]
+    elif name == "cifar10":
+        folder = _find_cifar_folder(data_dir)
+        files = [folder / f for f in _CIFAR_TRAIN + _CIFAR_TEST]
+    else:
+        return None
+    stats = [(f.name, f.stat()) for f in files]
+    listed = [[file, st.st_size, st.st_mtime_ns] for file, st in stats]
+    return {"dataset": name, "folder": str(folder.resolve()), "files": listed}
+
+
 def batches(
     x: Tensor, y: Tensor, batch_size: int, *, generator: torch.Generator | None = None, shuffle: bool = True
 ) -> list[tuple[Tensor, Tensor]]:
@@ -210,13 +233,18 @@ def _mnist1d() -> tuple[np.ndarray, ...]:
     args = vars(get_dataset_args())
     key = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = cache_dir() / f"mnist1d-{key}.npz"
-    if not path.exists():
-        d = make_dataset(get_dataset_args())
-        buffer = io.BytesIO()
-        np.savez(buffer, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
-        atomic_write_bytes(path, buffer.getvalue())
-    with np.load(path) as d:
-        return d["x"], d["y"], d["x_test"], d["y_test"]
+    raw = read_verified(path)
+    if raw is not None:
+        try:
+            with np.load(io.BytesIO(raw)) as d:
+                return d["x"], d["y"], d["x_test"], d["y_test"]
+        except (OSError, ValueError, KeyError) as error:  # recorded as written, yet unreadable
+            warn_damaged(path, f"it cannot be read as the MNIST-1D arrays ({error})", "regenerating it")
+    d = make_dataset(get_dataset_args())
+    buffer = io.BytesIO()
+    np.savez(buffer, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
+    write_verified(path, buffer.getvalue(), generator_args=key)
+    return d["x"], d["y"], d["x_test"], d["y_test"]
 
 
 def _standardise(x_tr: np.ndarray, x_te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

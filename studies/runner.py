@@ -31,8 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from landscape import distributed
+from landscape.files import atomic_write
 from studies.data import why_unavailable
-from studies.store import RunStore, atomic_write_text, write_frame
+from studies.store import RunStore, write_frame
 from studies.train import mixed_precision
 
 SCALES = ("tiny", "quick", "full")
@@ -113,7 +114,7 @@ def run_study(
     if not isinstance(amp, bool):
         raise TypeError(f"amp must be a bool, got {type(amp).__name__}")
     root = Path(root) if root is not None else default_root()
-    store = RunStore(root, study.name, f"{study.version}+amp" if amp else study.version)
+    store = RunStore(root, study.name, f"{study.version}+amp" if amp else study.version, data_dir)
     ctx = Context(store, distributed.local_device(resolve_device(device)), data_dir, progress, amp=amp)
     if amp:
         ctx.notes.append("Trained with bfloat16 autocast (amp); evaluation and curvature in full precision.")
@@ -125,9 +126,9 @@ def run_study(
         frame = None if force else store.load(config)
         if frame is None:
             start = time.perf_counter()
-            with mixed_precision(amp):
+            with mixed_precision(amp), store.recording(config):
                 frame = study.run(config, ctx)
-            store.save(config, frame, ctx.device, time.perf_counter() - start)
+                store.save(config, frame, ctx.device, time.perf_counter() - start)
         frames[i] = _with_config(frame, config, store.run_dir(config).name)
     parts = distributed.all_gather_objects((frames, ctx.notes[grid_notes:]))
     frames = {i: frame for part, _ in parts for i, frame in part.items()}
@@ -135,7 +136,7 @@ def run_study(
     combined = pd.concat([frames[i] for i in sorted(frames)], ignore_index=True) if frames else pd.DataFrame()
     if distributed.is_main():
         write_frame(root / study.name / f"{scale}.csv", combined)
-        atomic_write_text(root / study.name / f"{scale}.notes.txt", "".join(f"{n}\n" for n in notes))
+        atomic_write(root / study.name / f"{scale}.notes.txt", "".join(f"{n}\n" for n in notes))
     distributed.barrier()
     return combined
 

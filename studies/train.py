@@ -25,7 +25,8 @@ Metrics are rows ``step, epoch, quantity, value`` (plus any key a callback adds,
 * ``regularizer`` at every step when :func:`train` is given one (the penalty R(θ) before the step);
 * per epoch (``epoch = 0`` is the initial model): ``epoch_train_loss`` (mean mini-batch loss of the epoch),
   ``test_loss``, ``test_accuracy`` and ``seconds`` (wall time of the epoch's training steps, evaluation excluded);
-* ``diverged = 1`` at the first non-finite training loss; training stops there and the run is a result, not an error.
+* ``diverged = 1`` at the first non-finite training loss (NaN, +inf or -inf, or a non-finite regulariser); training
+  stops there and the run is a result, not an error.
 
 Callbacks are objects with any of ``on_train_begin(state)``, ``on_step_end(state)``, ``on_epoch_end(state)`` and
 ``on_train_end(state)``; ``state`` is a :class:`TrainState` whose ``log`` appends rows to the metrics.
@@ -49,8 +50,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from landscape.files import atomic_write
 from studies.data import Dataset, batches
-from studies.store import atomic_torch_save, safe_torch_load
+from studies.store import safe_torch_load, torch_bytes
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Regularizer = Callable[[nn.Module], Tensor]
@@ -221,7 +223,7 @@ def train(
         if state.epoch in checkpoint_epochs:
             payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
             payload |= {"step": state.step, "epoch": state.epoch}
-            atomic_torch_save(payload, Path(checkpoint_dir) / f"epoch{state.epoch:04d}.pt")
+            atomic_write(Path(checkpoint_dir) / f"epoch{state.epoch:04d}.pt", torch_bytes(payload))
 
     for hook in hooks["on_train_begin"]:
         hook(state)

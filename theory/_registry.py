@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from landscape.files import publish
 from theory import (
     adam,
     adamp,
@@ -204,8 +205,6 @@ def _format_latex(frame: pd.DataFrame) -> str:
 def write_tables(frame: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``theory.md`` and ``theory.tex`` into ``out_dir`` (created if needed); return their paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     md, tex = out / "theory.md", out / "theory.tex"
-    md.write_text("# Theory checks\n\n" + format_markdown(frame) + "\n", encoding="utf-8")
-    tex.write_text(_format_latex(frame), encoding="utf-8")
+    publish({md: "# Theory checks\n\n" + format_markdown(frame) + "\n", tex: _format_latex(frame)})
     return md, tex

@@ -428,13 +428,14 @@ def test_killed_surface_resumes_without_recomputing_finished_chunks(tmp_path):
     proc = subprocess.Popen([sys.executable, str(script), str(cache)], env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.time() + 120
-        while len(list(cache.glob("*/chunk_*.npz"))) < 3 and time.time() < deadline and proc.poll() is None:
+        while len(list(cache.glob("*/chunk_*.json"))) < 3 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    finished = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in cache.glob("*/chunk_*.npz")}
+    chunks = [p.with_suffix(".npz") for p in cache.glob("*/chunk_*.json")]  # a chunk is finished once recorded
+    finished = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in chunks}
     n_chunks = 13  # 25 points in chunks of 2
     assert 3 <= len(finished) < n_chunks
 
