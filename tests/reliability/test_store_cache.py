@@ -355,6 +355,9 @@ CHUNK_DAMAGE = {
     "emptied": lambda p, r: p.write_bytes(b""),
     "binary garbage": lambda p, r: p.write_bytes(os.urandom(300)),
     "missing": lambda p, r: p.unlink(),
+    "edited value": lambda p, r: p.write_bytes(
+        _npz_bytes(loss=np.load(p)["loss"] + 1e-9, accuracy=np.load(p)["accuracy"])
+    ),
     "NaN injected": lambda p, r: p.write_bytes(_npz_bytes(loss=np.full(2, np.nan), accuracy=np.zeros(2))),
     "NaN with a forged hash": lambda p, r: (
         p.write_bytes(data := _npz_bytes(loss=np.array([np.nan, 1.0]), accuracy=np.zeros(2))),
