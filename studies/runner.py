@@ -2,8 +2,9 @@
 
 A study is data: a name, a function from a scale (``"tiny"`` for tests, ``"quick"`` for CPU figures in minutes,
 ``"full"`` for the papers' settings) to a list of run configs, and a function that executes one config. The runner
-skips configs whose results are cached (same config hash and study version), executes the rest, and writes each run
-atomically as it finishes, so an interrupted study resumes with the runs that finished. The combined results of a
+skips configs whose results are cached (same key: config, study version and local data, see :mod:`studies.store`)
+and intact (a damaged cache entry is recomputed after a warning naming the file), executes the rest, and writes each
+run atomically as it finishes, so an interrupted study resumes with the runs that finished. The combined results of a
 scale are written to ``<root>/<study>/<scale>.csv`` (and the study's notes, such as runs skipped for missing data,
 to ``<scale>.notes.txt``), which the figure scripts read.
 
