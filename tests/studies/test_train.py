@@ -72,7 +72,9 @@ def test_nan_loss_is_recorded_as_divergence(small_digits):
     assert len(diverged) == 1
     first_bad = m[(m["quantity"] == "train_loss") & ~m["value"].map(math.isfinite)]["step"].min()
     assert diverged["step"].item() == first_bad
-    assert m["epoch"].max() <= 3
+    stopped = diverged["epoch"].item()
+    assert stopped < 3 and m["epoch"].max() == stopped  # training stopped in the epoch it diverged
+    assert stopped not in m[m["quantity"] == "test_loss"]["epoch"].tolist()  # and did not evaluate that epoch
 
 
 def test_callbacks_see_every_step_and_can_log(small_digits):
