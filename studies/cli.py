@@ -191,8 +191,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print(f"Theory checks: {len(importlib.import_module('theory').checks())} (valley theory)")
     print("Data sets:")
     for name in data.DATASETS:
-        state = "embedded" if name in data.EMBEDDED else ("found" if data.available(name, args.data_dir) else "absent")
+        folder = data.locate(name, args.data_dir)
+        state = "embedded" if name in data.EMBEDDED else (f"found in {folder}" if folder else "absent")
         print(f"  {name:24s} {state}")
+    searched = ", ".join(str(root) for root in data.search_roots(args.data_dir))
+    print(f"  (local data sets are searched in: {searched})")
     return 0
 
 
