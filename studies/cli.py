@@ -58,8 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         scale = p.add_mutually_exclusive_group()
         scale.add_argument("--quick", dest="scale", action="store_const", const="quick", help="CPU minutes (default)")
-        scale.add_argument("--full", dest="scale", action="store_const", const="full", help="the papers' settings")
-        scale.add_argument("--scale", choices=SCALES, help="tiny | quick | full")
+        scale.add_argument(
+            "--paper", dest="scale", action="store_const", const="paper", help="the paper's experiment on real data"
+        )
+        scale.add_argument("--full", dest="scale", action="store_const", const="full", help="the papers' whole grid")
+        scale.add_argument("--scale", choices=SCALES, help=" | ".join(SCALES))
         p.set_defaults(scale="quick")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
         p.add_argument("--runs-dir", type=Path, default=None, help="results cache (default $VALLEY_RUNS or runs/)")
@@ -126,6 +129,11 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     outputs, timings = [], []
     for name, figure in _figures().items():
         if args.only and name not in args.only:
+            continue
+        if args.scale not in catalog.get(figure.STUDY).scales:
+            if args.only:
+                raise ValueError(f"the study of figure {name} has no {args.scale} scale")
+            print(f"{name}: skipped (its study has no {args.scale} scale)")
             continue
         start = time.perf_counter()
         run_study(

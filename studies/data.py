@@ -161,6 +161,12 @@ def why_unavailable(name: str, data_dir: str | os.PathLike | None = None) -> str
     return None
 
 
+def require_dataset(name: str, data_dir: str | os.PathLike | None = None) -> None:
+    """Raise ``FileNotFoundError`` (saying where to put the files) unless ``name`` can be loaded."""
+    if (reason := why_unavailable(name, data_dir)) is not None:
+        raise FileNotFoundError(reason)
+
+
 def search_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
     """The folders searched for local data sets, in order: ``data_dir`` (or ``$VALLEY_DATA``), the cache, the system."""
     explicit = resolve_data_dir(data_dir)
