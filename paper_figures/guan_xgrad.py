@@ -14,7 +14,7 @@ import pandas as pd
 import seaborn as sns
 
 from paper_figures._style import optimizer_palette, save_figure
-from paper_figures.reference import read_reference
+from paper_figures.reference import read_reference, reference_note, side_by_side
 from paper_figures.report import FigureOutput, read_results
 
 STUDY = "guan_xgrad"
@@ -121,19 +121,6 @@ def paper_comparison(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def side_by_side(here: pd.DataFrame, reference: pd.DataFrame | None, scale: str) -> pd.DataFrame:
-    """The paper's gain and time overhead beside ours at ``scale`` and in the committed paper-scale reference."""
-    columns = ["gain (points)", "gain spread (points)", "time overhead %"]
-    table = here[["base", "paper gain (points)", *columns, "paper time %"]]
-    table = table.rename(columns={c: f"{c} [{scale}]" for c in columns})
-    if reference is None:
-        return table
-    ref = reference[["base", *columns, "seeds", "runs"]].rename(columns={c: f"{c} [paper scale]" for c in columns})
-    return table.merge(
-        ref.rename(columns={"seeds": "seeds [paper scale]"}).drop(columns="runs"), on="base", how="outer"
-    )
-
-
 def make_figure(frame: pd.DataFrame, out_dir: str | os.PathLike) -> FigureOutput:
     """Three panels against s: best accuracy, CPU-time overhead per step, peak-memory overhead; plus the tables."""
     runs = per_run(frame)
@@ -185,21 +172,16 @@ def make_figure(frame: pd.DataFrame, out_dir: str | os.PathLike) -> FigureOutput
     tables = {
         "best_accuracy": accuracy_table(runs),
         "overhead": overhead,
-        "paper_vs_ours": side_by_side(paper_comparison(frame), reference, scale),
+        "paper_vs_ours": side_by_side(
+            paper_comparison(frame),
+            reference,
+            "base",
+            ["paper gain (points)", "paper time %"],
+            ["gain (points)", "gain spread (points)", "seeds", "time overhead %"],
+            scale,
+        ),
     }
-    notes = list(frame.attrs.get("notes", []))
-    if reference is None:
-        notes.append(
-            "No paper-scale reference is committed yet: run `valley study guan_xgrad --paper`, then "
-            "`python -m paper_figures.reference guan_xgrad`."
-        )
-    else:
-        first = reference.iloc[0]
-        notes.append(
-            f"Paper-scale reference: {first['runs']} runs of `{first['command']}` on {first['device']}, valley "
-            f"{first['valley_version']}, torch {first['torch_version']}, {first['date']} "
-            f"(paper_figures/reference/{STUDY}.csv)."
-        )
+    notes = [*frame.attrs.get("notes", []), reference_note(STUDY, reference)]
     output = FigureOutput(STUDY, TITLE, caption, images, tables, notes)
     output.write_tables(out_dir)
     return output

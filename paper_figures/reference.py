@@ -43,6 +43,41 @@ def read_reference(study: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
+def side_by_side(
+    here: pd.DataFrame, reference: pd.DataFrame | None, key: str, paper: list[str], ours: list[str], scale: str
+) -> pd.DataFrame:
+    """One table: ``key``, the paper's columns, ours at ``scale`` and ours in the committed paper-scale reference.
+
+    Args:
+        here: the comparison table computed from the results just drawn.
+        reference: the committed reference table (:func:`read_reference`), or ``None``.
+        key: the column identifying a row (e.g. the optimizer or the measure).
+        paper: columns holding the paper's numbers (taken from ``here``).
+        ours: columns holding our numbers; each appears as ``"<column> [<scale>]"`` and ``"<column> [paper scale]"``.
+        scale: the scale of ``here``.
+    """
+    table = here[[key, *paper, *ours]].rename(columns={c: f"{c} [{scale}]" for c in ours})
+    if reference is None:
+        return table
+    ref = reference[[key, *ours]].rename(columns={c: f"{c} [paper scale]" for c in ours})
+    return table.merge(ref, on=key, how="outer")
+
+
+def reference_note(study: str, reference: pd.DataFrame | None) -> str:
+    """A note for the report: where the paper-scale numbers come from, or how to make them."""
+    if reference is None:
+        return (
+            f"No paper-scale reference is committed yet: run `valley study {study} --paper`, then "
+            f"`python -m paper_figures.reference {study}`."
+        )
+    first = reference.iloc[0]
+    return (
+        f"Paper-scale reference: {first['runs']} runs of `{first['command']}` on {first['device']}, valley "
+        f"{first['valley_version']}, torch {first['torch_version']}, {first['date']} "
+        f"(paper_figures/reference/{study}.csv)."
+    )
+
+
 def with_provenance(table: pd.DataFrame, frame: pd.DataFrame, command: str, scale: str, device: str) -> pd.DataFrame:
     """``table`` with the provenance columns: ``command``, ``scale``, ``device``, versions, finished runs, date."""
     return table.assign(

@@ -57,13 +57,16 @@ def test_paper_comparison_from_the_runs(tmp_path):
 
 
 def test_side_by_side_joins_the_committed_reference():
+    from paper_figures.reference import side_by_side
+
     here = figure.paper_comparison(_synthetic_frame())
-    assert "gain (points) [paper scale]" not in figure.side_by_side(here, None, "quick")
-    reference = here.assign(runs=8, gain_shift=0)
+    args = ("base", ["paper gain (points)"], ["gain (points)"], "quick")
+    assert list(side_by_side(here, None, *args).columns) == ["base", "paper gain (points)", "gain (points) [quick]"]
+    reference = here.assign(runs=8)
     reference["gain (points)"] = [2.0, 3.0]
-    table = figure.side_by_side(here, reference, "quick").set_index("base")
+    table = side_by_side(here, reference, *args).set_index("base")
     assert table.loc["Adam", "gain (points) [quick]"] == pytest.approx(0.75)
-    assert table.loc["Adam", "gain (points) [paper scale]"] == 2.0 and table.loc["SGDM", "paper time %"] == 5.67
+    assert table.loc["Adam", "gain (points) [paper scale]"] == 2.0 and table.loc["Adam", "paper gain (points)"] == 0.71
 
 
 def test_reference_table_is_written_with_provenance(tmp_path, monkeypatch):
