@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install figures figures-full test lint format bench clean
+.PHONY: install figures figures-full figures-paper data test lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ figures: $(STAMP)
 
 figures-full: $(STAMP)
 	$(BIN)/valley figures --full
+
+# Optional: the real Fashion-MNIST files from the operating system's package (Debian/Ubuntu; needs root).
+# valley finds them in /usr/share/datasets/fashion-mnist/ by itself; nothing is downloaded from anywhere else.
+data:
+	@if command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" != 0 ]; then echo "make data installs a system package and needs root: sudo make data"; exit 1; fi; \
+		apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
+	else \
+		echo "No apt-get here. Put the Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...) in DIR/fashion_mnist/"; \
+		echo "and pass --data-dir DIR (or set VALLEY_DATA=DIR); 'valley list' shows what is found."; \
+	fi
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,6 +20,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from paper_figures._style import save_figure
+from paper_figures.reference import read_reference, reference_note, side_by_side
 from paper_figures.report import FigureOutput, read_results
 
 STUDY = "flat_minima"
@@ -73,6 +74,39 @@ def sharpness_table(frame: pd.DataFrame) -> pd.DataFrame:
     table["trace s.e."] = wide["hessian_trace_se"]
     table["seeds"] = seeds
     return table.loc[_order(table.index)].reset_index()
+
+
+#: Keskar et al.'s ε-sharpness (ε = 1e-3, full space) of network F1 on MNIST, small and large batch: (mean, std).
+KESKAR_F1 = {"SB": (1.23, 0.83), "LB": (205.14, 69.52)}
+
+
+def paper_comparison(frame: pd.DataFrame) -> pd.DataFrame:
+    """Small vs large batch per measure: mean and std over seeds, the ratio LB/SB, and Keskar et al.'s F1 values.
+
+    Keskar et al. report F1 on MNIST, a different data set and network: compare the ratio, not the values.
+    """
+    summary = _summary(frame)
+    rows = []
+    for quantity in ("epsilon_sharpness_0.001", "epsilon_sharpness_0.0005", "lambda_max", "accuracy_gap"):
+        if quantity not in summary.columns or not {"SB SGD", "LB SGD"} <= set(summary.index.get_level_values(0)):
+            continue
+        sb, lb = summary.loc["SB SGD", quantity], summary.loc["LB SGD", quantity]
+        paper = KESKAR_F1 if quantity == "epsilon_sharpness_0.001" else {"SB": (np.nan,) * 2, "LB": (np.nan,) * 2}
+        rows.append(
+            {
+                "measure": MEASURES[quantity],
+                "seeds": len(sb),
+                "SB mean": sb.mean(),
+                "SB std": sb.std(),
+                "LB mean": lb.mean(),
+                "LB std": lb.std(),
+                "LB/SB": lb.mean() / sb.mean(),
+                "paper SB (F1, MNIST)": paper["SB"][0],
+                "paper LB (F1, MNIST)": paper["LB"][0],
+                "paper LB/SB": paper["LB"][0] / paper["SB"][0],
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def dinh_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -366,6 +400,16 @@ def make_figure(frame: pd.DataFrame, out_dir: str | os.PathLike) -> FigureOutput
     tables = {"sharpness_vs_gap": sharpness_table(frame), "claims": claims_table(frame)}
     if (frame["analysis"] == "dinh").any():
         tables["dinh"] = dinh_table(frame)
-    output = FigureOutput(STUDY, TITLE, caption, images, tables, frame.attrs.get("notes", []))
+    reference = read_reference(STUDY)
+    tables["paper_vs_ours"] = side_by_side(
+        paper_comparison(frame),
+        reference,
+        "measure",
+        ["paper LB/SB"],
+        ["SB mean", "LB mean", "LB/SB", "seeds"],
+        frame.attrs.get("scale", "this run"),
+    )
+    notes = [*frame.attrs.get("notes", []), reference_note(STUDY, reference)]
+    output = FigureOutput(STUDY, TITLE, caption, images, tables, notes)
     output.write_tables(out_dir)
     return output

@@ -32,7 +32,7 @@ class FigureOutput:
 
 
 def read_results(root: str | os.PathLike, study: str, scale: str, columns: tuple[str, ...]) -> pd.DataFrame:
-    """A study's combined results ``<root>/<study>/<scale>.csv``, its notes (e.g. data absent) in ``attrs["notes"]``.
+    """A study's combined results ``<root>/<study>/<scale>.csv``; its notes (e.g. data absent) and scale in ``attrs``.
 
     Raises:
         ValueError: the file lacks one of ``columns`` (the figure script and the study disagree).
@@ -44,6 +44,7 @@ def read_results(root: str | os.PathLike, study: str, scale: str, columns: tuple
         raise ValueError(f"{folder / f'{scale}.csv'} lacks the columns {sorted(missing)}")
     notes_file = folder / f"{scale}.notes.txt"
     frame.attrs["notes"] = notes_file.read_text().splitlines() if notes_file.exists() else []
+    frame.attrs["scale"] = scale
     return frame
 
 

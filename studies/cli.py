@@ -59,8 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         scale = p.add_mutually_exclusive_group()
         scale.add_argument("--quick", dest="scale", action="store_const", const="quick", help="CPU minutes (default)")
-        scale.add_argument("--full", dest="scale", action="store_const", const="full", help="the papers' settings")
-        scale.add_argument("--scale", choices=SCALES, help="tiny | quick | full")
+        scale.add_argument(
+            "--paper", dest="scale", action="store_const", const="paper", help="the paper's experiment on real data"
+        )
+        scale.add_argument("--full", dest="scale", action="store_const", const="full", help="the papers' whole grid")
+        scale.add_argument("--scale", choices=SCALES, help=" | ".join(SCALES))
         p.set_defaults(scale="quick")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
         p.add_argument("--runs-dir", type=Path, default=None, help="results cache (default $VALLEY_RUNS or runs/)")
@@ -128,6 +131,11 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     for name, figure in _figures().items():
         if args.only and name not in args.only:
             continue
+        if args.scale not in catalog.get(figure.STUDY).scales:
+            if args.only:
+                raise ValueError(f"the study of figure {name} has no {args.scale} scale")
+            print(f"{name}: skipped (its study has no {args.scale} scale)")
+            continue
         start = time.perf_counter()
         run_study(
             catalog.get(figure.STUDY),
@@ -190,8 +198,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print(f"Theory checks: {len(importlib.import_module('theory').checks())} (valley theory)")
     print("Data sets:")
     for name in data.DATASETS:
-        state = "embedded" if name in data.EMBEDDED else ("found" if data.available(name, args.data_dir) else "absent")
+        folder = data.locate(name, args.data_dir)
+        state = "embedded" if name in data.EMBEDDED else (f"found in {folder}" if folder else "absent")
         print(f"  {name:24s} {state}")
+    searched = ", ".join(str(root) for root in data.search_roots(args.data_dir))
+    print(f"  (local data sets are searched in: {searched})")
     return 0
 
 

@@ -9,10 +9,19 @@ Embedded, always available:
   a hash of the generator's arguments, with their SHA-256 in a sidecar; a damaged cache file is regenerated with a
   warning.
 
-Read from a local folder (``data_dir`` argument, else the ``VALLEY_DATA`` environment variable), never downloaded:
+Read from files already on the machine, never downloaded. The search goes through these roots in order and takes
+the first that holds every file (:func:`locate` says which; ``valley list`` prints it):
+
+1. the ``data_dir`` argument (``--data-dir``), else the ``VALLEY_DATA`` environment variable;
+2. valley's cache folder, ``<cache_dir()>/data``;
+3. the folders where operating-system packages install data sets (:data:`SYSTEM_DATA_DIRS`: Debian and Ubuntu's
+   ``dataset-fashion-mnist`` package puts the original IDX files in ``/usr/share/datasets/fashion-mnist/``).
+
+Inside a root, each data set is looked for in valley's folder name, the hyphenated name the system packages use,
+and torchvision's layout (:data:`LAYOUTS`):
 
 * ``mnist`` and ``fashion_mnist`` — the IDX files as distributed (``train-images-idx3-ubyte[.gz]``, ...), in
-  ``<dir>/mnist/`` (resp. ``<dir>/fashion_mnist/``), or torchvision's ``<dir>/MNIST/raw/`` layout.
+  ``<root>/fashion_mnist/``, ``<root>/fashion-mnist/`` or torchvision's ``<root>/FashionMNIST/raw/``.
 * ``cifar10`` — the *binary* version (``cifar-10-batches-bin/data_batch_1.bin`` … ``test_batch.bin``), read with
   numpy; the Python-pickle version is deliberately not supported (never unpickle a downloaded file).
 
@@ -43,10 +52,17 @@ _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_IDX_FOLDERS = {"mnist": ("mnist", "MNIST/raw"), "fashion_mnist": ("fashion_mnist", "FashionMNIST/raw")}
-_CIFAR_FOLDER = "cifar-10-batches-bin"
 _CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 _CIFAR_TEST = ("test_batch.bin",)
+#: data set -> folders (relative to a search root) that may hold its files: valley's name, the hyphenated name of
+#: the system packages, torchvision's layout.
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "mnist": ("mnist", "MNIST/raw"),
+    "fashion_mnist": ("fashion_mnist", "fashion-mnist", "FashionMNIST/raw"),
+    "cifar10": ("cifar-10-batches-bin", "cifar10/cifar-10-batches-bin", "cifar-10/cifar-10-batches-bin"),
+}
+#: Where operating-system packages install data sets (Debian/Ubuntu ``dataset-*`` packages).
+SYSTEM_DATA_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets"),)
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -112,13 +128,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
         x_tr, y_tr, x_te, y_te = _digits()
     elif name == "mnist1d":
         x_tr, y_tr, x_te, y_te = _mnist1d()
-    elif name in _IDX_FOLDERS:
-        folder = _find_idx_folder(name, data_dir)
+    elif name in ("mnist", "fashion_mnist"):
+        folder = _require(name, data_dir)
         x_tr, y_tr = (read_idx(_idx_path(folder, f)) for f in _IDX_FILES["train"])
         x_te, y_te = (read_idx(_idx_path(folder, f)) for f in _IDX_FILES["test"])
         x_tr, x_te = x_tr[:, None], x_te[:, None]
     elif name == "cifar10":
-        folder = _find_cifar_folder(data_dir)
+        folder = _require(name, data_dir)
         x_tr, y_tr = _concat([read_cifar_binary(folder / f) for f in _CIFAR_TRAIN])
         x_te, y_te = read_cifar_binary(folder / _CIFAR_TEST[0])
     else:
@@ -140,9 +156,37 @@ def why_unavailable(name: str, data_dir: str | os.PathLike | None = None) -> str
     if name in EMBEDDED:
         return None
     try:
-        _find_idx_folder(name, data_dir) if name in _IDX_FOLDERS else _find_cifar_folder(data_dir)
+        _require(name, data_dir)
     except FileNotFoundError as err:
         return str(err)
+    return None
+
+
+def require_dataset(name: str, data_dir: str | os.PathLike | None = None) -> None:
+    """Raise ``FileNotFoundError`` (saying where to put the files) unless ``name`` can be loaded."""
+    if (reason := why_unavailable(name, data_dir)) is not None:
+        raise FileNotFoundError(reason)
+
+
+def search_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The folders searched for local data sets, in order: ``data_dir`` (or ``$VALLEY_DATA``), the cache, the system."""
+    explicit = resolve_data_dir(data_dir)
+    return ([explicit] if explicit is not None else []) + [cache_dir() / "data", *SYSTEM_DATA_DIRS]
+
+
+def locate(name: str, data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The folder holding every file of the local data set ``name`` (first match over :func:`search_roots`), or None.
+
+    Example:
+        >>> locate("digits") is None  # embedded: no folder
+        True
+    """
+    if name not in LAYOUTS:
+        return None
+    for root in search_roots(data_dir):
+        for layout in LAYOUTS[name]:
+            if _complete(name, root / layout):
+                return root / layout
     return None
 
 
@@ -160,14 +204,10 @@ def data_fingerprint(name: str, data_dir: str | os.PathLike | None = None) -> di
     Raises:
         FileNotFoundError: the data set's files are absent (as :func:`load_dataset` would).
     """
-    if name in _IDX_FOLDERS:
-        folder = _find_idx_folder(name, data_dir)
-        files = [_idx_path(folder, stem) for stem in _IDX_FILES["train"] + _IDX_FILES["test"]]
-    elif name == "cifar10":
-        folder = _find_cifar_folder(data_dir)
-        files = [folder / f for f in _CIFAR_TRAIN + _CIFAR_TEST]
-    else:
+    if name not in LAYOUTS:
         return None
+    folder = _require(name, data_dir)
+    files = [folder / f for f in _files(name)] if name == "cifar10" else [_idx_path(folder, s) for s in _files(name)]
     stats = [(f.name, f.stat()) for f in files]
     listed = [[file, st.st_size, st.st_mtime_ns] for file, st in stats]
     return {"dataset": name, "folder": str(folder.resolve()), "files": listed}
@@ -262,30 +302,29 @@ def _idx_path(folder: Path, stem: str) -> Path:
     return folder / stem if (folder / stem).exists() else folder / f"{stem}.gz"
 
 
-def _find_idx_folder(name: str, data_dir: str | os.PathLike | None) -> Path:
-    root = resolve_data_dir(data_dir)
-    stems = _IDX_FILES["train"] + _IDX_FILES["test"]
-    if root is not None:
-        for sub in _IDX_FOLDERS[name]:
-            folder = root / sub
-            if all(_idx_path(folder, s).exists() for s in stems):
-                return folder
-    where = f"{root / _IDX_FOLDERS[name][0]}" if root else f"<data-dir>/{_IDX_FOLDERS[name][0]}"
-    raise FileNotFoundError(
-        f"{name} not found. valley never downloads data: put {', '.join(s + '.gz' for s in stems)} "
-        f"(gzip or uncompressed) in {where}/ and pass --data-dir (or set VALLEY_DATA) to the parent folder."
-    )
+def _files(name: str) -> tuple[str, ...]:
+    if name == "cifar10":
+        return _CIFAR_TRAIN + _CIFAR_TEST
+    return _IDX_FILES["train"] + _IDX_FILES["test"]
 
 
-def _find_cifar_folder(data_dir: str | os.PathLike | None) -> Path:
-    root = resolve_data_dir(data_dir)
-    if root is not None:
-        for folder in (root / _CIFAR_FOLDER, root / "cifar10" / _CIFAR_FOLDER):
-            if all((folder / f).exists() for f in _CIFAR_TRAIN + _CIFAR_TEST):
-                return folder
-    where = root / _CIFAR_FOLDER if root else f"<data-dir>/{_CIFAR_FOLDER}"
+def _complete(name: str, folder: Path) -> bool:
+    if name == "cifar10":
+        return all((folder / f).is_file() for f in _files(name))
+    return all(_idx_path(folder, stem).is_file() for stem in _files(name))
+
+
+def _require(name: str, data_dir: str | os.PathLike | None) -> Path:
+    folder = locate(name, data_dir)
+    if folder is not None:
+        return folder
+    places = ", ".join(str(root / LAYOUTS[name][0]) for root in search_roots(data_dir))
+    if name == "cifar10":
+        what = f"the binary version of CIFAR-10 (cifar-10-binary.tar.gz: {', '.join(_files(name))})"
+    else:
+        what = f"{', '.join(s + '.gz' for s in _files(name))} (gzip or uncompressed)"
+    hint = " (Debian/Ubuntu: `make data` installs the dataset-fashion-mnist package)" if name == "fashion_mnist" else ""
     raise FileNotFoundError(
-        "cifar10 not found. valley never downloads data: unpack the binary version of CIFAR-10 "
-        f"(cifar-10-binary.tar.gz: {', '.join(_CIFAR_TRAIN + _CIFAR_TEST)}) into {where}/ "
-        "and pass --data-dir (or set VALLEY_DATA) to the parent folder."
+        f"{name} not found. valley never downloads data: put {what} in one of {places}, or pass --data-dir "
+        f"(or set VALLEY_DATA) to a folder holding {LAYOUTS[name][0]}/{hint}."
     )

@@ -26,17 +26,21 @@ MLP on MNIST-1D), no weight decay, so that the batch size and the SAM ascent are
 needs more epochs to fit the training set, so it gets ``lb_epochs`` (≈ the small batch's number of steps) and both
 reach ≈100% training accuracy, as both did in their Table 2 — the comparison is between minima, not between
 budgets. Data: MNIST-1D (embedded, 4000/1000) with an MLP 40-100-100-10 at the quick scale; MNIST with an MLP
-784-512-512-10 and Keskar's batch 256 at the full scale when its files are present (else MNIST-1D).
+784-512-512-10 and Keskar's batch 256 at the full scale when its files are present (else MNIST-1D). The paper scale
+trains the same MLP on the real Fashion-MNIST (60000/10000; required) for 10 small-batch and 50 large-batch epochs,
+two seeds, and computes the sharpness, curvature and surface measures on a fixed random subset of 5000 training
+examples (``n_measure``; Keskar et al. used the whole training set — deviation to fit a CPU in about an hour), the
+losses, gaps and interpolations on the whole splits.
 
-For each solution (``analysis="solution"``): training curves; train/test loss and accuracy and the gaps
-(test − train loss, train − test accuracy); a filter-normalised 2D training-loss surface; Keskar's ε-sharpness; SAM
-sharpness (first order and by projected gradient ascent) and ASAM's adaptive sharpness (Kwon et al. 2021, ρ = 0.5,
-η = 0.01); the top Hessian eigenvalues (Lanczos), the trace (Hutchinson) and the spectral density (SLQ), all on the
-training set; and λ_max with the losses at snapshots taken at 5%-75% of training (``analysis="trajectory"``), because
-the cross-entropy Hessian shrinks as the training loss goes to zero: two solutions that end at different training
-losses are compared at equal training loss along these curves. Per pair of solutions (``analysis="interpolation"``):
-the 1D interpolation on train and test data. On "SB SGD" (``analysis="dinh"``): the Dinh rescaling of the first two
-layers for every factor in ``dinh_scales``.
+For each solution (``analysis="solution"``): training curves; train/test loss and accuracy and the gaps (test − train
+loss, train − test accuracy); a filter-normalised 2D training-loss surface; Keskar's ε-sharpness; SAM sharpness (first
+order and by projected gradient ascent) and ASAM's adaptive sharpness (Kwon et al. 2021, ρ = 0.5, η = 0.01); the top
+Hessian eigenvalues (Lanczos), the trace (Hutchinson) and the spectral density (SLQ), all on the training set (the probe
+subset where ``n_measure`` is set); and λ_max with the losses at snapshots taken at 5%-75% of training
+(``analysis="trajectory"``), because the cross-entropy Hessian shrinks as the training loss goes to zero: two solutions
+that end at different training losses are compared at equal training loss along these curves. Per pair of solutions
+(``analysis="interpolation"``): the 1D interpolation on train and test data. On "SB SGD" (``analysis="dinh"``): the Dinh
+rescaling of the first two layers for every factor in ``dinh_scales``.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from landscape.reparam import rescale_relu_layers
 from landscape.sharpness import asam_sharpness, epsilon_sharpness, sam_sharpness
 from landscape.surfaces import interpolate_1d, make_grid, surface_2d
 from optim import SAM
-from studies.data import Dataset, load_dataset, why_unavailable
+from studies.data import Dataset, load_dataset, require_dataset, why_unavailable
 from studies.models import make_model
 from studies.runner import Context, Study
 from studies.store import config_hash
@@ -74,6 +78,8 @@ PAIRS: tuple[tuple[str, str], ...] = (("SB SGD", "LB SGD"), ("SB SGD", "SB SAM")
 #: Optimizer hyperparameters (module docstring): SGD lr and momentum, SAM ρ, ASAM ρ and η, and Keskar's LB fraction.
 HYPER: dict[str, float] = {"lr": 0.05, "momentum": 0.9, "rho": 0.05, "asam_rho": 0.5, "asam_eta": 0.01}
 LB_FRACTION = 0.1
+#: The splits whose losses, accuracies and interpolations are reported (the probe set only serves the measures).
+SPLITS = ("train", "test")
 #: Fractions of training at which a snapshot is kept for the sharpness-along-training curves.
 SNAPSHOT_FRACTIONS = (0.05, 0.125, 0.25, 0.5, 0.75)
 #: The two layers the Dinh rescaling multiplies by α and 1/α (ReLU between them).
@@ -96,6 +102,13 @@ _SCALES: dict[str, dict[str, Any]] = {
         "subspace_dim": None, "curvature_dtype": "float32", "eval_batch": None,
         "dinh_scales": [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
     },
+    "paper": {
+        "dataset": "fashion_mnist", "n_train": None, "n_test": None, "widths": [512, 512],
+        "sb_batch": 256, "sb_epochs": 10, "lb_epochs": 50, "seeds": [0, 1], "n_measure": 5000,
+        "grid_points": 21, "interp_points": 25, "eigen_k": 5, "hutchinson_max": 100, "slq_probes": 2, "slq_steps": 30,
+        "subspace_dim": 100, "curvature_dtype": "float32", "eval_batch": 2500,
+        "dinh_scales": [0.25, 1.0, 4.0],
+    },
     "full": {
         "dataset": "mnist", "n_train": None, "n_test": None, "widths": [512, 512],
         "sb_batch": 256, "sb_epochs": 50, "lb_epochs": 250, "seeds": [0, 1, 2],
@@ -109,6 +122,8 @@ _SCALES: dict[str, dict[str, Any]] = {
 def grid(scale: str, ctx: Context) -> list[dict[str, Any]]:
     """Per seed: one config per solution, one per interpolated pair, one for the Dinh rescaling."""
     setup = dict(_SCALES[scale])
+    if scale == "paper":
+        require_dataset(setup["dataset"], ctx.data_dir)
     if (reason := why_unavailable(setup["dataset"], ctx.data_dir)) is not None:
         ctx.note(f"The flat-minima runs use the embedded MNIST-1D data (quick training settings). {reason}")
         setup |= _MNIST1D
@@ -142,6 +157,8 @@ def run(config: dict[str, Any], ctx: Context) -> pd.DataFrame:
         "train": (data.x_train.to(ctx.device), data.y_train.to(ctx.device)),
         "test": (data.x_test.to(ctx.device), data.y_test.to(ctx.device)),
     }
+    probe = data.subset(config.get("n_measure"), seed=config["seed"])
+    splits["probe"] = (probe.x_train.to(ctx.device), probe.y_train.to(ctx.device))
     if config["analysis"] == "interpolation":
         start, end = solutions.values()
         return _interpolation(start.model, end.model, splits, config).assign(**setup)
@@ -246,7 +263,7 @@ def _rows(analysis: str, values: dict[str, float], **keys: Any) -> list[dict[str
 def _losses(model: nn.Module, splits: dict[str, tuple[Tensor, Tensor]], config: dict[str, Any]) -> dict[str, float]:
     """Train and test loss and accuracy, and the generalisation gaps (test − train loss, train − test accuracy)."""
     batch = config["eval_batch"] or len(splits["train"][1])
-    (train_loss, train_acc), (test_loss, test_acc) = (evaluate(model, *splits[s], batch_size=batch) for s in splits)
+    (train_loss, train_acc), (test_loss, test_acc) = (evaluate(model, *splits[s], batch_size=batch) for s in SPLITS)
     values = {"train_loss": train_loss, "test_loss": test_loss, "train_accuracy": train_acc, "test_accuracy": test_acc}
     values = {k: float(v) for k, v in values.items()}
     values["loss_gap"] = values["test_loss"] - values["train_loss"]
@@ -283,11 +300,11 @@ def _lanczos(operator: HessianOperator, k: int, seed: int):
 def _measures(model: nn.Module, splits: dict, config: dict[str, Any], ctx: Context) -> pd.DataFrame:
     """Every per-solution measure: losses and gaps, sharpness, curvature, spectral density and the 2D surface."""
     seed = config["seed"]
-    summary = _losses(model, splits, config) | _sharpness(model, splits["train"], config)
-    eigen = _lanczos(_hessian(model, splits["train"], config), config["eigen_k"], seed)
-    trace = hutchinson_trace(_hessian(model, splits["train"], config), config["hutchinson_max"], seed=seed)
+    summary = _losses(model, splits, config) | _sharpness(model, splits["probe"], config)
+    eigen = _lanczos(_hessian(model, splits["probe"], config), config["eigen_k"], seed)
+    trace = hutchinson_trace(_hessian(model, splits["probe"], config), config["hutchinson_max"], seed=seed)
     density = slq_density(
-        _hessian(model, splits["train"], config), config["slq_probes"], config["slq_steps"], num_grid=400, seed=seed
+        _hessian(model, splits["probe"], config), config["slq_probes"], config["slq_steps"], num_grid=400, seed=seed
     )
     summary |= {
         "lambda_max": eigen.eigenvalues[0],
@@ -309,7 +326,7 @@ def _measures(model: nn.Module, splits: dict, config: dict[str, Any], ctx: Conte
     coords = make_grid(-1.0, 1.0, config["grid_points"])
     surface = surface_2d(
         model,
-        splits["train"],
+        splits["probe"],
         directions,
         coords,
         coords,
@@ -333,7 +350,7 @@ def _trajectory(solution: _Solution, splits: dict, config: dict[str, Any]) -> pd
         model = copy.deepcopy(solution.model)
         model.load_state_dict(state)
         values = _losses(model, splits, config)
-        values["lambda_max"] = _lanczos(_hessian(model, splits["train"], config), 1, config["seed"]).eigenvalues[0]
+        values["lambda_max"] = _lanczos(_hessian(model, splits["probe"], config), 1, config["seed"]).eigenvalues[0]
         rows += _rows("trajectory", values, epoch=epoch)
     return pd.DataFrame(rows)
 
@@ -342,7 +359,8 @@ def _interpolation(model_a: nn.Module, model_b: nn.Module, splits: dict, config:
     """Loss and accuracy along (1 − α)θ_a + αθ_b, α ∈ [−1, 2] (Keskar et al.'s range), on train and test data."""
     alphas = make_grid(-1.0, 2.0, config["interp_points"])
     frames = []
-    for split, data in splits.items():
+    for split in SPLITS:
+        data = splits[split]
         curve = interpolate_1d(model_a, model_a, model_b, data, alphas, batch_size=config["eval_batch"], progress=False)
         frames.append(curve.frame().melt(["alpha"], var_name="quantity", value_name="value").assign(split=split))
     return pd.concat(frames, ignore_index=True).assign(analysis="interpolation")
@@ -353,8 +371,8 @@ def _dinh(model: nn.Module, splits: dict, config: dict[str, Any]) -> pd.DataFram
     rows = []
     for alpha in config["dinh_scales"]:
         scaled = rescale_relu_layers(model, *DINH_LAYERS, alpha)
-        values = _losses(scaled, splits, config) | _sharpness(scaled, splits["train"], config)
-        values["lambda_max"] = _lanczos(_hessian(scaled, splits["train"], config), 1, config["seed"]).eigenvalues[0]
+        values = _losses(scaled, splits, config) | _sharpness(scaled, splits["probe"], config)
+        values["lambda_max"] = _lanczos(_hessian(scaled, splits["probe"], config), 1, config["seed"]).eigenvalues[0]
         rows += _rows("dinh", values, scale=alpha)
     return pd.DataFrame(rows)
 
@@ -365,4 +383,5 @@ STUDY = Study(
     grid=grid,
     run=run,
     version=VERSION,
+    scales=("tiny", "quick", "paper", "full"),
 )

@@ -1,12 +1,13 @@
 """The one runner every study goes through: grid → cached, resumable runs → one combined DataFrame.
 
 A study is data: a name, a function from a scale (``"tiny"`` for tests, ``"quick"`` for CPU figures in minutes,
-``"full"`` for the papers' settings) to a list of run configs, and a function that executes one config. The runner
-skips configs whose results are cached (same key: config, study version and local data, see :mod:`studies.store`)
-and intact (a damaged cache entry is recomputed after a warning naming the file), executes the rest, and writes each
-run atomically as it finishes, so an interrupted study resumes with the runs that finished. The combined results of a
-scale are written to ``<root>/<study>/<scale>.csv`` (and the study's notes, such as runs skipped for missing data,
-to ``<scale>.notes.txt``), which the figure scripts read.
+``"paper"`` for the paper's model, data, epochs and hyperparameters with fewer seeds or configurations so that it fits a
+few CPU hours, ``"full"`` for the papers' whole grid, for GPUs) to a list of run configs, and a function that executes
+one config. The runner skips configs whose results are cached (same key: config, study version and local data, see
+:mod:`studies.store`) and intact (a damaged cache entry is recomputed after a warning naming the file), executes the
+rest, and writes each run atomically as it finishes, so an interrupted study resumes with the runs that finished. The
+combined results of a scale are written to ``<root>/<study>/<scale>.csv`` (and the study's notes, such as runs skipped
+for missing data, to ``<scale>.notes.txt``), which the figure scripts read.
 
 Under ``torchrun`` (a process group opened by :func:`landscape.distributed.process_group`) the configs are dealt round
 robin over the ranks, one run at a time per rank, each on its own GPU for ``device="cuda"``; the finished runs are
@@ -37,7 +38,7 @@ from studies.data import why_unavailable
 from studies.store import RunStore, write_frame
 from studies.train import mixed_precision
 
-SCALES = ("tiny", "quick", "full")
+SCALES = ("tiny", "quick", "paper", "full")
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ class Context:
 class Study:
     """A declarative experiment: ``grid(scale, ctx)`` lists configs, ``run(config, ctx)`` executes one.
 
-    ``grid`` may leave out configs whose data is absent; it then says so with ``ctx.note``.
+    ``grid`` may leave out configs whose data is absent; it then says so with ``ctx.note``. ``scales`` lists the
+    scales the study defines (the ``"paper"`` scale only where the paper's experiment fits a CPU).
     """
 
     name: str
@@ -77,6 +79,7 @@ class Study:
     grid: Callable[[str, Context], list[dict[str, Any]]]
     run: Callable[[dict[str, Any], Context], pd.DataFrame]
     version: str = "1"
+    scales: tuple[str, ...] = ("tiny", "quick", "full")
 
 
 def default_root() -> Path:
@@ -110,8 +113,8 @@ def run_study(
     column with its config hash. ``force=True`` recomputes cached runs; ``amp=True`` trains with bfloat16 autocast
     (cached apart from full-precision runs).
     """
-    if scale not in SCALES:
-        raise ValueError(f"Invalid scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if scale not in study.scales:
+        raise ValueError(f"Invalid scale {scale!r} for {study.name}; choose one of {', '.join(study.scales)}")
     if not isinstance(amp, bool):
         raise TypeError(f"amp must be a bool, got {type(amp).__name__}")
     root = Path(root) if root is not None else default_root()

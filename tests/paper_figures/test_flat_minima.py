@@ -28,7 +28,7 @@ def test_every_image_and_table_is_written(drawn):
     for name in names:
         for ext in ("png", "pdf"):
             assert (out / f"{name}.{ext}").stat().st_size > 1000, name
-    assert set(output.tables) == {"sharpness_vs_gap", "claims", "dinh"}
+    assert set(output.tables) == {"sharpness_vs_gap", "claims", "dinh", "paper_vs_ours"}
     for key in output.tables:
         assert (out / f"{key}.csv").exists()
     assert "mnist1d" in output.caption and "SAM ρ = 0.05" in output.caption
@@ -94,3 +94,26 @@ def test_load_data_names_missing_columns(tmp_path):
     pd.DataFrame({"analysis": ["summary"], "value": [1.0]}).to_csv(tmp_path / figure.STUDY / "tiny.csv", index=False)
     with pytest.raises(ValueError, match="solution"):
         figure.load_data(tmp_path, "tiny")
+
+
+def test_paper_comparison_ratio_of_large_to_small_batch():
+    values = {("SB SGD", 0): 2.0, ("SB SGD", 1): 4.0, ("LB SGD", 0): 30.0, ("LB SGD", 1): 60.0, ("SB SAM", 0): 1.0}
+    rows = [
+        {
+            "analysis": "summary",
+            "solution": s,
+            "seed": seed,
+            "quantity": q,
+            "value": v * (2 if q == "lambda_max" else 1),
+        }
+        for (s, seed), v in values.items()
+        for q in ("epsilon_sharpness_0.001", "lambda_max")
+    ]
+    table = figure.paper_comparison(pd.DataFrame(rows)).set_index("measure")
+    eps = table.loc["ε-sharpness ε=1e-3"]
+    assert (eps["SB mean"], eps["LB mean"], eps["LB/SB"]) == (3.0, 45.0, 15.0)
+    assert eps["SB std"] == pytest.approx(np.std([2.0, 4.0], ddof=1)) and eps["seeds"] == 2
+    assert eps["paper LB/SB"] == pytest.approx(205.14 / 1.23)
+    lam = table.loc["Hessian λ_max"]
+    assert lam["LB/SB"] == 15.0 and np.isnan(lam["paper LB/SB"])
+    assert "ε-sharpness ε=5e-4" not in table.index  # not measured in this frame: no row

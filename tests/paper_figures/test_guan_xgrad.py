@@ -28,3 +28,60 @@ def test_load_data_names_missing_columns(tmp_path):
     pd.DataFrame({"epoch": [0], "value": [1.0]}).to_csv(tmp_path / figure.STUDY / "tiny.csv", index=False)
     with pytest.raises(ValueError, match="base"):
         figure.load_data(tmp_path, "tiny")
+
+
+def _synthetic_frame():
+    """Two seeds of Adam and SGDM with s in {0, 1}: known best accuracies and epoch times."""
+    rows = []
+    best = {("Adam", 0, 0): 0.90, ("Adam", 1, 0): 0.91, ("Adam", 0, 1): 0.92, ("Adam", 1, 1): 0.925}
+    best |= {("SGDM", 0, 0): 0.80, ("SGDM", 1, 0): 0.79, ("SGDM", 0, 1): 0.81, ("SGDM", 1, 1): 0.81}
+    for (base, s, seed), acc in best.items():
+        run = f"{base}-{s}-{seed}"
+        for epoch, (accuracy, seconds) in enumerate([(acc - 0.1, 9.0), (acc, 2.0 + s), (acc - 0.01, 2.5 + s)]):
+            for quantity, value in (("test_accuracy", accuracy), ("seconds", seconds)):
+                rows.append(dict(base=base, steps=s, seed=seed, epoch=epoch, quantity=quantity, value=value, run=run))
+    return pd.DataFrame(rows)
+
+
+def test_paper_comparison_from_the_runs(tmp_path):
+    table = figure.paper_comparison(_synthetic_frame()).set_index("base")
+    # Adam: gains 1.0 and 0.5 points -> mean 0.75, half-range 0.25; SGDM: -1.0 and 0.0 -> -0.5, 0.5.
+    assert table.loc["Adam", "gain (points)"] == pytest.approx(0.75)
+    assert table.loc["Adam", "gain spread (points)"] == pytest.approx(0.25)
+    assert table.loc["SGDM", "gain (points)"] == pytest.approx(-0.5)
+    assert table.loc["Adam", "best accuracy s=0 (%)"] == pytest.approx(91.0)
+    # the fastest epoch after the first: 2 s without, 3 s with prediction -> +50 %.
+    assert table.loc["Adam", "time overhead %"] == pytest.approx(50.0)
+    assert table.loc["Adam", "paper gain (points)"] == 0.71 and np.isnan(table.loc["SGDM", "paper gain (points)"])
+    assert table.loc["SGDM", "paper time %"] == 5.67 and table.loc["Adam", "seeds"] == 2
+
+
+def test_side_by_side_joins_the_committed_reference():
+    from paper_figures.reference import side_by_side
+
+    here = figure.paper_comparison(_synthetic_frame())
+    args = ("base", ["paper gain (points)"], ["gain (points)"], "quick")
+    assert list(side_by_side(here, None, *args).columns) == ["base", "paper gain (points)", "gain (points) [quick]"]
+    reference = here.assign(runs=8)
+    reference["gain (points)"] = [2.0, 3.0]
+    table = side_by_side(here, reference, *args).set_index("base")
+    assert table.loc["Adam", "gain (points) [quick]"] == pytest.approx(0.75)
+    assert table.loc["Adam", "gain (points) [paper scale]"] == 2.0 and table.loc["Adam", "paper gain (points)"] == 0.71
+
+
+def test_reference_table_is_written_with_provenance(tmp_path, monkeypatch):
+    from paper_figures import reference
+
+    runs = tmp_path / "runs" / figure.STUDY
+    runs.mkdir(parents=True)
+    frame = _synthetic_frame().assign(dataset="fashion_mnist", epochs=3)
+    frame.to_csv(runs / "paper.csv", index=False)
+    (runs / "abc").mkdir()
+    (runs / "abc" / "meta.json").write_text('{"device": "cpu"}')
+    monkeypatch.setattr(reference, "REFERENCE_DIR", tmp_path / "reference")
+    assert reference.main([figure.STUDY, "--runs-dir", str(tmp_path / "runs")]) == 0
+    table = reference.read_reference(figure.STUDY)
+    assert set(reference.PROVENANCE) <= set(table.columns)
+    assert table["runs"].iloc[0] == 8 and table["device"].iloc[0] == "cpu" and table["scale"].iloc[0] == "paper"
+    assert table.set_index("base").loc["Adam", "gain (points)"] == pytest.approx(0.75)
+    assert reference.main(["kingma2015adam", "--runs-dir", str(tmp_path / "runs")]) == 2

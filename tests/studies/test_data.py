@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from studies import data
+from studies import cli, data
 
 
 def _write_idx(path, array, compress=True):
@@ -126,3 +126,86 @@ def test_subset_is_seeded():
     a, b = ds.subset(100, 50, seed=3), ds.subset(100, 50, seed=3)
     assert len(a.y_train) == 100 and len(a.y_test) == 50
     assert torch.equal(a.x_train, b.x_train)
+
+
+# Discovery: each layout valley, system packages and torchvision use, and the order of the search roots.
+
+
+@pytest.mark.parametrize(
+    ("name", "layout"),
+    [
+        ("fashion_mnist", "fashion_mnist"),
+        ("fashion_mnist", "fashion-mnist"),
+        ("fashion_mnist", "FashionMNIST/raw"),
+        ("mnist", "mnist"),
+        ("mnist", "MNIST/raw"),
+    ],
+)
+def test_each_idx_layout_is_found_under_a_named_root(tmp_path, name, layout):
+    _write_mnist(tmp_path / layout)
+    assert data.locate(name, tmp_path) == tmp_path / layout
+    assert data.load_dataset(name, tmp_path).input_shape == (1, 28, 28)
+    other = "mnist" if name == "fashion_mnist" else "fashion_mnist"
+    assert data.locate(other, tmp_path) is None
+
+
+def _write_cifar(folder):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for f in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        rng.integers(0, 10, (2, 3073)).astype(np.uint8).tofile(folder / f)
+
+
+@pytest.mark.parametrize("layout", ["cifar-10-batches-bin", "cifar10/cifar-10-batches-bin"])
+def test_cifar_layouts(tmp_path, layout):
+    _write_cifar(tmp_path / layout)
+    assert data.locate("cifar10", tmp_path) == tmp_path / layout
+    assert len(data.load_dataset("cifar10", tmp_path).y_train) == 10
+
+
+def test_system_package_folder_is_searched(tmp_path, monkeypatch):
+    system = tmp_path / "usr-share-datasets"
+    _write_mnist(system / "fashion-mnist")
+    monkeypatch.setenv("VALLEY_CACHE", str(tmp_path / "cache"))
+    assert data.locate("fashion_mnist") is None
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (system,))
+    assert data.locate("fashion_mnist") == system / "fashion-mnist"
+    assert data.why_unavailable("fashion_mnist") is None
+
+
+def test_search_order_named_root_then_cache_then_system(tmp_path, monkeypatch):
+    named, cache, system = tmp_path / "named", tmp_path / "cache", tmp_path / "system"
+    for root in (named, cache / "data", system):
+        _write_mnist(root / "fashion_mnist")
+    monkeypatch.setenv("VALLEY_CACHE", str(cache))
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (system,))
+    assert data.search_roots(named) == [named, cache / "data", system]
+    assert data.locate("fashion_mnist", named) == named / "fashion_mnist"
+    assert data.locate("fashion_mnist") == cache / "data" / "fashion_mnist"
+    monkeypatch.setenv("VALLEY_DATA", str(named))
+    assert data.locate("fashion_mnist") == named / "fashion_mnist"
+
+
+def test_incomplete_folder_is_skipped_and_the_error_lists_every_place(tmp_path, monkeypatch):
+    _write_mnist(tmp_path / "fashion_mnist")
+    (tmp_path / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.setenv("VALLEY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
+    assert data.locate("fashion_mnist", tmp_path) is None
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_dataset("fashion_mnist", tmp_path)
+    for place in (tmp_path / "fashion_mnist", tmp_path / "cache" / "data" / "fashion_mnist", tmp_path / "system"):
+        assert str(place) in str(err.value)
+    assert "make data" in str(err.value)
+
+
+def test_valley_list_prints_where_each_data_set_was_found(tmp_path, monkeypatch, capsys):
+    system = tmp_path / "system"
+    _write_mnist(system / "fashion-mnist")
+    monkeypatch.setenv("VALLEY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (system,))
+    assert cli.main(["list"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert f"found in {system / 'fashion-mnist'}" in lines["fashion_mnist"]
+    assert lines["mnist"].rstrip().endswith("absent")
+    assert lines["digits"].rstrip().endswith("embedded")

@@ -96,3 +96,30 @@ def test_grid_falls_back_to_mnist1d_without_mnist(tmp_path):
     per_seed = len(study.SOLUTIONS) + len(study.PAIRS) + 1
     assert len(configs) == per_seed * len(study._SCALES["full"]["seeds"])
     assert {c["analysis"] for c in configs} == {"solution", "interpolation", "dinh"}
+
+
+def test_paper_grid_needs_fashion_mnist_and_measures_on_a_probe_subset(tmp_path, monkeypatch):
+    ctx = Context(RunStore(tmp_path, study.STUDY.name), data_dir=str(tmp_path / "no-data"), progress=False)
+    monkeypatch.setenv("VALLEY_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="fashion_mnist not found"):
+        study.grid("paper", ctx)
+    setup = study._SCALES["paper"]
+    assert (setup["dataset"], setup["widths"], setup["sb_batch"], setup["n_measure"]) == (
+        "fashion_mnist",
+        [512, 512],
+        256,
+        5000,
+    )
+    assert len(setup["seeds"]) >= 2
+
+
+def test_probe_subset_is_what_the_measures_see(tmp_path):
+    ctx = Context(RunStore(tmp_path, study.STUDY.name), progress=False)
+    config = dict(study._SCALES["tiny"], seed=0, analysis="dinh", solution="SB SGD", dinh_scales=[1.0])
+    config |= {"n_train": 128, "sb_epochs": 2, "widths": [8]}
+    config.pop("seeds")
+    whole = study.run(config, ctx).set_index("quantity")["value"]
+    probe = study.run(dict(config, n_measure=16), ctx).set_index("quantity")["value"]
+    assert whole["train_loss"] == probe["train_loss"]  # losses always on the whole split
+    assert whole["lambda_max"] != pytest.approx(probe["lambda_max"], rel=1e-3)
+    assert whole["epsilon_sharpness_0.001"] != probe["epsilon_sharpness_0.001"]

@@ -43,3 +43,31 @@ def test_make_optimizer_wraps_only_for_positive_steps():
     assert type(study.make_optimizer("AdaM3", 2, params)).__name__ == "XGrad"
     with pytest.raises(KeyError):
         study.make_optimizer("Lion", 1, params)
+
+
+def test_paper_scale_is_the_papers_lenet_experiment_and_needs_fashion_mnist(tmp_path, monkeypatch):
+    from studies import data
+    from studies.runner import Context
+    from studies.store import RunStore
+
+    ctx = Context(RunStore(tmp_path, "guan_xgrad", "1"))
+    monkeypatch.setenv("VALLEY_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="fashion_mnist not found"):
+        study.grid("paper", ctx)
+    system = tmp_path / "system" / "fashion-mnist"
+    system.mkdir(parents=True)
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        (system / f"{stem}.gz").write_bytes(b"")
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (system.parent,))
+    configs = study.grid("paper", ctx)
+    assert len(configs) == 5 * 2 * 2
+    assert {c["dataset"] for c in configs} == {"fashion_mnist"}
+    assert {(c["epochs"], c["batch_size"]) for c in configs} == {(50, 128)}
+    assert {c["base"] for c in configs} == {"SGDM", "Adam", "AdamW", "AdaBelief", "AdaM3"}
+    assert {c["steps"] for c in configs} == {0, 1} and {c["seed"] for c in configs} == {0, 1}
+    assert "paper" in study.STUDY.scales

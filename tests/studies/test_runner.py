@@ -92,3 +92,8 @@ def test_dataset_or_digits_falls_back_with_a_note_naming_the_files(tmp_path):
     (note,) = ctx.notes
     assert note.startswith("The demo runs use the embedded digits data instead of mnist.")
     assert "train-images-idx3-ubyte.gz" in note
+
+
+def test_a_scale_the_study_does_not_define_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="'paper' for toy; choose one of tiny, quick, full"):
+        run_study(_counting_study([]), "paper", root=tmp_path)
