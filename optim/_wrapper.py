@@ -47,12 +47,12 @@ class Wrapper(Optimizer):
             raise AttributeError("a wrapper's param_groups are its base optimizer's; change those instead")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to the base optimizer (if it is not there yet) and fill in the wrapper's defaults."""
+        """Check the group's switches, add it to the base optimizer (if not there yet), fill in the defaults."""
+        check_group(param_group, self.HYPERPARAMETERS)
         if not any(param_group is group for group in self.base_optimizer.param_groups):
             self.base_optimizer.add_param_group(param_group)
         for name, default in self.defaults.items():
             param_group.setdefault(name, default)
-        check_group(param_group, self.HYPERPARAMETERS)
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)

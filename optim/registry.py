@@ -18,7 +18,7 @@ from torch import nn
 from torch import optim as torch_optim
 from torch.optim import Optimizer
 
-from optim._checks import TORCH_HYPERPARAMETERS, as_params, guard, plain
+from optim._checks import TORCH_HYPERPARAMETERS, as_params, check_group, guard, plain
 from optim.adabelief import AdaBelief
 from optim.adam2k import Adam2k
 from optim.adam3 import AdaM3
@@ -129,9 +129,15 @@ def make(name: str, params_or_model: Any, **overrides: Any) -> Optimizer:
     """
     found = entry(name)
     kwargs = {**found.defaults, **{k: plain(v) for k, v in overrides.items()}}
+    if found.base is None and found.cls in TORCH_HYPERPARAMETERS:
+        try:
+            optimizer = found.cls(as_params(params_or_model), **kwargs)
+        except (TypeError, IndexError):  # torch fails on the kind of a value (a string, one beta): name it
+            check_group(dict(kwargs), TORCH_HYPERPARAMETERS[found.cls])
+            raise
+        return guard(optimizer)
     if found.base is None:
-        optimizer = found.cls(as_params(params_or_model), **kwargs)
-        return guard(optimizer) if found.cls in TORCH_HYPERPARAMETERS else optimizer
+        return found.cls(as_params(params_or_model), **kwargs)
     own = set(_inspect.signature(found.cls).parameters) - {"base_optimizer"}
     wrapper_kwargs = {k: v for k, v in kwargs.items() if k in own}
     if "model" in own and isinstance(params_or_model, nn.Module):
