@@ -171,6 +171,24 @@ def test_surface_and_sharpness_evaluate_in_eval_mode_and_record_it():
         surfaces.surface_1d(model, (X, Y), d, [0.0], progress=False, mode="test")
 
 
+def test_train_mode_uses_batch_statistics_in_surfaces_and_sharpness():
+    model = shifted_stats(bn_net()).eval()
+    copy = shifted_stats(bn_net())
+    with torch.no_grad():
+        eval_loss = float(nn.functional.cross_entropy(copy.eval()(X), Y))  # running statistics
+        train_loss = float(nn.functional.cross_entropy(copy.train()(X), Y))  # batch statistics
+    assert abs(train_loss - eval_loss) > 1e-3
+    d = random_direction(model, seed=0)
+    for method in ("fast", "loop"):
+        train = surfaces.surface_1d(model, (X, Y), d, [0.0], progress=False, mode="train", method=method)
+        default = surfaces.surface_1d(model, (X, Y), d, [0.0], progress=False, method=method)
+        assert train.loss[0] == pytest.approx(train_loss, rel=1e-6)
+        assert default.loss[0] == pytest.approx(eval_loss, rel=1e-6)
+    assert sam_sharpness(model, (X, Y), mode="train").loss == pytest.approx(train_loss, rel=1e-6)
+    assert sam_sharpness(model, (X, Y)).loss == pytest.approx(eval_loss, rel=1e-6)
+    assert not model.training and torch.equal(model[1].running_mean, shifted_stats(bn_net())[1].running_mean)
+
+
 def test_interpolation_between_batchnorm_models_recomputes_statistics_by_default():
     a, b = bn_net(0), bn_net(1)
     shifted_stats(a).eval(), b.eval()
