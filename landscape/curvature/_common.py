@@ -45,14 +45,26 @@ class TorchOperator:
         self.on_apply: Callable[[int], Any] | None = None  # e.g. a progress bar's update
 
     def apply(self, vectors: Tensor) -> Tensor:
-        """Apply the operator to the columns of an ``(n, k)`` tensor (``k`` applications)."""
+        """Apply the operator to the columns of an ``(n, k)`` tensor (``k`` applications).
+
+        Raises:
+            FloatingPointError: a product is not finite (e.g. the loss or its curvature is not finite at the
+                parameters): no estimate built on it could be trusted.
+        """
         self.applications += vectors.shape[1]
         if self.on_apply is not None:
             self.on_apply(vectors.shape[1])
         if isinstance(self.inner, CurvatureOperator):
-            return self.inner.apply(vectors)
-        result = self.inner.matmat(vectors.detach().cpu().numpy().astype(np.float64))
-        return torch.as_tensor(np.asarray(result), dtype=self.dtype).reshape(vectors.shape)
+            result = self.inner.apply(vectors)
+        else:
+            result = self.inner.matmat(vectors.detach().cpu().numpy().astype(np.float64))
+            result = torch.as_tensor(np.asarray(result), dtype=self.dtype).reshape(vectors.shape)
+        if not bool(torch.isfinite(result).all()):
+            raise FloatingPointError(
+                "the operator returned non-finite values (is the loss finite at these parameters?); "
+                "no curvature estimate can be built on them"
+            )
+        return result
 
     def as_scipy(self) -> LinearOperator:
         """A float64 ``LinearOperator`` applying (and counting) through this view, e.g. for ``eigsh``."""

@@ -81,7 +81,7 @@ def power_iteration_eigenpairs(
             hv = view.apply(v[:, None])[:, 0]
             new_value = float(v @ hv)
             norm = torch.linalg.vector_norm(hv)
-            if not norm > 0:  # Hv = 0: v is an eigenvector of eigenvalue 0 (e.g. a zero Hessian)
+            if norm == 0:  # Hv = 0: v is an eigenvector of eigenvalue 0 (e.g. a zero Hessian)
                 value = 0.0
                 break
             v = hv / norm

@@ -365,6 +365,31 @@ def test_zero_hessian_gives_eigenvalue_zero_converged_with_warning(solver, k):
     assert np.allclose(np.linalg.norm(result.eigenvectors, axis=0), 1.0)
 
 
+@pytest.mark.parametrize(
+    "estimate",
+    [
+        lambda h: power_iteration_eigenpairs(h, seed=0),
+        lambda h: lanczos_eigenpairs(h, seed=0),
+        lambda h: lanczos_eigenpairs(h, seed=0, method="arpack"),
+        lambda h: hutchinson_trace(h, max_applications=4, seed=0),
+        lambda h: slq_density(h, probes=1, steps=2, seed=0),
+    ],
+    ids=["power", "lanczos", "arpack", "hutchinson", "slq"],
+)
+def test_nonfinite_curvature_is_a_clear_error_not_a_number(estimate):
+    class Log(nn.Module):  # log(1 - w) with w = 1.5: NaN loss, NaN Hessian
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([1.5, 0.2], dtype=torch.float64))
+
+        def forward(self, x):
+            return torch.log(1 - self.w).sum() * x.double()
+
+    hessian = HessianOperator(Log(), square, CLIFF_DATA)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        estimate(hessian)
+
+
 def test_zero_direction_warns_and_gives_the_constant_loss():
     model = nn.Linear(3, 3)
     zero = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
