@@ -243,8 +243,8 @@ class SurfaceJob:
         """Loss and accuracy arrays of the given chunks (default: all), loading finished ones from the cache.
 
         The model is put in the job's mode (eval by default) while points are evaluated, and restored exactly
-        afterwards. Chunk ids
-        computed here and reused from the cache are listed in :attr:`computed` and :attr:`reused`.
+        afterwards. Chunk ids computed here and reused from the cache are listed in :attr:`computed` and
+        :attr:`reused`.
         """
         ids = list(range(self.n_chunks)) if chunk_ids is None else [int(i) for i in chunk_ids]
         for i in ids:
