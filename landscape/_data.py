@@ -58,6 +58,17 @@ def named_parameters(model: nn.Module, trainable_only: bool = True) -> dict[str,
     return {n: p for n, p in model.named_parameters() if p.requires_grad or not trainable_only}
 
 
+def trainable_parameters(model: nn.Module) -> dict[str, Tensor]:
+    """The model's trainable parameters by name; ``ValueError`` when it has none (nothing to perturb or measure)."""
+    params = named_parameters(model)
+    if not params:
+        raise ValueError(
+            f"{type(model).__name__} has no trainable parameter (none, or all with requires_grad=False): "
+            "there is nothing to perturb or measure"
+        )
+    return params
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a parameter-free model)."""
     return next(iter(model.parameters()), torch.empty(0)).device

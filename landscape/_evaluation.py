@@ -8,6 +8,7 @@ moved to the model instead.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -22,12 +23,24 @@ AccuracyFn = Callable[[Tensor, Tensor], Tensor]
 ParamDict = dict[str, Tensor]
 
 
+IGNORE_INDEX = -100
+"""A target equal to this is left out of the default loss and accuracy (torch's ``ignore_index``)."""
+
+MODES = ("eval", "train")
+"""Modes a measure can evaluate the model in: ``"eval"`` (default: BatchNorm running statistics, no dropout) or
+``"train"`` (batch statistics, dropout active)."""
+
+
 def top1_accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
     """Fraction of examples whose arg-max over dimension 1 equals the integer target; NaN where that does not apply.
+
+    Targets equal to :data:`IGNORE_INDEX` are left out (NaN if every target is).
 
     Example:
         >>> top1_accuracy(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), torch.tensor([1, 1])).item()
         0.5
+        >>> top1_accuracy(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), torch.tensor([1, -100])).item()
+        1.0
     """
     classification = (
         outputs.dim() >= 2
@@ -36,25 +49,97 @@ def top1_accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
         and outputs.shape[2:] == targets.shape[1:]
     )
     if classification:  # arg-max over the leading dimension: several times faster on CPU for few classes
-        return (outputs.movedim(1, 0).argmax(dim=0) == targets).to(outputs.dtype).mean()
+        valid = targets != IGNORE_INDEX
+        hits = (outputs.movedim(1, 0).argmax(dim=0) == targets) & valid
+        return hits.sum().to(outputs.dtype) / valid.sum().to(outputs.dtype)
     return torch.full((), float("nan"), dtype=outputs.dtype, device=outputs.device)
+
+
+def check_classification(outputs: Tensor, targets: Tensor) -> None:
+    """Raise ``ValueError`` unless ``outputs`` are class scores and ``targets`` class indices, as cross-entropy needs.
+
+    Outputs must have shape ``(B, C, ...)`` with ``C >= 2``; targets must be integers in ``[0, C)`` or
+    :data:`IGNORE_INDEX`. A regression model (one output column, or float targets) gets an error asking for
+    ``loss_fn`` instead of a loss that is zero (one column) or means something else (soft labels).
+    """
+    hint = "pass loss_fn= (e.g. torch.nn.functional.mse_loss for regression)"
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise ValueError(f"the default loss is cross-entropy on class indices, got {targets.dtype} targets; {hint}")
+    if outputs.dim() < 2 or outputs.shape[1] < 2:
+        raise ValueError(
+            f"the default loss is cross-entropy on class scores, got outputs of shape {tuple(outputs.shape)} "
+            f"(needs (batch, classes >= 2, ...)); {hint}"
+        )
+    classes = outputs.shape[1]
+    bad = ((targets < 0) | (targets >= classes)) & (targets != IGNORE_INDEX)
+    if bool(bad.any()):
+        wrong = targets[bad]
+        raise ValueError(
+            f"targets out of range for {classes} classes: {int(bad.sum())} targets in [{int(wrong.min())}, "
+            f"{int(wrong.max())}], expected class indices in [0, {classes}) or {IGNORE_INDEX} (ignored)"
+        )
 
 
 def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy, as ``torch.nn.functional.cross_entropy`` with its defaults (the default loss).
 
-    For ``(B, C)`` scores and integer targets the log-softmax is taken over the leading dimension of the transpose,
-    which on CPU is several times faster than over a short last dimension; other inputs go to torch's function.
+    Refuses what it cannot mean (:func:`check_classification`): outputs with one column, float targets, targets out
+    of range. Targets equal to :data:`IGNORE_INDEX` are left out of the mean, as torch does; the measures count them
+    (:func:`count_ignored`), warn and record the count. For ``(B, C)`` scores and integer targets the log-softmax is
+    taken over the leading dimension of the transpose, which on CPU is several times faster than over a short last
+    dimension; other inputs go to torch's function.
 
     Example:
         >>> out, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
         >>> round(cross_entropy(out, y).item(), 6) == round(nn.functional.cross_entropy(out, y).item(), 6)
         True
     """
-    fast = outputs.dim() == 2 and not targets.is_floating_point() and len(targets) == len(outputs)
+    check_classification(outputs, targets)
+    fast = outputs.dim() == 2 and len(targets) == len(outputs)
     if fast and bool((targets >= 0).all()):  # negative targets: torch's ignore_index handling
         return -outputs.t().log_softmax(dim=0).gather(0, targets[None]).mean()
     return nn.functional.cross_entropy(outputs, targets)
+
+
+def count_ignored(batches: Sequence[Batch], loss_fn: LossFn, what: str) -> int:
+    """Count the targets the default loss ignores; warn naming the count when there are any.
+
+    Returns 0 for any other loss function (its handling of targets is its own).
+    """
+    if loss_fn is not cross_entropy:
+        return 0
+    ignored = sum(int((y == IGNORE_INDEX).sum()) for _, y in batches if not y.is_floating_point())
+    if ignored:
+        total = sum(y.numel() for _, y in batches)
+        warnings.warn(
+            f"{what}: {ignored} of {total} targets are {IGNORE_INDEX} (ignore_index); the default cross-entropy and "
+            "accuracy leave them out (counted in the config as n_ignored_targets)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return ignored
+
+
+@contextmanager
+def evaluation_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Put ``model`` in eval or train mode (``mode`` in :data:`MODES`) within the block, each submodule's after.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+        >>> with evaluation_mode(net, "eval"):
+        ...     inside = net[1].training
+        >>> inside, net[1].training
+        (False, True)
+    """
+    if mode not in MODES:
+        raise ValueError(f"Invalid mode: {mode!r} (expected one of {MODES})")
+    modes = [(m, m.training) for m in model.modules()]
+    model.train(mode == "train")
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def function_name(fn: Callable) -> str:

@@ -31,12 +31,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from landscape._data import Data, as_batches, model_device, named_parameters
+from landscape._data import Data, as_batches, model_device, trainable_parameters
 from landscape._evaluation import (
+    MODES,
     AccuracyFn,
     LoopEvaluator,
     LossFn,
     batches_to,
+    count_ignored,
     cross_entropy,
     function_name,
     preserved_state,
@@ -134,8 +136,11 @@ class SurfaceJob:
         origin: parameters at the grid origin by name (default: the model's trainable parameters).
         directions: one or two directions (dicts by trainable parameter name; absent names are not moved).
         coords: ``(N, k)`` grid coordinates, ``k = len(directions)``.
-        loss_fn: mean loss of a batch (default cross-entropy).
+        loss_fn: mean loss of a batch (default cross-entropy on class indices; it refuses one-column outputs, float
+            targets and targets out of range, and targets of -100 are counted, warned about and left out).
         accuracy_fn: mean accuracy of a batch (default top-1, NaN for non-classification outputs).
+        mode: ``"eval"`` (default: BatchNorm running statistics, no dropout) or ``"train"`` (batch statistics and
+            dropout; always evaluated with the loop); recorded in the config.
         method: ``"fast"`` (batched, :class:`landscape._fast.FastEvaluator`) or ``"loop"`` (the reference).
         bn: ``"saved"`` (running statistics as stored, default) or ``"recompute"`` (re-estimated at every point on
             ``bn_data``; always evaluated with the loop, recorded in the config).
@@ -163,6 +168,7 @@ class SurfaceJob:
         bn: str = "saved",
         bn_data: Data | None = None,
         bn_batches: int = 4,
+        mode: str = "eval",
         batch_size: int | None = None,
         chunk_size: int = 64,
         cache_dir: str | os.PathLike | None = None,
@@ -171,8 +177,12 @@ class SurfaceJob:
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"Invalid method: {method!r} (expected one of {METHODS})")
+        if mode not in MODES:
+            raise ValueError(f"Invalid mode: {mode!r} (expected one of {MODES})")
         if bn not in BN_POLICIES:
             raise ValueError(f"Invalid bn: {bn!r} (expected one of {BN_POLICIES})")
+        if bn == "recompute" and mode == "train":
+            raise ValueError("bn='recompute' re-estimates running statistics for eval mode; it needs mode='eval'")
         if chunk_size < 1:
             raise ValueError(f"Invalid chunk_size: {chunk_size}")
         if bn_batches < 1:
@@ -184,7 +194,7 @@ class SurfaceJob:
             raise ValueError(f"coords must have shape (N, {len(directions)}) with N >= 1, got {coords.shape}")
         self.model = model
         device = model_device(model)
-        params = named_parameters(model)
+        params = trainable_parameters(model)
         origin = dict(origin) if origin is not None else {n: p.detach() for n, p in params.items()}
         if origin.keys() != params.keys():
             raise ValueError(f"origin must hold every trainable parameter; differs in {sorted(origin.keys() ^ params)}")
@@ -205,13 +215,16 @@ class SurfaceJob:
             self.bn_batches = batches_to(source[:bn_batches], device)
         self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
         self.accuracy_fn = accuracy_fn if accuracy_fn is not None else top1_accuracy
-        self.method = "loop" if bn == "recompute" else method
+        self.method = "loop" if bn == "recompute" or mode == "train" else method
+        self.mode = mode
         self.first_layer_trick, self.chunk_size, self.progress = first_layer_trick, chunk_size, progress
         self.config = {
             "method": self.method,
             "method_requested": method,
             "bn": bn,
             "bn_batches": bn_batches if bn == "recompute" else 0,
+            "mode": mode,
+            "n_ignored_targets": count_ignored(self.batches, self.loss_fn, "surface"),
             "chunk_size": chunk_size,
             "n_points": len(coords),
             "n_chunks": self.n_chunks,
@@ -326,8 +339,9 @@ class SurfaceJob:
     def evaluate(self, chunk_ids: Iterable[int] | None = None) -> dict[int, ChunkResult]:
         """Loss and accuracy arrays of the given chunks (default: all), loading finished ones from the cache.
 
-        The model is put in eval mode while points are evaluated, and restored exactly afterwards. Chunk ids
-        computed here and reused from the cache are listed in :attr:`computed` and :attr:`reused`.
+        The model is put in the job's mode (eval by default) while points are evaluated, and restored exactly
+        afterwards. Chunk ids computed here and reused from the cache are listed in :attr:`computed` and
+        :attr:`reused`.
         """
         ids = list(range(self.n_chunks)) if chunk_ids is None else [int(i) for i in chunk_ids]
         for i in ids:
@@ -343,7 +357,7 @@ class SurfaceJob:
                     self.reused.append(chunk_id)
                     continue
                 if evaluator is None:
-                    self.model.eval()
+                    self.model.train(self.mode == "train")
                     evaluator = self._evaluator()
                     self.evaluator_name = evaluator.name
                 coords = torch.from_numpy(self.coords[self.chunk_slice(chunk_id)])

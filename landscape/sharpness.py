@@ -1,7 +1,10 @@
 r"""Sharpness of a minimum: Keskar et al.'s ε-sharpness, SAM's sharpness (first order and by ascent), m-sharpness, ASAM.
 
 All measures evaluate the loss :math:`L(w)` of ``model`` on ``data`` (mean over examples) at perturbed parameters
-through ``torch.func.functional_call`` with the model in eval mode, and leave the model exactly as found.
+through ``torch.func.functional_call`` with the model in eval mode (``mode="train"`` asks for batch statistics and
+dropout; the mode is recorded in the config), and leave the model exactly as found. A loss that is not finite at
+:math:`w` or at any perturbed point evaluated makes the sharpness NaN, with a warning: the maximum over the
+neighbourhood is then unknown, and no plausible number is returned in its place.
 
 **ε-sharpness** (Keskar et al. 2017, Eq. 4). With :math:`x` the parameters, :math:`A \in \mathbb{R}^{n \times p}`
 (the identity for the full space, else a random Gaussian matrix) and the box
@@ -33,6 +36,7 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,8 +49,18 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from landscape._data import Data, as_batches, model_device, named_parameters
-from landscape._evaluation import LossFn, batches_to, flatten, function_name, preserved_state, unflatten
+from landscape._data import Data, as_batches, model_device, trainable_parameters
+from landscape._evaluation import (
+    MODES,
+    LossFn,
+    batches_to,
+    count_ignored,
+    cross_entropy,
+    flatten,
+    function_name,
+    preserved_state,
+    unflatten,
+)
 
 
 @dataclass
@@ -80,10 +94,12 @@ class _Objective:
     def __init__(self, model: nn.Module, data: Data, loss_fn: LossFn | None, batch_size: int | None) -> None:
         self.model = model
         self.batches = batches_to(as_batches(data, batch_size), model_device(model))
-        self.params = {n: p.detach().clone() for n, p in named_parameters(model).items()}
-        self.loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
+        self.params = {n: p.detach().clone() for n, p in trainable_parameters(model).items()}
+        self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
         self.total = sum(len(y) for _, y in self.batches)
+        self.n_ignored = count_ignored(self.batches, self.loss_fn, "sharpness")
         self.evaluations = 0
+        self.nonfinite: list[float] = []  # non-finite losses met, in order
 
     def __call__(self, vector: Tensor, grad: bool = False) -> tuple[float, Tensor | None]:
         vector = vector.detach().requires_grad_(grad)
@@ -93,10 +109,43 @@ class _Objective:
             for x, y in self.batches:
                 loss = loss + self.loss_fn(functional_call(self.model, params, (x,)), y) * (len(y) / self.total)
         self.evaluations += 1
+        value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+        if not math.isfinite(value):
+            self.nonfinite.append(value)
         if not grad:
-            return float(loss), None
+            return value, None
         (g,) = torch.autograd.grad(loss, vector)
-        return float(loss.detach()), g.detach()
+        return value, g.detach()
+
+    def config(self, mode: str) -> dict[str, Any]:
+        """What every measure records about the evaluation: mode, evaluations, loss, ignored and non-finite counts."""
+        return {
+            "mode": mode,
+            "evaluations": self.evaluations,
+            "loss_fn": function_name(self.loss_fn),
+            "n_ignored_targets": self.n_ignored,
+            "n_nonfinite": len(self.nonfinite),
+        }
+
+
+def _honest(measure: str, value: float, loss: float, perturbed: float, objective: _Objective) -> tuple[float, float]:
+    """``(value, perturbed)``, or NaN for both with a warning if a loss met on the way was not finite."""
+    if not objective.nonfinite and math.isfinite(value):
+        return value, perturbed
+    met = objective.nonfinite[0] if objective.nonfinite else value
+    where = "at w" if not math.isfinite(loss) else "at a perturbed point"
+    warnings.warn(
+        f"{measure}: the loss is not finite {where} ({met}); the sharpness is NaN "
+        f"({len(objective.nonfinite)} of {objective.evaluations} evaluations not finite)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return math.nan, math.nan
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"Invalid mode: {mode!r} (expected one of {MODES})")
 
 
 def epsilon_sharpness(
@@ -108,6 +157,7 @@ def epsilon_sharpness(
     loss_fn: LossFn | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    mode: str = "eval",
 ) -> Sharpness:
     r"""Keskar et al.'s sharpness :math:`\phi_{x,f}(\epsilon, A)` in the full space or a random subspace.
 
@@ -121,6 +171,7 @@ def epsilon_sharpness(
         loss_fn: mean loss of a batch (default cross-entropy).
         batch_size: split a single pair into batches of this size.
         seed: seeds :math:`A` and the starting point.
+        mode: ``"eval"`` (default) or ``"train"``: the mode the model is evaluated in.
 
     Example:
         >>> class Bowl(nn.Module):
@@ -139,8 +190,9 @@ def epsilon_sharpness(
         raise ValueError(f"Invalid subspace_dim: {subspace_dim}")
     if maxiter < 1:
         raise ValueError(f"Invalid maxiter: {maxiter}")
+    _check_mode(mode)
     with preserved_state(model):
-        model.eval()
+        model.train(mode == "train")
         objective = _Objective(model, data, loss_fn, batch_size)
         start = flatten(objective.params)
         x = start.double().cpu().numpy()
@@ -167,17 +219,16 @@ def epsilon_sharpness(
             bounds=Bounds(-bound, bound),
             options={"maxiter": maxiter},
         )
-    phi = 100.0 * (best[0] - f0) / (1.0 + f0)
+    phi, perturbed = _honest("epsilon_sharpness", 100.0 * (best[0] - f0) / (1.0 + f0), f0, best[0], objective)
     config = {
         "epsilon": epsilon,
         "subspace_dim": subspace_dim,
         "maxiter": maxiter,
         "seed": seed,
-        "evaluations": objective.evaluations,
         "optimizer_message": str(result.message),
-        "loss_fn": function_name(objective.loss_fn),
+        **objective.config(mode),
     }
-    return Sharpness("epsilon", phi, f0, best[0], config)
+    return Sharpness("epsilon", phi, f0, perturbed, config)
 
 
 def sam_sharpness(
@@ -193,6 +244,7 @@ def sam_sharpness(
     loss_fn: LossFn | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    mode: str = "eval",
 ) -> Sharpness:
     r"""SAM sharpness :math:`\max_{\lVert T^{-1}\epsilon\rVert \le \rho} L(w + \epsilon) - L(w)` (T = I, or ASAM's).
 
@@ -216,6 +268,7 @@ def sam_sharpness(
         loss_fn: mean loss of a batch (default cross-entropy).
         batch_size: split a single pair into batches of this size.
         seed: seeds the random start used when the gradient is zero.
+        mode: ``"eval"`` (default) or ``"train"``: the mode the model is evaluated in.
     """
     if not rho > 0:
         raise ValueError(f"Invalid rho: {rho}")
@@ -227,10 +280,11 @@ def sam_sharpness(
         raise ValueError(f"Invalid step_size: {step_size}")
     if eta < 0:
         raise ValueError(f"Invalid eta: {eta}")
+    _check_mode(mode)
     gamma = step_size if step_size is not None else rho
     is_weight = is_weight if is_weight is not None else (lambda name: "weight" in name)
     with preserved_state(model):
-        model.eval()
+        model.train(mode == "train")
         objective = _Objective(model, data, loss_fn, batch_size)
         w = flatten(objective.params)
         scale = torch.ones_like(w)
@@ -245,7 +299,13 @@ def sam_sharpness(
         elif method == "ascent":
             noise = torch.randn(w.shape, generator=torch.Generator().manual_seed(seed), dtype=w.dtype).to(w.device)
             delta = rho * noise / noise.norm()
-        else:
+        else:  # a stationary point: the first-order maximiser is w itself
+            warnings.warn(
+                "sam_sharpness: the (scaled) gradient is zero at w, so the first-order perturbation is zero and the "
+                "sharpness is 0; method='ascent' starts from a random point instead",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             delta = torch.zeros_like(w)
         best = -math.inf
         if method == "ascent":
@@ -266,10 +326,11 @@ def sam_sharpness(
         "step_size": gamma if method == "ascent" else None,
         "adaptive": adaptive,
         "eta": eta if adaptive else None,
-        "evaluations": objective.evaluations,
-        "loss_fn": function_name(objective.loss_fn),
+        **objective.config(mode),
     }
-    return Sharpness("asam" if adaptive else "sam", best - loss, loss, best, config)
+    measure = "asam" if adaptive else "sam"
+    value, best = _honest(f"{measure}_sharpness", best - loss, loss, best, objective)
+    return Sharpness(measure, value, loss, best, config)
 
 
 def asam_sharpness(model: nn.Module, data: Data, rho: float = 0.5, eta: float = 0.01, **options: Any) -> Sharpness:
@@ -330,6 +391,8 @@ def m_sharpness(
         "n_left_out": len(targets) - k * m,
         "per_batch": values.tolist(),
         "evaluations": sum(r.config["evaluations"] for r in results),
+        "n_nonfinite": sum(r.config["n_nonfinite"] for r in results),
+        "n_ignored_targets": sum(r.config["n_ignored_targets"] for r in results),
     }
     loss = float(np.mean([r.loss for r in results]))
     perturbed = float(np.mean([r.perturbed_loss for r in results]))

@@ -8,8 +8,11 @@ With :math:`\theta_0` the origin and :math:`d_1, d_2` directions, the 2D surface
 
 stored as ``loss[i, j]`` at ``(alphas[i], betas[j])`` (Li et al. 2018, Eq. 1); the 1D interpolation of Goodfellow et
 al. is :math:`g(\alpha) = L((1 - \alpha)\theta_a + \alpha\theta_b)`. Every point is evaluated with the model in eval
-mode; BatchNorm uses its saved running statistics (``bn="saved"``, default) or statistics re-estimated at every point
-on a few training batches (``bn="recompute"``); the policy is recorded in the result's config. Work runs in chunks
+mode unless the caller asks for ``mode="train"`` (batch statistics, dropout); BatchNorm uses its saved running
+statistics (``bn="saved"``, default for slices around one model) or statistics re-estimated at every point on a few
+training batches (``bn="recompute"``, default for the interpolation between two models that have BatchNorm layers,
+whose running statistics belong to neither end); mode and policy are recorded in the result's config. The accuracy
+at a point whose loss is NaN is NaN. Work runs in chunks
 (:class:`landscape._grid.SurfaceJob`): batched with ``vmap`` by default, by the plain loop with ``method="loop"``,
 resumable through ``cache_dir``. Non-finite losses are stored as they come (NaN or inf) and counted in the config.
 With ``distributed=True`` under ``torchrun`` the chunks are dealt round robin over the ranks
@@ -38,6 +41,7 @@ import pandas as pd
 from torch import Tensor, nn
 
 from landscape._data import Data, named_parameters
+from landscape._evaluation import batchnorm_modules
 from landscape._grid import SurfaceJob
 from landscape.directions import cosine_similarity, model_direction
 from landscape.distributed import evaluate_job, world_size
@@ -157,7 +161,19 @@ def _run(
         "world_size": world_size() if distributed else 1,
         "n_nonfinite": int((~np.isfinite(loss)).sum()),
     }
+    acc = np.where(np.isnan(loss), np.nan, acc)  # no accuracy beside a loss that could not be computed
     return Surface(alphas, betas, loss, acc, config)
+
+
+def _warn_zero(directions: Sequence[Mapping[str, Tensor]]) -> None:
+    """Warn about a direction that is zero everywhere: the surface is constant along it."""
+    for k, direction in enumerate(directions):
+        if not any(bool(t.any()) for t in direction.values()):
+            warnings.warn(
+                f"direction {k} is zero: the loss is constant along it (identical models, or a zero direction)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 def _coords(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
@@ -185,11 +201,12 @@ def surface_1d(
         alphas: coordinates.
         origin: parameters at :math:`\alpha = 0` (default: the model's trainable parameters).
         distributed: split the chunks over the ranks of the default process group (no effect in one process).
-        **options: ``loss_fn, accuracy_fn, method, bn, bn_data, bn_batches, batch_size, chunk_size, cache_dir,
+        **options: ``loss_fn, accuracy_fn, method, mode, bn, bn_data, bn_batches, batch_size, chunk_size, cache_dir,
             first_layer_trick, progress`` as in :class:`landscape._grid.SurfaceJob`.
     """
     alphas = _coords(alphas, "alphas")
     job = SurfaceJob(model, data, [direction], alphas[:, None], origin=origin, **options)
+    _warn_zero(job.directions)
     return _run(job, alphas, None, {"kind": "surface_1d"}, distributed)
 
 
@@ -204,8 +221,10 @@ def interpolate_1d(
 ) -> Surface:
     r"""Loss and accuracy along :math:`(1 - \alpha)\theta_a + \alpha\theta_b` (Goodfellow et al. 2015).
 
-    ``theta_a`` and ``theta_b`` are models or dicts holding every trainable parameter of ``model`` (buffers such as
-    BatchNorm statistics come from ``model`` itself, or are re-estimated with ``bn="recompute"``).
+    ``theta_a`` and ``theta_b`` are models or dicts holding every trainable parameter of ``model``. When ``model``
+    has BatchNorm layers with running statistics, they are re-estimated at every point on the data (``bn="recompute"``
+    with ``bn_data``/``bn_batches`` as in :class:`landscape._grid.SurfaceJob`), since the statistics of either end do
+    not describe the interpolated weights; ``bn="saved"`` keeps ``model``'s own buffers and says so in the config.
 
     Args:
         model: the network whose architecture evaluates the points (restored exactly afterwards).
@@ -220,7 +239,10 @@ def interpolate_1d(
     a = {n: t for n, t in _as_params(theta_a).items() if n in names}
     b = {n: t for n, t in _as_params(theta_b).items() if n in names}
     alphas = _coords(alphas, "alphas")
+    if batchnorm_modules(model) and options.get("mode", "eval") == "eval":
+        options.setdefault("bn", "recompute")
     job = SurfaceJob(model, data, [model_direction(a, b)], alphas[:, None], origin=a, **options)
+    _warn_zero(job.directions)
     return _run(job, alphas, None, {"kind": "interpolate_1d"}, distributed)
 
 
@@ -267,5 +289,6 @@ def surface_2d(
     grid_a, grid_b = np.meshgrid(alphas, betas, indexing="ij")
     coords = np.stack([grid_a.ravel(), grid_b.ravel()], axis=1)
     job = SurfaceJob(model, data, directions, coords, origin=origin, **options)
+    _warn_zero(job.directions)
     cosine = cosine_similarity(directions[0], directions[1])
     return _run(job, alphas, betas, {"kind": "surface_2d", "cosine": cosine}, distributed)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from torch import Tensor
 from torch.optim import Optimizer
+
+from optim._checks import Check, check_group
 
 GLOBAL = "global"
 """Key of the wrapper's whole-model quantities in its ``state`` (next to the per-parameter entries)."""
@@ -19,12 +22,16 @@ class Wrapper(Optimizer):
     ``param_groups`` is the base optimizer's list, so ``zero_grad``, LR schedulers and per-group overrides act
     on the base. The wrapper's switches are put into each group with ``setdefault`` under prefixed keys
     (``sam_rho``, ``xgrad_steps``, ...), so a group may override them and the base's ``state_dict`` restores
-    them. ``state_dict()`` holds the wrapper's own state plus the base's under ``"base_optimizer"``.
+    them. ``state_dict()`` holds the wrapper's own state plus the base's under ``"base_optimizer"``. The switches
+    pass the checks of ``HYPERPARAMETERS`` (see :mod:`optim._checks`) in the defaults and in every group.
     """
+
+    HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {}
 
     def __init__(self, base_optimizer: Optimizer, defaults: dict[str, Any]) -> None:
         if not isinstance(base_optimizer, Optimizer):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer).__name__}")
+        check_group(defaults, self.HYPERPARAMETERS)
         self.base_optimizer = base_optimizer
         super().__init__(base_optimizer.param_groups, defaults)
 
@@ -40,15 +47,12 @@ class Wrapper(Optimizer):
             raise AttributeError("a wrapper's param_groups are its base optimizer's; change those instead")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to the base optimizer (if it is not there yet) and fill in the wrapper's defaults."""
+        """Check the group's switches, add it to the base optimizer (if not there yet), fill in the defaults."""
+        check_group(param_group, self.HYPERPARAMETERS)
         if not any(param_group is group for group in self.base_optimizer.param_groups):
             self.base_optimizer.add_param_group(param_group)
         for name, default in self.defaults.items():
             param_group.setdefault(name, default)
-        self._check_group(param_group)
-
-    def _check_group(self, group: dict[str, Any]) -> None:
-        """Validate the wrapper's switches of one group (subclasses raise ``ValueError``)."""
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from optim._checks import check_betas, check_bool, check_nonnegative, check_positive, evaluate
+from optim._checks import Check, Checked, check_betas, check_bool, check_nonnegative, check_positive, evaluate
 from optim._state import adam_group
 from optim.radam import rectification
 
@@ -60,7 +59,7 @@ def adabelief(
     return rectified
 
 
-class AdaBelief(Optimizer):
+class AdaBelief(Checked):
     r"""AdaBelief: the step is large where the gradient agrees with its prediction m, small where it does not.
 
     γ, β₁, β₂, ε, λ are ``lr``, ``betas``, ``eps``, ``weight_decay``; t counts steps from 1.
@@ -97,6 +96,15 @@ class AdaBelief(Optimizer):
     NeurIPS 2020, Algorithm 2.
     """
 
+    HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {
+        "lr": check_nonnegative,
+        "betas": check_betas,
+        "eps": check_positive,
+        "weight_decay": check_nonnegative,
+        "decoupled": check_bool,
+        "rectify": check_bool,
+    }
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -107,12 +115,6 @@ class AdaBelief(Optimizer):
         decoupled: bool = True,
         rectify: bool = False,
     ) -> None:
-        check_nonnegative("lr", lr)
-        check_betas(betas)
-        check_positive("eps", eps)
-        check_nonnegative("weight_decay", weight_decay)
-        check_bool("decoupled", decoupled)
-        check_bool("rectify", rectify)
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, decoupled=decoupled, rectify=rectify
         )

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from optim._checks import check_betas, check_nonnegative, check_positive, evaluate
+from optim._checks import Check, Checked, check_betas, check_count, check_nonnegative, check_positive, evaluate
 from optim._state import adam_group
 
 __all__ = ["Adam2k", "adam2k"]
@@ -39,7 +38,7 @@ def adam2k(
         param.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(eps), value=-step_size)
 
 
-class Adam2k(Optimizer):
+class Adam2k(Checked):
     r"""Adam-2k: v is warmed up for k steps before m and θ move.
 
     γ, β₁, β₂, ε, k are ``lr``, ``betas``, ``eps``, ``freeze_steps``; t counts every step from 1.
@@ -72,6 +71,13 @@ class Adam2k(Optimizer):
     Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020, Sec. 3.
     """
 
+    HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {
+        "lr": check_nonnegative,
+        "betas": check_betas,
+        "eps": check_positive,
+        "freeze_steps": check_count,
+    }
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -80,11 +86,6 @@ class Adam2k(Optimizer):
         eps: float = 1e-8,
         freeze_steps: int = 2000,
     ) -> None:
-        check_nonnegative("lr", lr)
-        check_betas(betas)
-        check_positive("eps", eps)
-        if not (isinstance(freeze_steps, int) and freeze_steps >= 0):
-            raise ValueError(f"Invalid freeze_steps: {freeze_steps} (must be an int >= 0)")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, freeze_steps=freeze_steps))
 
     @torch.no_grad()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from optim._checks import check_betas, check_bool, check_nonnegative, check_positive, evaluate
+from optim._checks import Check, Checked, check_betas, check_bool, check_nonnegative, check_positive, evaluate
 from optim._state import adam_group
 
 __all__ = ["AdaM3", "adam3"]
@@ -45,7 +44,7 @@ def adam3(
         param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
 
-class AdaM3(Optimizer):
+class AdaM3(Checked):
     r"""AdaM3: "momentum the second moment"; early steps are close to :math:`γ/(1-β_1)` per coordinate.
 
     γ, β₁, β₂, ε, λ are ``lr``, ``betas``, ``eps``, ``weight_decay``; t counts steps from 1.
@@ -77,6 +76,14 @@ class AdaM3(Optimizer):
     (AdaM3, arXiv:2110.05454), Algorithm 1.
     """
 
+    HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {
+        "lr": check_nonnegative,
+        "betas": check_betas,
+        "eps": check_positive,
+        "weight_decay": check_nonnegative,
+        "decoupled": check_bool,
+    }
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -86,11 +93,6 @@ class AdaM3(Optimizer):
         weight_decay: float = 0,
         decoupled: bool = True,
     ) -> None:
-        check_nonnegative("lr", lr)
-        check_betas(betas)
-        check_positive("eps", eps)
-        check_nonnegative("weight_decay", weight_decay)
-        check_bool("decoupled", decoupled)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, decoupled=decoupled)
         super().__init__(params, defaults)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from optim._checks import check_betas, check_bool, check_nonnegative, check_positive, evaluate
+from optim._checks import Check, Checked, check_betas, check_bool, check_nonnegative, check_positive, evaluate
 from optim._projection import Projection, radial_view, remove_radial
 from optim._state import adam_group
 
@@ -66,7 +65,7 @@ def adamp(
     return projections
 
 
-class AdamP(Optimizer):
+class AdamP(Checked):
     r"""AdamP: Adam whose update loses its radial component on scale-invariant weights.
 
     γ, β₁, β₂, ε, λ, δ are ``lr``, ``betas``, ``eps``, ``weight_decay``, ``delta``; t counts steps from 1.
@@ -111,6 +110,16 @@ class AdamP(Optimizer):
     Weights", ICLR 2021, Algorithm 2.
     """
 
+    HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {
+        "lr": check_nonnegative,
+        "betas": check_betas,
+        "eps": check_positive,
+        "weight_decay": check_nonnegative,
+        "delta": check_positive,
+        "wd_ratio": check_nonnegative,
+        "nesterov": check_bool,
+    }
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -122,13 +131,6 @@ class AdamP(Optimizer):
         wd_ratio: float = 0.1,
         nesterov: bool = False,
     ) -> None:
-        check_nonnegative("lr", lr)
-        check_betas(betas)
-        check_positive("eps", eps)
-        check_nonnegative("weight_decay", weight_decay)
-        check_positive("delta", delta)
-        check_nonnegative("wd_ratio", wd_ratio)
-        check_bool("nesterov", nesterov)
         defaults = dict(
             lr=lr,
             betas=tuple(betas),

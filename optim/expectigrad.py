@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from optim._checks import check_bool, check_nonnegative, check_positive, check_unit_interval, evaluate
+from optim._checks import Check, Checked, check_bool, check_nonnegative, check_positive, check_unit_interval, evaluate
 
 __all__ = ["Expectigrad", "expectigrad"]
 
@@ -51,7 +50,7 @@ def expectigrad(
             param.add_(exp_avg, alpha=-lr / (1 - beta**step))
 
 
-class Expectigrad(Optimizer):
+class Expectigrad(Checked):
     r"""Expectigrad: the denominator is the mean of all squared gradients seen where the coordinate was active.
 
     γ, β, ε are ``lr``, ``beta``, ``eps``; t counts steps from 1.
@@ -86,6 +85,13 @@ class Expectigrad(Optimizer):
     arXiv:2010.01356, Algorithm 1.
     """
 
+    HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {
+        "lr": check_nonnegative,
+        "beta": check_unit_interval,
+        "eps": check_positive,
+        "sparse_counter": check_bool,
+    }
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -94,10 +100,6 @@ class Expectigrad(Optimizer):
         eps: float = 1e-8,
         sparse_counter: bool = True,
     ) -> None:
-        check_nonnegative("lr", lr)
-        check_unit_interval("beta", beta)
-        check_positive("eps", eps)
-        check_bool("sparse_counter", sparse_counter)
         super().__init__(params, dict(lr=lr, beta=beta, eps=eps, sparse_counter=sparse_counter))
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:

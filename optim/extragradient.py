@@ -24,7 +24,9 @@ class ExtraGradient(Wrapper):
 
     Both half steps go through the base optimizer, so its state (momentum, moments, step count) is updated
     twice per step, as in Gidel et al.'s ExtraSGD/ExtraAdam. ``step(closure)`` runs the closure at θ
-    (its loss is returned), extrapolates, runs the closure at θ̃, restores θ by copy and steps again.
+    (its loss is returned), extrapolates, runs the closure at θ̃, restores θ by copy and steps again. If the
+    closure raises at θ̃, θ is restored bit for bit before the exception propagates (the base optimizer's state
+    keeps the extrapolation's update, as it would in a hand-written loop).
     Hand-written loops call ``extrapolate()`` after a backward at θ, compute gradients at θ̃, then ``step()``.
 
     Args:
@@ -69,13 +71,22 @@ class ExtraGradient(Wrapper):
         if closure is not None:
             loss = evaluate(closure)
             self.extrapolate()
-            evaluate(closure)
-        points = [(p, self.state[p].pop("point", None)) for group in self.param_groups for p in group["params"]]
-        if all(point is None for _, point in points):
+            try:
+                evaluate(closure)
+            except BaseException:
+                self._restore()
+                raise
+        if not self._restore():
             raise RuntimeError("ExtraGradient.step() without a closure needs extrapolate() first")
         with torch.no_grad():
-            for p, point in points:
-                if point is not None:
-                    p.copy_(point)
             self.base_optimizer.step()
         return loss
+
+    @torch.no_grad()
+    def _restore(self) -> bool:
+        """Put back θ saved by ``extrapolate()``; return whether anything was saved."""
+        points = [(p, self.state[p].pop("point", None)) for group in self.param_groups for p in group["params"]]
+        for p, point in points:
+            if point is not None:
+                p.copy_(point)
+        return any(point is not None for _, point in points)

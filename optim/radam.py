@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from optim._checks import check_betas, check_bool, check_choice, check_nonnegative, check_positive, evaluate
+from optim._checks import (
+    Check,
+    Checked,
+    check_at_least,
+    check_betas,
+    check_bool,
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    evaluate,
+)
 from optim._state import adam_group
 
 __all__ = ["RAdam", "radam", "rectification"]
@@ -80,7 +89,7 @@ def radam(
     return rectified
 
 
-class RAdam(Optimizer):
+class RAdam(Checked):
     r"""Rectified Adam; with the defaults it computes exactly what ``torch.optim.RAdam`` computes.
 
     γ, β₁, β₂, ε, λ are ``lr``, ``betas``, ``eps``, ``weight_decay``; τ is ``threshold``; t counts steps from 1.
@@ -121,6 +130,16 @@ class RAdam(Optimizer):
     Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020, Algorithm 2.
     """
 
+    HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {
+        "lr": check_nonnegative,
+        "betas": check_betas,
+        "eps": check_positive,
+        "weight_decay": check_nonnegative,
+        "decoupled_weight_decay": check_bool,
+        "threshold": check_at_least(4.0, "where r_t is defined"),
+        "degenerate": check_choice(("sgd", "skip")),
+    }
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -132,14 +151,6 @@ class RAdam(Optimizer):
         threshold: float = 5.0,
         degenerate: str = "sgd",
     ) -> None:
-        check_nonnegative("lr", lr)
-        check_betas(betas)
-        check_positive("eps", eps)
-        check_nonnegative("weight_decay", weight_decay)
-        check_bool("decoupled_weight_decay", decoupled_weight_decay)
-        if not (isinstance(threshold, (int, float)) and 4.0 <= threshold < math.inf):
-            raise ValueError(f"Invalid threshold: {threshold} (must be >= 4, where r_t is defined)")
-        check_choice("degenerate", degenerate, ("sgd", "skip"))
         defaults = dict(
             lr=lr,
             betas=tuple(betas),

@@ -2,6 +2,9 @@
 
 torch's own optimizers are reused, not rewritten. Wrapper entries (SAM, ASAM, XGrad, extragradient) name a
 base entry; ``make`` sends each override to the wrapper if its signature has it, else to the base optimizer.
+Every optimizer ``make`` builds refuses invalid hyperparameters with a ``ValueError`` naming the value, in its
+defaults and in every param group, also groups added later (see :mod:`optim._checks`); numpy scalars and
+one-element tensors are taken as the numbers they hold.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from torch import nn
 from torch import optim as torch_optim
 from torch.optim import Optimizer
 
-from optim._checks import as_params
+from optim._checks import TORCH_HYPERPARAMETERS, as_params, check_group, guard, plain
 from optim.adabelief import AdaBelief
 from optim.adam2k import Adam2k
 from optim.adam3 import AdaM3
@@ -124,10 +128,19 @@ def make(name: str, params_or_model: Any, **overrides: Any) -> Optimizer:
         ('SAM', 0.1, 0.1)
     """
     found = entry(name)
-    kwargs = {**found.defaults, **overrides}
+    kwargs = {**found.defaults, **{k: plain(v) for k, v in overrides.items()}}
+    if found.base is None and found.cls in TORCH_HYPERPARAMETERS:
+        try:
+            optimizer = found.cls(as_params(params_or_model), **kwargs)
+        except (TypeError, IndexError):  # torch fails on the kind of a value (a string, one beta): name it
+            check_group(dict(kwargs), TORCH_HYPERPARAMETERS[found.cls])
+            raise
+        return guard(optimizer)
     if found.base is None:
         return found.cls(as_params(params_or_model), **kwargs)
     own = set(_inspect.signature(found.cls).parameters) - {"base_optimizer"}
     wrapper_kwargs = {k: v for k, v in kwargs.items() if k in own}
+    if "model" in own and isinstance(params_or_model, nn.Module):
+        wrapper_kwargs.setdefault("model", params_or_model)  # SAM: BatchNorm statistics kept at the perturbed point
     base_kwargs = {k: v for k, v in kwargs.items() if k not in own}
     return found.cls(make(found.base, params_or_model, **base_kwargs), **wrapper_kwargs)

@@ -41,8 +41,7 @@ class CheckpointRepulsion:
     """
 
     def __init__(self, params: Iterable[Tensor] | Any, sigma: float = 1.0, strength: float = 1.0) -> None:
-        check_positive("sigma", sigma)
-        check_nonnegative("strength", strength)
+        sigma, strength = check_positive("sigma", sigma), check_nonnegative("strength", strength)
         self.params = list(as_params(params))
         if not self.params or not all(isinstance(p, Tensor) for p in self.params):
             raise TypeError("params must be a non-empty iterable of tensors or an nn.Module")
@@ -84,8 +83,8 @@ class CheckpointRepulsion:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore σ, s and the checkpoints (moved to the parameters' devices and dtypes)."""
-        check_positive("sigma", state_dict["sigma"])
-        check_nonnegative("strength", state_dict["strength"])
+        sigma = check_positive("sigma", state_dict["sigma"])
+        strength = check_nonnegative("strength", state_dict["strength"])
         checkpoints = []
         for checkpoint in state_dict["checkpoints"]:
             if len(checkpoint) != len(self.params):
@@ -93,6 +92,6 @@ class CheckpointRepulsion:
             checkpoints.append(
                 [c.detach().to(p.device, p.dtype).clone() for p, c in zip(self.params, checkpoint, strict=True)]
             )
-        self.sigma = float(state_dict["sigma"])
-        self.strength = float(state_dict["strength"])
+        self.sigma = float(sigma)
+        self.strength = float(strength)
         self.checkpoints = checkpoints

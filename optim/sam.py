@@ -2,16 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from typing import Any, ClassVar
 
 import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from optim._checks import check_bool, check_nonnegative, evaluate
+from optim._checks import Check, check_bool, check_nonnegative, evaluate
 from optim._wrapper import GLOBAL, Wrapper
 
-__all__ = ["SAM"]
+__all__ = ["SAM", "frozen_bn"]
+
+
+@contextmanager
+def frozen_bn(model: nn.Module) -> Iterator[None]:
+    """Within the block, forward passes leave the BatchNorm running statistics of ``model`` as they were.
+
+    The running mean, variance and batch count of every BatchNorm layer that tracks them are saved on entry and
+    copied back on exit (also on an exception), whatever the layer's ``momentum`` (``None``, the cumulative
+    average, included). Batch statistics still normalise the forward passes in training mode. SAM uses it for the
+    pass at the perturbed point, as users of the reference implementation do by setting the BatchNorm momenta to
+    zero for that pass.
+
+    Example:
+        >>> bn = nn.BatchNorm1d(2)
+        >>> with frozen_bn(bn):
+        ...     _ = bn(torch.randn(4, 2))
+        >>> bn.running_mean.tolist(), int(bn.num_batches_tracked)
+        ([0.0, 0.0], 0)
+    """
+    saved = [
+        (buffer, buffer.detach().clone())
+        for m in model.modules()
+        if isinstance(m, _BatchNorm) and m.track_running_stats
+        for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if buffer is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 def _stacked(norms: list[torch.Tensor]) -> torch.Tensor:
@@ -34,8 +69,17 @@ class SAM(Wrapper):
 
     The norm is global over all parameters (with each group's T). ``step(closure)`` evaluates the closure at w
     (its loss is returned), climbs to w + ε̂, evaluates the closure there, restores w by copy (not by
-    subtraction) and steps the base optimizer. ``first_step()``/``second_step()`` do the same for hand-written
-    loops (AMP, DDP). ``rho``, ``adaptive`` and ``eta`` go into every param group as ``sam_rho``,
+    subtraction) and steps the base optimizer; if the closure raises at w + ε̂, w is restored bit for bit before
+    the exception propagates (the base optimizer has not stepped). ``first_step()``/``second_step()`` do the same
+    for hand-written loops (AMP, DDP).
+
+    BatchNorm: given ``model``, ``step(closure)`` runs the pass at w + ε̂ inside :func:`frozen_bn`, so the running
+    statistics are those of the pass at w only, as users of the reference implementation expect (they set the
+    BatchNorm momenta to zero for the second pass). SAM is built from parameters, not a model, so without ``model``
+    it cannot know the BatchNorm layers and the second pass updates the statistics too; ``optim.make("sam", model)``
+    passes the model. Hand-written loops wrap their second forward in ``with frozen_bn(model):``.
+
+    ``rho``, ``adaptive`` and ``eta`` go into every param group as ``sam_rho``,
     ``sam_adaptive``, ``sam_eta`` (a group given its own values keeps them, e.g. ``sam_adaptive=False`` for
     biases, as the ASAM authors apply T only to weights).
 
@@ -44,6 +88,8 @@ class SAM(Wrapper):
         rho: ρ, radius of the neighbourhood. Default 0.05 (Foret et al. 2021); 0.5 for ASAM (Kwon et al. 2021).
         adaptive: ASAM's scale-invariant neighbourhood. Default False.
         eta: η of ASAM's T. Default 0.01 (Kwon et al. 2021).
+        model: the network whose parameters are optimised; its BatchNorm running statistics are kept unchanged
+            by the pass at w + ε̂ in ``step(closure)``. Default ``None`` (no BatchNorm handling).
 
     State: per parameter ``point`` (w, kept only between the two half steps) and ``e_norm`` (‖ε̂‖ of the
     tensor); under ``state["global"]``: ``e_norm`` (‖ε̂‖), ``grad_norm`` (‖∇L(w)‖₂), and with a closure
@@ -64,16 +110,24 @@ class SAM(Wrapper):
     Algorithm 1; Kwon et al., "ASAM: Adaptive Sharpness-Aware Minimization", ICML 2021, Eq. (8).
     """
 
-    def __init__(self, base_optimizer: Optimizer, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01):
-        check_nonnegative("rho", rho)
-        check_bool("adaptive", adaptive)
-        check_nonnegative("eta", eta)
-        super().__init__(base_optimizer, dict(sam_rho=rho, sam_adaptive=adaptive, sam_eta=eta))
+    HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {
+        "sam_rho": check_nonnegative,
+        "sam_adaptive": check_bool,
+        "sam_eta": check_nonnegative,
+    }
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        check_nonnegative("rho", group["sam_rho"])
-        check_bool("adaptive", group["sam_adaptive"])
-        check_nonnegative("eta", group["sam_eta"])
+    def __init__(
+        self,
+        base_optimizer: Optimizer,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        eta: float = 0.01,
+        model: nn.Module | None = None,
+    ) -> None:
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
+        super().__init__(base_optimizer, dict(sam_rho=rho, sam_adaptive=adaptive, sam_eta=eta))
+        self.model = model
 
     @torch.no_grad()
     def first_step(self) -> None:
@@ -104,13 +158,18 @@ class SAM(Wrapper):
         stats["grad_norm"] = grad_norms_stacked.norm().item()  # ‖∇L(w)‖₂ over all parameters
 
     @torch.no_grad()
-    def second_step(self) -> None:
-        """Restore w exactly and let the base optimizer step with the gradients taken at w + ε̂."""
+    def restore(self) -> None:
+        """Put back w saved by ``first_step()`` exactly (a no-op when nothing is saved)."""
         for group in self.param_groups:
             for p in group["params"]:
                 point = self.state[p].pop("point", None)
                 if point is not None:
                     p.copy_(point)
+
+    @torch.no_grad()
+    def second_step(self) -> None:
+        """Restore w exactly and let the base optimizer step with the gradients taken at w + ε̂."""
+        self.restore()
         self.base_optimizer.step()
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -123,7 +182,12 @@ class SAM(Wrapper):
             raise TypeError("SAM.step needs a closure (or use first_step() and second_step())")
         loss = evaluate(closure)
         self.first_step()
-        loss_perturbed = evaluate(closure)
+        try:
+            with frozen_bn(self.model) if self.model is not None else nullcontext():
+                loss_perturbed = evaluate(closure)
+        except BaseException:
+            self.restore()
+            raise
         self.second_step()
         if loss is not None and loss_perturbed is not None:
             stats = self.state[GLOBAL]

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from optim._checks import check_bool, check_nonnegative, check_positive, check_unit_interval, evaluate
+from optim._checks import (
+    Check,
+    Checked,
+    check_bool,
+    check_closed_unit_interval,
+    check_nonnegative,
+    check_positive,
+    check_unit_interval,
+    evaluate,
+)
 from optim._projection import Projection, radial_view, remove_radial
 
 __all__ = ["SGDP", "sgdp"]
@@ -51,7 +59,7 @@ def sgdp(
     return projections
 
 
-class SGDP(Optimizer):
+class SGDP(Checked):
     r"""SGDP: momentum SGD whose step loses its radial component on scale-invariant weights.
 
     γ, μ, τ, λ, δ are ``lr``, ``momentum``, ``dampening``, ``weight_decay``, ``delta``.
@@ -91,6 +99,22 @@ class SGDP(Optimizer):
     Weights", ICLR 2021, Algorithm 1.
     """
 
+    HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {
+        "lr": check_nonnegative,
+        "momentum": check_unit_interval,
+        "dampening": check_closed_unit_interval,
+        "weight_decay": check_nonnegative,
+        "nesterov": check_bool,
+        "eps": check_positive,
+        "delta": check_positive,
+        "wd_ratio": check_nonnegative,
+    }
+
+    def check_relations(self, group: Mapping[str, Any]) -> None:
+        """Nesterov momentum needs a momentum."""
+        if group["nesterov"] and group["momentum"] <= 0:
+            raise ValueError(f"Invalid nesterov: {group['nesterov']} (Nesterov momentum needs momentum > 0)")
+
     def __init__(
         self,
         params: Iterable[Any],
@@ -103,16 +127,6 @@ class SGDP(Optimizer):
         delta: float = 0.1,
         wd_ratio: float = 0.1,
     ) -> None:
-        check_nonnegative("lr", lr)
-        check_unit_interval("momentum", momentum)
-        check_unit_interval("dampening", dampening, closed=True)
-        check_nonnegative("weight_decay", weight_decay)
-        check_bool("nesterov", nesterov)
-        if nesterov and momentum <= 0:
-            raise ValueError(f"Invalid nesterov: {nesterov} (Nesterov momentum needs momentum > 0)")
-        check_positive("eps", eps)
-        check_positive("delta", delta)
-        check_nonnegative("wd_ratio", wd_ratio)
         defaults = dict(
             lr=lr,
             momentum=momentum,

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 
-from optim._checks import evaluate
+from optim._checks import Check, check_count, evaluate
 from optim._directions import direction
 from optim._wrapper import GLOBAL, Wrapper
 from optim.adabelief import AdaBelief
@@ -69,18 +69,13 @@ class XGrad(Wrapper):
     Algorithm 1.
     """
 
+    HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {"xgrad_steps": check_count}
+
     def __init__(self, base_optimizer: Optimizer, steps: int = 1) -> None:
         if type(base_optimizer) not in SUPPORTED:
             names = ", ".join(cls.__name__ for cls in SUPPORTED)
             raise TypeError(f"XGrad cannot predict for {type(base_optimizer).__name__}; supported: {names}")
-        if not (isinstance(steps, int) and steps >= 0):
-            raise ValueError(f"Invalid steps: {steps} (must be an int >= 0)")
         super().__init__(base_optimizer, dict(xgrad_steps=steps))
-
-    def _check_group(self, group: dict[str, Any]) -> None:
-        steps = group["xgrad_steps"]
-        if not (isinstance(steps, int) and steps >= 0):
-            raise ValueError(f"Invalid steps: {steps} (must be an int >= 0)")
 
     @contextmanager
     def predicted(self) -> Iterator[None]:

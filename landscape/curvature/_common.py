@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,19 +22,22 @@ class TorchOperator:
     """A torch-level view of a square operator that counts the applications made through it.
 
     A :class:`~landscape.curvature.operator.CurvatureOperator` is applied directly (its dtype, its device); any other
-    ``LinearOperator`` or array is applied through NumPy in float64.
+    ``LinearOperator`` or array is applied through NumPy in float64. ``mode`` is the curvature operator's
+    evaluation mode (``None`` for any other operator), recorded by the estimators.
     """
 
     def __init__(self, operator: Any) -> None:
         if isinstance(operator, CurvatureOperator):
             self.inner: Any = operator
             self.device, self.dtype = operator.device, operator.torch_dtype
+            self.mode: str | None = operator.mode
         else:
             try:
                 self.inner = aslinearoperator(operator)
             except TypeError as error:
                 raise TypeError(f"operator must be a LinearOperator or array, got {type(operator).__name__}") from error
             self.device, self.dtype = torch.device("cpu"), torch.float64
+            self.mode = None
         if len(self.inner.shape) != 2 or self.inner.shape[0] != self.inner.shape[1]:
             raise ValueError(f"operator must be square, got shape {self.inner.shape}")
         self.n = int(self.inner.shape[0])
@@ -41,14 +45,26 @@ class TorchOperator:
         self.on_apply: Callable[[int], Any] | None = None  # e.g. a progress bar's update
 
     def apply(self, vectors: Tensor) -> Tensor:
-        """Apply the operator to the columns of an ``(n, k)`` tensor (``k`` applications)."""
+        """Apply the operator to the columns of an ``(n, k)`` tensor (``k`` applications).
+
+        Raises:
+            FloatingPointError: a product is not finite (e.g. the loss or its curvature is not finite at the
+                parameters): no estimate built on it could be trusted.
+        """
         self.applications += vectors.shape[1]
         if self.on_apply is not None:
             self.on_apply(vectors.shape[1])
         if isinstance(self.inner, CurvatureOperator):
-            return self.inner.apply(vectors)
-        result = self.inner.matmat(vectors.detach().cpu().numpy().astype(np.float64))
-        return torch.as_tensor(np.asarray(result), dtype=self.dtype).reshape(vectors.shape)
+            result = self.inner.apply(vectors)
+        else:
+            result = self.inner.matmat(vectors.detach().cpu().numpy().astype(np.float64))
+            result = torch.as_tensor(np.asarray(result), dtype=self.dtype).reshape(vectors.shape)
+        if not bool(torch.isfinite(result).all()):
+            raise FloatingPointError(
+                "the operator returned non-finite values (is the loss finite at these parameters?); "
+                "no curvature estimate can be built on them"
+            )
+        return result
 
     def as_scipy(self) -> LinearOperator:
         """A float64 ``LinearOperator`` applying (and counting) through this view, e.g. for ``eigsh``."""
@@ -135,8 +151,14 @@ def eigen_result(
         residuals = torch.linalg.vector_norm(operator.apply(vectors) - vectors * values, dim=0)
     else:
         residuals = torch.as_tensor(residuals, dtype=operator.dtype, device=values.device)[order.to(values.device)]
+    if not bool(values.any()):
+        warnings.warn(
+            f"{method}: the operator maps every vector tried to zero (e.g. a zero Hessian); eigenvalues 0",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     scale = values.abs().max().clamp_min(torch.finfo(values.dtype).tiny)
-    config = {**config, "residual_tol": residual_tol}
+    config = {**config, "residual_tol": residual_tol, "mode": operator.mode}
     return EigenResult(
         eigenvalues=values.detach().cpu().numpy(),
         eigenvectors=vectors.detach().cpu().numpy(),

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from landscape._data import Data, as_batches, model_device, named_parameters
+from landscape._evaluation import MODES, evaluation_mode
 from landscape.distributed import all_reduce_sum, shard_batches
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -35,8 +36,8 @@ class CurvatureOperator(LinearOperator):
     """Common bookkeeping of the curvature operators: parameters, data, flat vectors, counting, NumPy/torch dispatch.
 
     Args:
-        model: the network; its trainable parameters at construction time define the point of evaluation. The model
-            is called in its current mode (use ``model.eval()`` for dropout-free curvature) and is never modified.
+        model: the network; its trainable parameters at construction time define the point of evaluation. It is
+            never modified (its modes are put back after every application).
         loss_fn: ``loss_fn(outputs, targets)``, a mean over the batch.
         data: a pair ``(inputs, targets)`` or an iterable of pairs.
         dtype: computation dtype (e.g. ``torch.float64``); parameters, buffers and floating inputs are cast to it.
@@ -45,6 +46,9 @@ class CurvatureOperator(LinearOperator):
         distributed: data parallel over the ranks of the default process group: pass the same ``data`` on every
             rank; each keeps its shard and every application all-reduces. Every rank must make the same
             applications (estimators with the same seed do). No effect in a single process.
+        mode: ``"eval"`` (default: BatchNorm running statistics, no dropout) or ``"train"`` (batch statistics,
+            dropout): the mode the model is in during every application, whatever its own mode; the estimators
+            record it in their results' config.
     """
 
     def __init__(
@@ -55,7 +59,10 @@ class CurvatureOperator(LinearOperator):
         dtype: torch.dtype | None = None,
         batch_size: int | None = None,
         distributed: bool = False,
+        mode: str = "eval",
     ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"Invalid mode: {mode!r} (expected one of {MODES})")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
@@ -68,6 +75,7 @@ class CurvatureOperator(LinearOperator):
         if not params:
             raise ValueError("model has no trainable parameter")
         self.model = model
+        self.mode = mode
         self.loss_fn = loss_fn
         self.device = model_device(model)
         self.torch_dtype = dtype or next(iter(params.values())).dtype
@@ -116,7 +124,10 @@ class CurvatureOperator(LinearOperator):
         if vectors.ndim != 2 or vectors.shape[0] != self.shape[0]:
             raise ValueError(f"vectors must have shape ({self.shape[0]}, k), got {tuple(vectors.shape)}")
         vectors = vectors.to(device=self.device, dtype=self.torch_dtype)
-        with torch.autocast(self.device.type, enabled=False):  # never mixed precision, even inside a caller's autocast
+        with (
+            torch.autocast(self.device.type, enabled=False),  # never mixed precision, even inside a caller's autocast
+            evaluation_mode(self.model, self.mode),
+        ):
             total, count = self.shard_sum(vectors)
         if self.distributed:
             total, count = all_reduce_sum(total, count)

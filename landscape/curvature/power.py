@@ -35,7 +35,9 @@ def power_iteration_eigenpairs(
     (Yao et al. 2020, PyHessian ``hessian.eigenvalues``: defaults ``max_iter = 100``, ``tol = 1e-3``). The stopping rule
     watches the Rayleigh quotient only, so a slow start (small eigengap, or a start vector nearly orthogonal to the top
     eigenvector) can stop on a value between two eigenvalues; ``residuals``/``converged`` expose that, and
-    ``config["iterations"]`` lists the iterations per pair (``max_iter`` means the rule never fired).
+    ``config["iterations"]`` lists the iterations per pair (``max_iter`` means the rule never fired). An iterate
+    with :math:`Hv = 0` is an eigenvector of eigenvalue 0 and ends its pair (a zero Hessian gives 0, converged, with
+    a warning).
 
     Args:
         operator: a :class:`~landscape.curvature.operator.CurvatureOperator`, a ``LinearOperator`` or a symmetric array.
@@ -78,7 +80,11 @@ def power_iteration_eigenpairs(
             v = v / torch.linalg.vector_norm(v)
             hv = view.apply(v[:, None])[:, 0]
             new_value = float(v @ hv)
-            v = hv / torch.linalg.vector_norm(hv)
+            norm = torch.linalg.vector_norm(hv)
+            if norm == 0:  # Hv = 0: v is an eigenvector of eigenvalue 0 (e.g. a zero Hessian)
+                value = 0.0
+                break
+            v = hv / norm
             if value is not None and abs(value - new_value) / (abs(value) + 1e-6) < tol:
                 break
             value = new_value

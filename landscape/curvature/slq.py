@@ -149,5 +149,5 @@ def slq_density(
     grid = np.asarray(grid, dtype=np.float64)
     kernel = np.exp(-((grid[:, None] - nodes[None, :]) ** 2) / (2 * sigma**2)) / (np.sqrt(2 * np.pi) * sigma)
     density = kernel @ weights / probes
-    config = {"probes": probes, "steps": steps, "sigma": sigma, "num_grid": len(grid)}
+    config = {"probes": probes, "steps": steps, "sigma": sigma, "num_grid": len(grid), "mode": view.mode}
     return SpectralDensity(probe_index, nodes, weights, grid, density, view.n, view.applications, config)

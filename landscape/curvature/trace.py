@@ -135,6 +135,7 @@ def hutchinson_trace(
     samples = _probe_until(view, rng(seed), max_applications, 0.0, None, targets, progress, "hutchinson")
     se = float(np.std(samples, ddof=1) / np.sqrt(len(samples))) if len(samples) > 1 else float("nan")
     config = {"max_applications": max_applications, "atol": atol, "rtol": rtol, "min_samples": min_samples}
+    config["mode"] = view.mode
     return TraceResult(float(np.mean(samples)), se, view.applications, samples, "hutchinson", config)
 
 
@@ -203,5 +204,6 @@ def hutchpp_trace(
         "rtol": rtol,
         "min_samples": min_samples,
         "low_rank_trace": low_rank,
+        "mode": view.mode,
     }
     return TraceResult(low_rank + float(np.mean(samples)), se, view.applications, samples, "hutch++", config)

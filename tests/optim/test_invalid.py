@@ -1,5 +1,8 @@
 """Every invalid hyperparameter raises a ValueError (TypeError for a wrong kind) whose message names it."""
 
+import inspect
+
+import numpy as np
 import pytest
 import torch
 
@@ -97,3 +100,114 @@ def test_repulsion_and_registry_reject_bad_input():
         optim.CheckpointRepulsion([w], strength=-1.0)
     with pytest.raises(ValueError, match="'nadam'"):
         optim.make("nadam", [w])
+
+
+# Registry-driven: every entry, every hyperparameter of its constructor named below, every invalid value, given as a
+# keyword to make, in a constructor param group and in a group added later. The values are invalid for every
+# optimizer that has the keyword (e.g. rho: SAM's radius and Adadelta's decay both refuse -0.1, NaN and inf).
+NAN, INF = float("nan"), float("inf")
+INVALID_VALUES = {
+    "lr": [-1.0, NAN, INF, -INF],
+    "eps": [0.0, -1e-8, NAN, INF],
+    "weight_decay": [-0.1, NAN, INF],
+    "momentum": [-0.1, 1.0, NAN, INF],
+    "dampening": [-0.1, 1.5, NAN],
+    "betas": [(1.0, 0.999), (0.9, 1.0), (-0.1, 0.999), (NAN, 0.999), (0.9, NAN), (0.9,)],
+    "alpha": [-0.1, 1.0, NAN],
+    "rho": [-0.1, NAN, INF],
+    "eta": [-0.01, NAN, INF],
+    "lr_decay": [-1.0, NAN],
+    "initial_accumulator_value": [-1.0, NAN],
+    "freeze_steps": [-1, 2.5, NAN],
+    "threshold": [3.9, NAN, INF],
+    "delta": [0.0, -0.1, NAN],
+    "wd_ratio": [-0.1, NAN, INF],
+    "beta": [1.0, -0.1, NAN],
+    "steps": [-1, 1.5, NAN],
+    "degenerate": ["adam"],
+}
+for _flag in (
+    "amsgrad",
+    "nesterov",
+    "decoupled",
+    "rectify",
+    "centered",
+    "sparse_counter",
+    "decoupled_weight_decay",
+    "adaptive",
+    "maximize",
+):
+    INVALID_VALUES[_flag] = ["yes", None]
+# torch's messages where torch checks; the group key of a wrapper's own switch
+TORCH_WORDS = {"lr": "learning rate", "eps": "epsilon", "betas": "beta"}
+PREFIX = {optim.SAM: "sam_", optim.XGrad: "xgrad_"}
+
+
+def _keywords(name):
+    """(keyword, group key) of every hyperparameter of the entry (and of its base) that INVALID_VALUES covers."""
+    found = optim.registry.entry(name)
+    out = [(k, PREFIX.get(found.cls, "") + k) for k in inspect.signature(found.cls).parameters if k in INVALID_VALUES]
+    if found.base is not None:
+        own = {k for k, _ in out}
+        out += [(k, g) for k, g in _keywords(found.base) if k not in own]
+    return out
+
+
+REGISTRY_CASES = [
+    (name, keyword, key, value)
+    for name in optim.names()
+    for keyword, key in _keywords(name)
+    for value in INVALID_VALUES[keyword]
+]
+
+
+def _match(keyword):
+    words = [keyword, TORCH_WORDS.get(keyword, keyword)]
+    if keyword == "nesterov":
+        words.append("Nesterov")
+    return "|".join(words)
+
+
+@pytest.mark.parametrize(("name", "keyword", "key", "value"), REGISTRY_CASES)
+def test_every_entry_refuses_every_invalid_value_in_kwargs_groups_and_added_groups(name, keyword, key, value):
+    w1, w2 = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=_match(keyword)):
+        optim.make(name, [w1], **{keyword: value})
+    with pytest.raises(ValueError, match=keyword):
+        optim.make(name, [{"params": [w1]}, {"params": [w2], key: value}])
+    opt = optim.make(name, [w1])
+    with pytest.raises(ValueError, match=keyword):
+        opt.add_param_group({"params": [w2], key: value})
+    assert len(opt.param_groups) == 1  # the refused group was not added
+
+
+def test_registry_cases_cover_every_entry_and_torch_gaps():
+    covered = {name for name, *_ in REGISTRY_CASES}
+    assert covered == set(optim.names())
+    assert ("momentum", "momentum", "momentum", 1.0) in REGISTRY_CASES  # torch's SGD lets momentum = 1 through
+    assert ("adam", "eps", "eps", 0.0) in REGISTRY_CASES  # torch's Adam lets eps = 0 through
+    assert len(REGISTRY_CASES) > 300
+
+
+@pytest.mark.parametrize("name", optim.names())
+@pytest.mark.parametrize("kind", ["numpy", "tensor"])
+def test_numpy_scalars_and_one_element_tensors_are_numbers(name, kind):
+    def number(x):
+        return np.float32(x) if kind == "numpy" else torch.tensor(x)
+
+    w1, w2 = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = optim.make(name, [w1], lr=number(0.5))
+    opt.add_param_group({"params": [w2], "lr": number(0.25)})
+    lrs = [group["lr"] for group in opt.param_groups]
+    assert lrs == [0.5, 0.25]
+    assert all(type(lr) is float for lr in lrs)
+    grouped = optim.make(name, [{"params": [w1], "lr": number(0.5)}], lr=0.1)
+    assert type(grouped.param_groups[0]["lr"]) is float
+
+
+def test_torch_checks_keep_torch_messages():
+    w = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="Invalid learning rate: -1.0"):
+        optim.make("adam", [w], lr=-1.0)
+    with pytest.raises(ValueError, match=r"Invalid lr: inf \(must be a finite number >= 0\)"):
+        optim.make("adam", [w], lr=float("inf"))  # torch lets inf through
