@@ -42,10 +42,19 @@ import pandas as pd
 import torch
 from scipy.optimize import Bounds, minimize
 from torch import Tensor, nn
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from landscape._data import Data, as_batches, model_device, named_parameters
+from landscape._data import (
+    Data,
+    ForwardFn,
+    as_batches,
+    batch_length,
+    functional_run,
+    head,
+    map_tensors,
+    model_device,
+    named_parameters,
+)
 from landscape._evaluation import LossFn, batches_to, flatten, function_name, preserved_state, unflatten
 
 
@@ -77,12 +86,20 @@ class Sharpness:
 class _Objective:
     """Loss of the model on fixed batches as a function of a flat parameter vector, with its gradient."""
 
-    def __init__(self, model: nn.Module, data: Data, loss_fn: LossFn | None, batch_size: int | None) -> None:
-        self.model = model
-        self.batches = batches_to(as_batches(data, batch_size), model_device(model))
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Data,
+        loss_fn: LossFn | None,
+        batch_size: int | None,
+        forward_fn: ForwardFn | None = None,
+    ) -> None:
+        self.model, self.forward_fn = model, forward_fn
+        self.batches = batches_to(as_batches(data, batch_size, forward_fn), model_device(model))
         self.params = {n: p.detach().clone() for n, p in named_parameters(model).items()}
         self.loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
-        self.total = sum(len(y) for _, y in self.batches)
+        self.sizes = [batch_length(b, forward_fn) for b in self.batches]
+        self.total = sum(self.sizes)
         self.evaluations = 0
 
     def __call__(self, vector: Tensor, grad: bool = False) -> tuple[float, Tensor | None]:
@@ -90,8 +107,9 @@ class _Objective:
         params = unflatten(vector, self.params)
         loss = 0.0
         with torch.set_grad_enabled(grad):
-            for x, y in self.batches:
-                loss = loss + self.loss_fn(functional_call(self.model, params, (x,)), y) * (len(y) / self.total)
+            for batch, size in zip(self.batches, self.sizes, strict=True):
+                outputs, targets = functional_run(self.model, params, batch, self.forward_fn)
+                loss = loss + self.loss_fn(outputs, targets) * (size / self.total)
         self.evaluations += 1
         if not grad:
             return float(loss), None
@@ -108,6 +126,7 @@ def epsilon_sharpness(
     loss_fn: LossFn | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    forward_fn: ForwardFn | None = None,
 ) -> Sharpness:
     r"""Keskar et al.'s sharpness :math:`\phi_{x,f}(\epsilon, A)` in the full space or a random subspace.
 
@@ -121,6 +140,7 @@ def epsilon_sharpness(
         loss_fn: mean loss of a batch (default cross-entropy).
         batch_size: split a single pair into batches of this size.
         seed: seeds :math:`A` and the starting point.
+        forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` for models with their own calling convention.
 
     Example:
         >>> class Bowl(nn.Module):
@@ -141,7 +161,7 @@ def epsilon_sharpness(
         raise ValueError(f"Invalid maxiter: {maxiter}")
     with preserved_state(model):
         model.eval()
-        objective = _Objective(model, data, loss_fn, batch_size)
+        objective = _Objective(model, data, loss_fn, batch_size, forward_fn)
         start = flatten(objective.params)
         x = start.double().cpu().numpy()
         f0, _ = objective(start)
@@ -193,6 +213,7 @@ def sam_sharpness(
     loss_fn: LossFn | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    forward_fn: ForwardFn | None = None,
 ) -> Sharpness:
     r"""SAM sharpness :math:`\max_{\lVert T^{-1}\epsilon\rVert \le \rho} L(w + \epsilon) - L(w)` (T = I, or ASAM's).
 
@@ -216,6 +237,7 @@ def sam_sharpness(
         loss_fn: mean loss of a batch (default cross-entropy).
         batch_size: split a single pair into batches of this size.
         seed: seeds the random start used when the gradient is zero.
+        forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` for models with their own calling convention.
     """
     if not rho > 0:
         raise ValueError(f"Invalid rho: {rho}")
@@ -231,7 +253,7 @@ def sam_sharpness(
     is_weight = is_weight if is_weight is not None else (lambda name: "weight" in name)
     with preserved_state(model):
         model.eval()
-        objective = _Objective(model, data, loss_fn, batch_size)
+        objective = _Objective(model, data, loss_fn, batch_size, forward_fn)
         w = flatten(objective.params)
         scale = torch.ones_like(w)
         if adaptive:
@@ -312,14 +334,16 @@ def m_sharpness(
         raise ValueError(f"Invalid m: {m}")
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"Invalid max_batches: {max_batches}")
-    batches = as_batches(data)
-    inputs, targets = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    k = len(targets) // m
+    forward_fn = options.get("forward_fn")
+    batches = as_batches(data, forward_fn=forward_fn)
+    joined = _concatenate(batches)
+    n = batch_length(joined, forward_fn)
+    k = n // m
     if k == 0:
-        raise ValueError(f"m={m} exceeds the number of examples ({len(targets)})")
+        raise ValueError(f"m={m} exceeds the number of examples ({n})")
     k = min(k, max_batches) if max_batches is not None else k
     results = [
-        sam_sharpness(model, (inputs[i * m : (i + 1) * m], targets[i * m : (i + 1) * m]), rho, **options)
+        sam_sharpness(model, _tail(head(joined, (i + 1) * m), i * m), rho, **options)
         for i in tqdm(range(k), desc="m-sharpness", disable=not progress, leave=False)
     ]
     values = np.array([r.value for r in results])
@@ -327,10 +351,31 @@ def m_sharpness(
         **results[0].config,
         "m": m,
         "n_batches": k,
-        "n_left_out": len(targets) - k * m,
+        "n_left_out": n - k * m,
         "per_batch": values.tolist(),
         "evaluations": sum(r.config["evaluations"] for r in results),
     }
     loss = float(np.mean([r.loss for r in results]))
     perturbed = float(np.mean([r.perturbed_loss for r in results]))
     return Sharpness("m_sharpness", float(values.mean()), loss, perturbed, config)
+
+
+def _concatenate(batches: list) -> object:
+    """One batch holding every example of ``batches`` (tensors concatenated along the first dimension)."""
+    if len(batches) == 1:
+        return batches[0]
+    leaves = [list(_flat_leaves(b)) for b in batches]
+    joined = [torch.cat(parts) if parts[0].dim() > 0 else parts[0] for parts in zip(*leaves, strict=True)]
+    it = iter(joined)
+    return map_tensors(batches[0], lambda _: next(it))
+
+
+def _flat_leaves(batch: object) -> list:
+    found: list = []
+    map_tensors(batch, lambda t: found.append(t) or t)
+    return found
+
+
+def _tail(batch: object, start: int) -> object:
+    """The examples of ``batch`` from index ``start`` on."""
+    return map_tensors(batch, lambda t: t[start:] if t.dim() > 0 else t)
