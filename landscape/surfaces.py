@@ -39,25 +39,38 @@ from landscape.directions import cosine_similarity, model_direction
 from landscape.distributed import evaluate_job, world_size
 
 
-def make_grid(lo: float, hi: float, n: int, include_zero: bool = True) -> np.ndarray:
-    """``n`` evenly spaced coordinates from ``lo`` to ``hi``, with an exact 0 added when asked and in range.
+def make_grid(
+    lo: float, hi: float, n: int, include_zero: bool = True, include: Sequence[float] = ()
+) -> np.ndarray:
+    """``n`` evenly spaced coordinates from ``lo`` to ``hi`` that contain 0 and every value of ``include`` exactly.
 
-    For a symmetric range and odd ``n`` the middle point is exactly 0; otherwise 0 is inserted in order (``n + 1``
-    points) so that the surface contains the origin.
+    A point of the even spacing within ``1e-9`` of the range of a wanted value is set to it exactly; a wanted value
+    in range but between points is inserted in order (one point more each). Interpolations pass ``include=(0, 1)``
+    so that both checkpoints are on the curve for any ``n``.
 
     Example:
         >>> make_grid(-1, 1, 5).tolist(), len(make_grid(-1, 1, 4)), 0.0 in make_grid(-1, 1, 4)
         ([-1.0, -0.5, 0.0, 0.5, 1.0], 5, True)
+        >>> g = make_grid(-0.5, 1.5, 11, include=(0.0, 1.0))
+        >>> len(g), 0.0 in g, 1.0 in g, g[0], g[-1]
+        (13, True, True, -0.5, 1.5)
     """
     if n < 1:
         raise ValueError(f"Invalid n: {n}")
     if not hi >= lo:
         raise ValueError(f"Invalid range: lo={lo} > hi={hi}")
     grid = np.linspace(lo, hi, n)
-    if n % 2 == 1 and lo == -hi:
-        grid[n // 2] = 0.0
-    if include_zero and lo <= 0.0 <= hi and not np.any(grid == 0.0):
-        grid = np.sort(np.append(grid, 0.0))
+    wanted = [0.0] if include_zero else []
+    wanted += [float(v) for v in include]
+    tol = 1e-9 * max(hi - lo, 1.0)
+    for value in wanted:
+        if not lo <= value <= hi or np.any(grid == value):
+            continue
+        near = np.flatnonzero(np.abs(grid - value) <= tol)
+        if len(near):
+            grid[near[0]] = value
+        else:
+            grid = np.sort(np.append(grid, value))
     return grid
 
 
