@@ -30,6 +30,7 @@ from landscape.curvature import (
 from landscape.directions import (
     PCADirections,
     cosine_similarity,
+    eigen_directions,
     model_direction,
     normalize_direction,
     pca_directions,
@@ -69,6 +70,7 @@ __all__ = [
     "adaptive_lr_variance_from_run",
     "asam_sharpness",
     "cosine_similarity",
+    "eigen_directions",
     "epsilon_sharpness",
     "exact_mean",
     "exact_variance",

@@ -270,7 +270,7 @@ def _sizing_of(inputs: object, targets: Tensor) -> Sizing | None:
     return Sizing(tuple(inputs.shape[1:]), classes)
 
 
-def _limit(batches: Sequence[Batch], samples: int | None, forward_fn: ForwardFn | None) -> list[Batch]:
+def first_examples(batches: Sequence[Batch], samples: int | None, forward_fn: ForwardFn | None) -> list[Batch]:
     """The first ``samples`` examples of a list of batches (the last one cut where needed)."""
     if samples is None:
         return list(batches)
@@ -323,7 +323,7 @@ def load_data(
             sizing = _sizing_of(*pair)
         elif isinstance(source, Iterable):
             try:
-                batches = _limit(as_batches(source, forward_fn=forward_fn), samples, forward_fn)
+                batches = first_examples(as_batches(source, forward_fn=forward_fn), samples, forward_fn)
             except TypeError as error:
                 raise ValueError(f"--data {spec!r}: {error}") from error
             first = batches[0]
