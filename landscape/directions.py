@@ -1,5 +1,4 @@
-r"""Directions in parameter space for 1D/2D loss surfaces: random, normalised, between two models, PCA of a trajectory,
-Hessian eigenvectors.
+r"""Directions in parameter space for 1D/2D surfaces: random, normalised, between models, PCA, Hessian eigenvectors.
 
 A direction is a dict ``{parameter name: tensor}`` over the model's trainable parameters (``named_parameters``), the
 same shapes as the parameters. Filter normalisation (Li et al. 2018, Section 4) rescales each filter :math:`d_{i,j}`
