@@ -48,6 +48,7 @@ from landscape.trajectory import (
     WeightNorms,
     log_steps,
 )
+from landscape.vtk import read_vtk, write_vtk
 
 __all__ = [
     "AdaptiveLR",
@@ -96,4 +97,6 @@ __all__ = [
     "slq_density",
     "surface_1d",
     "surface_2d",
+    "read_vtk",
+    "write_vtk",
 ]
