@@ -98,6 +98,31 @@ class Surface:
         cols = {"alpha": a.ravel(), "beta": b.ravel(), "loss": self.loss.ravel(), "accuracy": self.accuracy.ravel()}
         return pd.DataFrame(cols)
 
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, config: dict[str, Any] | None = None) -> Surface:
+        """The surface of a tidy frame as :meth:`frame` writes it (``alpha[, beta], loss, accuracy``).
+
+        Raises:
+            ValueError: if a 2D frame does not fill its grid.
+
+        Example:
+            >>> s = Surface(np.array([0.0, 1.0]), np.array([-1.0, 1.0]), np.eye(2), np.ones((2, 2)))
+            >>> Surface.from_frame(s.frame()).loss.tolist()
+            [[1.0, 0.0], [0.0, 1.0]]
+        """
+        if "beta" not in frame.columns:
+            rows = frame.sort_values("alpha")
+            return cls(rows["alpha"].to_numpy(float), None, rows["loss"].to_numpy(float),
+                       rows["accuracy"].to_numpy(float), dict(config or {}))  # fmt: skip
+        alphas, betas = np.unique(frame["alpha"].to_numpy(float)), np.unique(frame["beta"].to_numpy(float))
+        if len(frame) != len(alphas) * len(betas):
+            raise ValueError(f"{len(frame)} rows do not fill a {len(alphas)}x{len(betas)} grid")
+        grids = []
+        for column in ("loss", "accuracy"):
+            table = frame.pivot_table(index="alpha", columns="beta", values=column, aggfunc="first", dropna=False)
+            grids.append(table.reindex(index=alphas, columns=betas).to_numpy(float))
+        return cls(alphas, betas, grids[0], grids[1], dict(config or {}))
+
     def __repr__(self) -> str:
         grid = f"{len(self.alphas)}" if self.betas is None else f"{len(self.alphas)}x{len(self.betas)}"
         finite = self.loss[np.isfinite(self.loss)]

@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     study.set_defaults(func=_cmd_study)
 
     analyse.add_parsers(sub)
+    importlib.import_module("studies.analyse_all").add_parser(sub)
 
     theory = sub.add_parser("theory", help="run the theory checks and print the table")
     theory.add_argument("--out", type=Path, default=Path("paper_figures/out/theory"), help="output folder")

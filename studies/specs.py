@@ -1,7 +1,7 @@
 """What the analysis commands are pointed at: a model, its weights, data and a loss, each named on the command line.
 
 * ``--model``: a built-in architecture (``mlp``, ``lenet5``, ``adam_cnn``, ``resnet``; sized from the data) or
-  ``pkg.module:factory``, an importable callable returning an ``nn.Module``, called with ``--model-kwargs`` (a JSON
+  ``pkg.module:factory`` (or ``pkg.module.factory``), an importable callable returning an ``nn.Module``, called with ``--model-kwargs`` (a JSON
   object) as keyword arguments. The module is imported as Python imports it (the current folder and ``PYTHONPATH``).
 * ``--checkpoint``: a plain ``state_dict``; a dict holding one under ``model``, ``state_dict`` or
   ``model_state_dict`` (valley's own checkpoints keep it under ``model``); always read with
@@ -54,12 +54,12 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 
 def resolve_callable(spec: str, what: str) -> Callable:
-    """The object named by ``pkg.module:attr`` (``attr`` may be dotted), checked to be callable.
+    """The object named by ``pkg.module:attr`` (``attr`` may be dotted) or ``pkg.module.attr``, checked callable.
 
     Raises:
         ValueError: if ``spec`` is not of that form, the module cannot be imported or has no such callable.
     """
-    module_name, sep, attr = spec.partition(":")
+    module_name, sep, attr = spec.partition(":") if ":" in spec else spec.rpartition(".")
     if not sep or not module_name or not attr:
         raise ValueError(f"{what} {spec!r} is neither a built-in name nor of the form pkg.module:function")
     try:
@@ -79,7 +79,7 @@ def resolve_loss(spec: str) -> Callable[[Tensor, Tensor], Tensor]:
     """A loss by name (see :data:`LOSSES`) or ``pkg.module:fn``."""
     if spec in LOSSES:
         return LOSSES[spec]
-    if ":" not in spec:
+    if ":" not in spec and "." not in spec:
         raise ValueError(f"--loss {spec!r} is unknown: use one of {', '.join(LOSSES)} or pkg.module:function")
     return resolve_callable(spec, "--loss")
 
