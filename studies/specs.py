@@ -1,8 +1,9 @@
 """What the analysis commands are pointed at: a model, its weights, data and a loss, each named on the command line.
 
 * ``--model``: a built-in architecture (``mlp``, ``lenet5``, ``adam_cnn``, ``resnet``; sized from the data) or
-  ``pkg.module:factory`` (or ``pkg.module.factory``), an importable callable returning an ``nn.Module``, called with ``--model-kwargs`` (a JSON
-  object) as keyword arguments. The module is imported as Python imports it (the current folder and ``PYTHONPATH``).
+  ``pkg.module:factory`` (or ``pkg.module.factory``), an importable callable returning an ``nn.Module``, called
+  with ``--model-kwargs`` (a JSON object) as keyword arguments. The module is imported as Python imports it (the
+  current folder and ``PYTHONPATH``).
 * ``--checkpoint``: a plain ``state_dict``; a dict holding one under ``model``, ``state_dict`` or
   ``model_state_dict`` (valley's own checkpoints keep it under ``model``); always read with
   ``torch.load(weights_only=True)``, so a file holding other pickled objects is refused, never executed.
