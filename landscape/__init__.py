@@ -45,6 +45,7 @@ from landscape.trajectory import (
     EffectiveStepSize,
     GradientNorm,
     Measure,
+    Tracker,
     WeightNorms,
     log_steps,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "Surface",
     "SurfaceEnsemble",
     "TraceResult",
+    "Tracker",
     "WeightNorms",
     "adaptive_lr_state",
     "adaptive_lr_variance_from_run",
