@@ -174,6 +174,13 @@ class PCADirections:
     coords: np.ndarray
     singular_values: np.ndarray
 
+    def __repr__(self) -> str:
+        ratios = ", ".join(f"{r:.3g}" for r in self.explained_variance_ratio)
+        return (
+            f"PCADirections({len(self.directions)} directions over {len(self.directions[0]) if self.directions else 0}"
+            f" tensors, explained variance [{ratios}], {len(self.coords)} trajectory points)"
+        )
+
     def frame(self) -> pd.DataFrame:
         """The trajectory as a tidy frame: ``index, x, y`` (one row per saved point)."""
         cols = {"index": np.arange(len(self.coords))}

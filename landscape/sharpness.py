@@ -76,6 +76,12 @@ class Sharpness:
     perturbed_loss: float
     config: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        return (
+            f"Sharpness({self.measure}, value {self.value:.6g}, loss {self.loss:.6g}, "
+            f"perturbed_loss {self.perturbed_loss:.6g}, evaluations {self.config.get('evaluations')})"
+        )
+
     def frame(self) -> pd.DataFrame:
         """One row: ``measure, value, loss, perturbed_loss`` and the scalar config entries."""
         scalars = {k: v for k, v in self.config.items() if isinstance(v, (int, float, str, bool)) or v is None}
