@@ -18,15 +18,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import torch
-from torch import nn
+if TYPE_CHECKING:  # imported inside the commands: building the parser stays light (valley --help)
+    import pandas as pd
+    from torch import nn
 
-from landscape import distributed
-from studies import specs
-from studies.runner import resolve_device
-from studies.store import atomic_write_text, environment, write_frame
+    from studies import specs
 
 EPILOG = (
     "--model: a built-in architecture (mlp, lenet5, adam_cnn, resnet; sized from the data) or pkg.module:factory "
@@ -117,6 +115,8 @@ def load_model(
         FileNotFoundError: if ``checkpoint`` does not exist.
         ValueError: if the weights do not fit the model (naming the first missing, unexpected or mis-shaped key).
     """
+    from studies import specs
+
     net = specs.build_model(model, model_kwargs, specs.Sizing(tuple(input_shape), num_classes))
     what = f"checkpoint {str(checkpoint)!r} does not fit {model} {json.dumps(model_kwargs)}"
     return specs.load_weights(net, specs.read_state_dict(checkpoint), what)
@@ -124,6 +124,10 @@ def load_model(
 
 def analysis_target(args: argparse.Namespace) -> tuple[specs.Target, str]:
     """The checkpoint's model in eval mode on this rank's device, with the chosen data, loss and hook there."""
+    from landscape import distributed
+    from studies import specs
+    from studies.runner import resolve_device
+
     device = distributed.local_device(resolve_device(args.device))
     target = specs.load_target(
         args.model,
@@ -143,6 +147,9 @@ def analysis_target(args: argparse.Namespace) -> tuple[specs.Target, str]:
 
 def _write(args: argparse.Namespace, frame: pd.DataFrame, config: dict, device: str) -> None:
     """Rank 0 writes the CSV and, beside it, ``<out>.json`` with the command's arguments and the result's config."""
+    from landscape import distributed
+    from studies.store import atomic_write_text, environment, write_frame
+
     if not distributed.is_main():
         return
     arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
@@ -153,8 +160,10 @@ def _write(args: argparse.Namespace, frame: pd.DataFrame, config: dict, device: 
 
 
 def _cmd_surface(args: argparse.Namespace) -> int:
+    from landscape import distributed
     from landscape.directions import random_direction
     from landscape.surfaces import interpolate_1d, make_grid, surface_1d, surface_2d
+    from studies import specs
 
     if args.resolution < 1:
         raise ValueError(f"Invalid --resolution: {args.resolution}")
@@ -197,6 +206,10 @@ def _cmd_surface(args: argparse.Namespace) -> int:
 
 
 def _cmd_curvature(args: argparse.Namespace) -> int:
+    import pandas as pd
+    import torch
+
+    from landscape import distributed
     from landscape.curvature import HessianOperator, hutchinson_trace, lanczos_eigenpairs, slq_density
 
     for name in ("top_k", "trace_probes", "slq_probes", "slq_steps"):

@@ -31,11 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from landscape import distributed
+from studies.catalog import SCALES
 from studies.data import why_unavailable
 from studies.store import RunStore, atomic_write_text, write_frame
 from studies.train import mixed_precision
-
-SCALES = ("tiny", "quick", "full")
 
 
 @dataclass(frozen=True)
