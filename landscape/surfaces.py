@@ -174,7 +174,7 @@ class Surface:
                 worst, where = float("nan"), float(alpha[np.flatnonzero(np.isnan(gap))[0]])
             else:
                 i = int(np.argmax(gap))
-                worst, where = float(gap[i]), float(alpha[i])
+                worst, where = float(gap[i]) + 0.0, float(alpha[i])  # + 0.0: no -0.0 at an end
             out |= {f"{name}_barrier": worst, f"{name}_barrier_alpha": where}
             out |= {f"{name}_a": at_a, f"{name}_b": at_b}
         return {k: out[k] for k in (

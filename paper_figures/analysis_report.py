@@ -52,15 +52,23 @@ def _save(fig: plt.Figure, folder: Path, name: str) -> list[Path]:
     return paths
 
 
-def draw(frames: dict[str, pd.DataFrame], out_dir: str | os.PathLike, interpolation: bool) -> dict[str, list[Path]]:
-    """Draw every figure the frames allow into ``<out_dir>/figures/``; returns the paths by figure name."""
+def draw(
+    frames: dict[str, pd.DataFrame],
+    out_dir: str | os.PathLike,
+    interpolation: bool,
+    names: tuple[str, str] = ("θ_a", "θ_b"),
+) -> dict[str, list[Path]]:
+    """Draw every figure the frames allow into ``<out_dir>/figures/``; returns the paths by figure name.
+
+    ``names`` label the two checkpoints of an interpolation.
+    """
     folder = check_output_dir(Path(out_dir) / "figures")
     apply_style()
     images: dict[str, list[Path]] = {}
     if "line" in frames:
         line = frames["line"]
         if interpolation:
-            fig = plots.interpolation(line, names=("checkpoint", "--to"))
+            fig = plots.interpolation(line, names=names)
         else:
             fig, ax = plt.subplots(figsize=(6.0, 4.0))
             plots.curve(line, ax=ax, y="loss", label="loss", xlabel="α (filter-normalised random direction)")
@@ -134,9 +142,11 @@ def write_page(
         pngs = [p for p in paths if p.suffix == ".png"]
         if not pngs:
             continue
-        data = base64.b64encode(pngs[0].read_bytes()).decode()
+        raw = pngs[0].read_bytes()
+        width = int.from_bytes(raw[16:20], "big") // 2  # drawn at 200 dpi: shown at 100 px per inch
+        data = base64.b64encode(raw).decode()
         body.append(f"<h2>{name}</h2><p>{html.escape(captions.get(name, ''))}</p>")
-        body.append(f'<img alt="{name}" src="data:image/png;base64,{data}" style="max-width:100%">')
+        body.append(f'<img alt="{name}" src="data:image/png;base64,{data}" style="width:{width}px;max-width:100%">')
     for name in ("barrier", "eigenvalues", "trace", "sharpness", "timings"):
         if name in frames:
             body.append(f"<h2>{name}</h2>{_table(frames[name])}")
@@ -163,6 +173,8 @@ def report(analysis: object) -> tuple[dict[str, list[Path]], Path, float]:
         frames, meta = load_analysis(out_dir)
     else:
         out_dir, frames, meta = analysis.out_dir, analysis.frames, analysis.record
-    images = draw(frames, out_dir, bool(meta.get("interpolation")))
+    target = meta.get("target", {})
+    names = tuple(Path(str(target.get(k) or k)).stem for k in ("checkpoint", "to"))
+    images = draw(frames, out_dir, bool(meta.get("interpolation")), names)
     page = write_page(frames, meta, images, out_dir)
     return images, page, time.perf_counter() - start

@@ -252,7 +252,8 @@ def interpolation(
         inside = frame[(frame["alpha"] >= 0) & (frame["alpha"] <= 1)]
         line = (1 - inside["alpha"]) * values["loss_a"] + inside["alpha"] * values["loss_b"]
         ax.fill_between(inside["alpha"], line, inside["loss"], where=inside["loss"] > line, color="C0", alpha=0.2)
-        ax.set_title(f"loss barrier {values['loss_barrier']:.3g}, accuracy barrier {values['accuracy_barrier']:.3g}")
+        barriers = f"loss barrier {values['loss_barrier']:.3g}, accuracy barrier {values['accuracy_barrier']:.3g}"
+        ax.set_title(barriers, pad=18)
     return ax.figure
 
 
