@@ -330,7 +330,7 @@ class Tracker:
         """Record one optimizer step (and its mini-batch loss, when given) and run the measures due at it."""
         self.state.step += 1
         if loss is not None:
-            self.state.loss = float(loss)
+            self.state.loss = float(loss.detach() if isinstance(loss, Tensor) else loss)
             self.state.log("train_loss", self.state.loss)
         self._call("on_step_end")
 
