@@ -70,7 +70,10 @@ def _grid(frame: pd.DataFrame, quantity: str) -> tuple[np.ndarray, np.ndarray, n
     return a, b, table.to_numpy(float)
 
 
-def _levels(values: np.ndarray, log: bool, n: int) -> tuple[np.ndarray, LogNorm | None]:
+def _levels(values: np.ndarray, log: bool, n: int | Sequence[float]) -> tuple[np.ndarray, LogNorm | None]:
+    if not isinstance(n, int):
+        steps = np.asarray(n, dtype=float)
+        return steps, LogNorm(steps[0], steps[-1]) if log else None
     finite = values[np.isfinite(values)]
     if log:
         finite = finite[finite > 0]
@@ -89,7 +92,7 @@ def contour(
     ax: plt.Axes | None = None,
     quantity: str = "loss",
     log: bool = True,
-    levels: int = 16,
+    levels: int | Sequence[float] = 16,
     xlabel: str = "α (direction 1)",
     ylabel: str = "β (direction 2)",
     title: str | None = None,
@@ -102,11 +105,11 @@ def contour(
         ax: axes to draw into (default: a new figure).
         quantity: column to draw (``loss`` or ``accuracy``).
         log: logarithmic colour scale (positive values only).
-        levels: number of levels.
+        levels: number of levels, or the levels themselves (e.g. shared by several panels).
         xlabel: label of the α axis.
         ylabel: label of the β axis.
         title: axes title (default: the quantity at the centre).
-        colorbar: add a colour bar.
+        colorbar: add a colour bar (the filled contours are ``ax.collections[0]`` for a shared one).
     """
     frame = _frame(surface)
     a, b, z = _grid(frame, quantity)
@@ -284,7 +287,14 @@ def spectrum(eigen: Any, ax: plt.Axes | None = None, hue: str | None = None, log
     return ax.figure
 
 
-def density(result: Any, ax: plt.Axes | None = None, log: bool = True, floor: float = 1e-8) -> plt.Figure:
+def density(
+    result: Any,
+    ax: plt.Axes | None = None,
+    log: bool = True,
+    floor: float = 1e-8,
+    label: str | None = None,
+    color: Any = "C2",
+) -> plt.Figure:
     r"""The SLQ spectral density :math:`\phi(\lambda)` (log scale by default, as PyHessian's density plot).
 
     Args:
@@ -292,12 +302,14 @@ def density(result: Any, ax: plt.Axes | None = None, log: bool = True, floor: fl
         ax: axes to draw into.
         log: logarithmic density axis (values below ``floor`` are shown at ``floor``).
         floor: smallest density drawn on the log scale.
+        label: legend label (several densities in one axes).
+        color: line colour.
     """
     frame = _frame(result)
     _require(frame, ("eigenvalue", "density"), "density")
     ax = _axes(ax)
     values = np.maximum(frame["density"].to_numpy(float), floor) if log else frame["density"]
-    ax.plot(frame["eigenvalue"], values, color="C2")
+    ax.plot(frame["eigenvalue"], values, color=color, label=label)
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("Hessian eigenvalue λ")
