@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "contour",
@@ -124,6 +125,7 @@ def contour(
     )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(5))  # readable ticks on narrow panels
     ax.set_aspect("equal", adjustable="box")
     if colorbar:
         ax.figure.colorbar(filled, ax=ax, label=f"{quantity}{' (log scale)' if log else ''}", format="%.3g")
