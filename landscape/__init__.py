@@ -30,6 +30,7 @@ from landscape.curvature import (
 from landscape.directions import (
     PCADirections,
     cosine_similarity,
+    eigen_directions,
     model_direction,
     normalize_direction,
     pca_directions,
@@ -44,9 +45,11 @@ from landscape.trajectory import (
     EffectiveStepSize,
     GradientNorm,
     Measure,
+    Tracker,
     WeightNorms,
     log_steps,
 )
+from landscape.vtk import read_vtk, write_vtk
 
 __all__ = [
     "AdaptiveLR",
@@ -64,11 +67,13 @@ __all__ = [
     "Surface",
     "SurfaceEnsemble",
     "TraceResult",
+    "Tracker",
     "WeightNorms",
     "adaptive_lr_state",
     "adaptive_lr_variance_from_run",
     "asam_sharpness",
     "cosine_similarity",
+    "eigen_directions",
     "epsilon_sharpness",
     "exact_mean",
     "exact_variance",
@@ -94,4 +99,6 @@ __all__ = [
     "slq_density",
     "surface_1d",
     "surface_2d",
+    "read_vtk",
+    "write_vtk",
 ]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from landscape._data import Batch
+from landscape._data import Batch, ForwardFn, batch_length, batch_to, run_model
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 AccuracyFn = Callable[[Tensor, Tensor], Tensor]
@@ -101,13 +101,16 @@ def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
     return nn.functional.cross_entropy(outputs, targets)
 
 
-def count_ignored(batches: Sequence[Batch], loss_fn: LossFn, what: str) -> int:
+def count_ignored(batches: Sequence[Batch], loss_fn: LossFn, what: str, forward_fn: object = None) -> int | None:
     """Count the targets the default loss ignores; warn naming the count when there are any.
 
-    Returns 0 for any other loss function (its handling of targets is its own).
+    Returns 0 for any other loss function (its handling of targets is its own), and ``None`` (not counted) when a
+    ``forward_fn`` produces the targets, which are then only known inside the forward pass.
     """
     if loss_fn is not cross_entropy:
         return 0
+    if forward_fn is not None:
+        return None
     ignored = sum(int((y == IGNORE_INDEX).sum()) for _, y in batches if not y.is_floating_point())
     if ignored:
         total = sum(y.numel() for _, y in batches)
@@ -150,8 +153,8 @@ def function_name(fn: Callable) -> str:
 
 
 def batches_to(batches: Sequence[Batch], device: torch.device) -> list[Batch]:
-    """The batches with inputs and targets moved to ``device``."""
-    return [(x.to(device), y.to(device)) for x, y in batches]
+    """The batches with every tensor moved to ``device``."""
+    return [batch_to(b, device) for b in batches]
 
 
 def batchnorm_modules(model: nn.Module) -> list[_BatchNorm]:
@@ -198,7 +201,7 @@ def combine(origin: Mapping[str, Tensor], directions: Sequence[Mapping[str, Tens
     return out
 
 
-def recompute_batchnorm(model: nn.Module, batches: Sequence[Batch]) -> None:
+def recompute_batchnorm(model: nn.Module, batches: Sequence[Batch], forward_fn: ForwardFn | None = None) -> None:
     """Re-estimate BatchNorm running statistics at the model's current parameters on ``batches``.
 
     Statistics are reset and accumulated as a cumulative average (``momentum=None``) with only the BatchNorm layers in
@@ -212,8 +215,8 @@ def recompute_batchnorm(model: nn.Module, batches: Sequence[Batch]) -> None:
         m.momentum = None
         m.train()
     with torch.no_grad():
-        for x, _ in batches:
-            model(x)
+        for batch in batches:
+            run_model(model, batch, forward_fn)
     for m in layers:
         m.eval()
 
@@ -229,6 +232,7 @@ class LoopEvaluator:
         loss_fn: mean loss of a batch, ``loss_fn(outputs, targets)``.
         accuracy_fn: mean accuracy of a batch.
         bn_batches: when given, BatchNorm statistics are re-estimated on them at every point.
+        forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` (default: the model on the batch's inputs).
     """
 
     name = "loop"
@@ -242,8 +246,9 @@ class LoopEvaluator:
         loss_fn: LossFn,
         accuracy_fn: AccuracyFn,
         bn_batches: Sequence[Batch] | None = None,
+        forward_fn: ForwardFn | None = None,
     ) -> None:
-        self.model, self.origin, self.directions = model, origin, directions
+        self.model, self.origin, self.directions, self.forward_fn = model, origin, directions, forward_fn
         self.batches, self.loss_fn, self.accuracy_fn, self.bn_batches = batches, loss_fn, accuracy_fn, bn_batches
         self.params = dict(model.named_parameters())
 
@@ -255,22 +260,29 @@ class LoopEvaluator:
                 for name, value in combine(self.origin, self.directions, point).items():
                     self.params[name].copy_(value)
             if self.bn_batches is not None:
-                recompute_batchnorm(self.model, self.bn_batches)
-            losses[i], accs[i] = evaluate_batches(self.model, self.batches, self.loss_fn, self.accuracy_fn)
+                recompute_batchnorm(self.model, self.bn_batches, self.forward_fn)
+            losses[i], accs[i] = evaluate_batches(
+                self.model, self.batches, self.loss_fn, self.accuracy_fn, self.forward_fn
+            )
         return losses, accs
 
 
 def evaluate_batches(
-    forward: Callable[[Tensor], Tensor], batches: Sequence[Batch], loss_fn: LossFn, accuracy_fn: AccuracyFn
+    model: nn.Module,
+    batches: Sequence[Batch],
+    loss_fn: LossFn,
+    accuracy_fn: AccuracyFn,
+    forward_fn: ForwardFn | None = None,
 ) -> tuple[float, float]:
-    """Example-weighted mean loss and accuracy of ``forward`` over ``batches`` (no gradient)."""
-    total = sum(len(y) for _, y in batches)
+    """Example-weighted mean loss and accuracy of ``model`` over ``batches`` (no gradient)."""
+    sizes = [batch_length(b, forward_fn) for b in batches]
+    total = sum(sizes)
     loss, acc = 0.0, 0.0
     with torch.no_grad():
-        for x, y in batches:
-            out = forward(x)
-            loss += float(loss_fn(out, y)) * len(y) / total
-            acc += float(accuracy_fn(out, y)) * len(y) / total
+        for batch, size in zip(batches, sizes, strict=True):
+            out, y = run_model(model, batch, forward_fn)
+            loss += float(loss_fn(out, y)) * size / total
+            acc += float(accuracy_fn(out, y)) * size / total
     return loss, acc
 
 

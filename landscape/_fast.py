@@ -20,12 +20,13 @@ first-layer output per pass, written into one reused buffer), and each point's l
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from landscape._data import Batch
+from landscape._data import Batch, ForwardFn, batch_length, functional_run, head, run_model
 from landscape._evaluation import AccuracyFn, LossFn, combine
 
 AFFINE = (
@@ -47,7 +48,7 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass early."""
 
 
-def first_affine_layer(model: nn.Module, x: Tensor) -> str | None:
+def first_affine_layer(model: nn.Module, batch: Batch, forward_fn: ForwardFn | None = None) -> str | None:
     """Name of the first parameter-owning module called in a forward pass, when the trick applies to it.
 
     It applies when every parameter belongs to a leaf module, the first such module called is affine, is called
@@ -60,7 +61,7 @@ def first_affine_layer(model: nn.Module, x: Tensor) -> str | None:
     handles = [m.register_forward_pre_hook(lambda _m, _a, name=name: calls.append(name)) for name, m in owners.items()]
     try:
         with torch.no_grad():
-            model(x)
+            run_model(model, batch, forward_fn)
     finally:
         for h in handles:
             h.remove()
@@ -74,8 +75,8 @@ def first_affine_layer(model: nn.Module, x: Tensor) -> str | None:
     return calls[0]
 
 
-def _layer_input(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
-    """The tensor ``layer`` receives when ``model`` runs on ``x`` (the forward pass stops there)."""
+def _layer_input(model: nn.Module, layer: nn.Module, batch: Batch, forward_fn: ForwardFn | None) -> Tensor:
+    """The tensor ``layer`` receives when ``model`` runs on ``batch`` (the forward pass stops there)."""
     captured = []
 
     def hook(_module: nn.Module, args: tuple) -> None:
@@ -84,7 +85,7 @@ def _layer_input(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
 
     handle = layer.register_forward_pre_hook(hook)
     try:
-        model(x)
+        run_model(model, batch, forward_fn)
     except _Stop:
         pass
     finally:
@@ -104,6 +105,7 @@ class FastEvaluator:
         loss_fn: mean loss of a batch.
         accuracy_fn: mean accuracy of a batch.
         first_layer_trick: use the first-affine-layer shortcut when it applies (default True).
+        forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` (default: the model on the batch's inputs).
     """
 
     def __init__(
@@ -115,20 +117,21 @@ class FastEvaluator:
         loss_fn: LossFn,
         accuracy_fn: AccuracyFn,
         first_layer_trick: bool = True,
+        forward_fn: ForwardFn | None = None,
     ) -> None:
-        self.model, self.origin, self.directions = model, origin, directions
+        self.model, self.origin, self.directions, self.forward_fn = model, origin, directions, forward_fn
         self.batches, self.loss_fn, self.accuracy_fn = batches, loss_fn, accuracy_fn
         self._parts: dict[int, Tensor] = {}
         self._parts_bytes = 0
         self._buffer: Tensor | None = None
-        x, y = batches[0]
-        probe = [(x[:4], y[:4])]
+        probe = [head(batches[0], 4)]
         coords = torch.tensor([[0.0] * len(directions), [0.5, -0.25][: len(directions)]])
         plain = self._chunk(coords, probe, use_trick=False)  # raises where the model cannot be vmapped
-        self.layer_name = first_affine_layer(model, x[:2]) if first_layer_trick else None
+        self.layer_name = first_affine_layer(model, head(batches[0], 2), forward_fn) if first_layer_trick else None
         if self.layer_name is not None:
             with_trick = self._chunk(coords, probe, use_trick=True)
-            tol = 1e-4 if x.dtype in (torch.float32, torch.float64) else 1e-2
+            dtype = next(iter(origin.values())).dtype
+            tol = 1e-4 if dtype in (torch.float32, torch.float64) else 1e-2
             if not all(
                 torch.allclose(a, b, rtol=tol, atol=tol, equal_nan=True) for a, b in zip(with_trick, plain, strict=True)
             ):
@@ -145,33 +148,34 @@ class FastEvaluator:
         dtype = next(iter(self.origin.values())).dtype
         device = next(iter(self.origin.values())).device
         coords = coords.to(device, dtype)
-        total = sum(len(y) for _, y in batches)
+        sizes = [batch_length(b, self.forward_fn) for b in batches]
+        total = sum(sizes)
         loss = torch.zeros(len(coords), dtype=torch.float64)
         acc = torch.zeros(len(coords), dtype=torch.float64)
         with torch.no_grad():
-            for i, (x, y) in enumerate(batches):
+            for i, (batch, size) in enumerate(zip(batches, sizes, strict=True)):
                 if use_trick:
-                    batch_loss, batch_acc = self._batch_trick(coords, x, y, i if cache else None)
+                    batch_loss, batch_acc = self._batch_trick(coords, batch, i if cache else None)
                 else:
-                    batch_loss, batch_acc = self._batch_plain(coords, x, y)
-                loss += batch_loss.double().cpu() * (len(y) / total)
-                acc += batch_acc.double().cpu() * (len(y) / total)
+                    batch_loss, batch_acc = self._batch_plain(coords, batch)
+                loss += batch_loss.double().cpu() * (size / total)
+                acc += batch_acc.double().cpu() * (size / total)
         return loss, acc
 
-    def _batch_plain(self, coords: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        def point(c: Tensor) -> Tensor:
-            return functional_call(self.model, combine(self.origin, self.directions, c), (x,))
+    def _batch_plain(self, coords: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        def point(c: Tensor) -> tuple[Any, Tensor]:
+            return functional_run(self.model, combine(self.origin, self.directions, c), batch, self.forward_fn)
 
-        return self._score(vmap(point)(coords), y)
+        return self._score(*vmap(point)(coords))
 
-    def _first_layer_parts(self, x: Tensor, key: int | None) -> Tensor:
+    def _first_layer_parts(self, batch: Batch, key: int | None) -> Tensor:
         r""":math:`f(x; W_0, b_0), f(x; D_1, e_1), \ldots` stacked, kept for later chunks while memory allows."""
         if key is not None and key in self._parts:
             return self._parts[key]
         prefix = self.layer_name + "."
         layer = self.model.get_submodule(self.layer_name)
         own = dict(layer.named_parameters())
-        inp = _layer_input(self.model, layer, x)
+        inp = _layer_input(self.model, layer, batch, self.forward_fn)
         sources = [(self.origin, False)] + [(d, True) for d in self.directions]
         outputs = []
         for source, zero_if_absent in sources:
@@ -188,13 +192,13 @@ class FastEvaluator:
             self._parts_bytes += parts.nbytes
         return parts
 
-    def _batch_trick(self, coords: Tensor, x: Tensor, y: Tensor, key: int | None) -> tuple[Tensor, Tensor]:
-        parts = self._first_layer_parts(x, key)
+    def _batch_trick(self, coords: Tensor, batch: Batch, key: int | None) -> tuple[Tensor, Tensor]:
+        parts = self._first_layer_parts(batch, key)
         step = max(1, PASS_BYTES // max(parts[0].nbytes, 1))
-        scores = [self._pass_trick(coords[i : i + step], parts, x, y) for i in range(0, len(coords), step)]
+        scores = [self._pass_trick(coords[i : i + step], parts, batch) for i in range(0, len(coords), step)]
         return torch.cat([s[0] for s in scores]), torch.cat([s[1] for s in scores])
 
-    def _pass_trick(self, coords: Tensor, parts: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _pass_trick(self, coords: Tensor, parts: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         weights = torch.cat([torch.ones_like(coords[:, :1]), coords], dim=1)
         size = len(coords) * parts[0].numel()
         if self._buffer is None or self._buffer.numel() < size or self._buffer.dtype != parts.dtype:
@@ -211,23 +215,26 @@ class FastEvaluator:
         def precomputed(*_args: Tensor, **_kwargs: Tensor) -> Tensor:
             return current[0]
 
-        def point(c: Tensor, z: Tensor) -> Tensor:
+        def point(c: Tensor, z: Tensor) -> tuple[Any, Tensor]:
             current[:] = [z]
-            return functional_call(self.model, combine(rest, self.directions, c), (x,))
+            return functional_run(self.model, combine(rest, self.directions, c), batch, self.forward_fn)
 
         saved = layer.__dict__.get("forward")
         layer.forward = precomputed
         try:
-            outputs = vmap(point)(coords, first)
+            outputs, targets = vmap(point)(coords, first)
         finally:
             if saved is None:
                 del layer.forward
             else:
                 layer.forward = saved
-        return self._score(outputs, y)
+        return self._score(outputs, targets)
 
-    def _score(self, outputs: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Loss and accuracy of each point's outputs, by the same calls as the loop (vmapped losses are slow)."""
-        loss = torch.stack([self.loss_fn(out, y) for out in outputs])
-        acc = torch.stack([self.accuracy_fn(out, y) for out in outputs])
+    def _score(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Loss and accuracy of each point's outputs, by the same calls as the loop (vmapped losses are slow).
+
+        ``targets`` come out of ``vmap`` stacked per point (copies of the batch's targets).
+        """
+        loss = torch.stack([self.loss_fn(out, y) for out, y in zip(outputs, targets, strict=True)])
+        acc = torch.stack([self.accuracy_fn(out, y) for out, y in zip(outputs, targets, strict=True)])
         return loss, acc

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from landscape._data import Data, as_batches, model_device, trainable_parameters
+from landscape._data import Data, ForwardFn, as_batches, batch_length, model_device, trainable_parameters
 from landscape._evaluation import (
     MODES,
     AccuracyFn,
@@ -153,6 +153,8 @@ class SurfaceJob:
             by name and source (:func:`function_key`; with a cache, a lambda or local function is refused).
         first_layer_trick: allow the first-affine-layer shortcut on the fast path.
         progress: show a progress bar over chunks.
+        forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` for models with their own calling convention
+            (default: ``model(inputs)``, ``model(*inputs)`` or ``model(**inputs)``); enters the key by name.
     """
 
     def __init__(
@@ -174,6 +176,7 @@ class SurfaceJob:
         cache_dir: str | os.PathLike | None = None,
         first_layer_trick: bool = True,
         progress: bool = True,
+        forward_fn: ForwardFn | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"Invalid method: {method!r} (expected one of {METHODS})")
@@ -208,10 +211,11 @@ class SurfaceJob:
                     raise ValueError(f"direction {k}, {name!r}: shape {tuple(t.shape)} != {tuple(params[name].shape)}")
             self.directions.append({n: t.detach().to(device, params[n].dtype).clone() for n, t in d.items()})
         self.coords = coords
-        self.batches = batches_to(as_batches(data, batch_size), device)
+        self.forward_fn = forward_fn
+        self.batches = batches_to(as_batches(data, batch_size, forward_fn), device)
         self.bn_batches = None
         if bn == "recompute":
-            source = as_batches(bn_data, batch_size) if bn_data is not None else self.batches
+            source = as_batches(bn_data, batch_size, forward_fn) if bn_data is not None else self.batches
             self.bn_batches = batches_to(source[:bn_batches], device)
         self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
         self.accuracy_fn = accuracy_fn if accuracy_fn is not None else top1_accuracy
@@ -224,13 +228,14 @@ class SurfaceJob:
             "bn": bn,
             "bn_batches": bn_batches if bn == "recompute" else 0,
             "mode": mode,
-            "n_ignored_targets": count_ignored(self.batches, self.loss_fn, "surface"),
+            "n_ignored_targets": count_ignored(self.batches, self.loss_fn, "surface", forward_fn),
             "chunk_size": chunk_size,
             "n_points": len(coords),
             "n_chunks": self.n_chunks,
-            "n_examples": sum(len(y) for _, y in self.batches),
+            "n_examples": sum(batch_length(b, forward_fn) for b in self.batches),
             "loss_fn": function_name(self.loss_fn),
             "accuracy_fn": function_name(self.accuracy_fn),
+            "forward_fn": function_name(forward_fn) if forward_fn is not None else None,
             "model": type(model).__qualname__,
             "dtype": str(next(iter(self.origin.values())).dtype),
             "device": str(device),
@@ -371,12 +376,12 @@ class SurfaceJob:
     def _evaluator(self) -> LoopEvaluator | FastEvaluator:
         args = (self.model, self.origin, self.directions, self.batches, self.loss_fn, self.accuracy_fn)
         if self.method == "loop":
-            return LoopEvaluator(*args, bn_batches=self.bn_batches)
+            return LoopEvaluator(*args, bn_batches=self.bn_batches, forward_fn=self.forward_fn)
         try:
-            return FastEvaluator(*args, first_layer_trick=self.first_layer_trick)
+            return FastEvaluator(*args, first_layer_trick=self.first_layer_trick, forward_fn=self.forward_fn)
         except (RuntimeError, NotImplementedError) as error:  # vmap cannot handle this model: use the loop
             warnings.warn(f"batched evaluation failed ({error}); falling back to the loop", stacklevel=3)
-            return LoopEvaluator(*args)
+            return LoopEvaluator(*args, forward_fn=self.forward_fn)
 
     def assemble(self, results: Mapping[int, ChunkResult]) -> tuple[np.ndarray, np.ndarray]:
         """Join chunk results (from one or many :meth:`evaluate` calls) into loss and accuracy over all points."""

@@ -1,4 +1,4 @@
-r"""Directions in parameter space for 1D/2D loss surfaces: random, normalised, between two models, PCA of a trajectory.
+r"""Directions in parameter space for 1D/2D surfaces: random, normalised, between models, PCA, Hessian eigenvectors.
 
 A direction is a dict ``{parameter name: tensor}`` over the model's trainable parameters (``named_parameters``), the
 same shapes as the parameters. Filter normalisation (Li et al. 2018, Section 4) rescales each filter :math:`d_{i,j}`
@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape._data import named_parameters
+from landscape.curvature import EigenResult
 
 Direction = dict[str, Tensor]
 NORMALIZATIONS = ("filter", "layer", None)
@@ -173,6 +174,13 @@ class PCADirections:
     coords: np.ndarray
     singular_values: np.ndarray
 
+    def __repr__(self) -> str:
+        ratios = ", ".join(f"{r:.3g}" for r in self.explained_variance_ratio)
+        return (
+            f"PCADirections({len(self.directions)} directions over {len(self.directions[0]) if self.directions else 0}"
+            f" tensors, explained variance [{ratios}], {len(self.coords)} trajectory points)"
+        )
+
     def frame(self) -> pd.DataFrame:
         """The trajectory as a tidy frame: ``index, x, y`` (one row per saved point)."""
         cols = {"index": np.arange(len(self.coords))}
@@ -237,3 +245,43 @@ def pca_directions(
             start += t.numel()
         directions.append(d)
     return PCADirections(directions, ratio, (diffs @ vh[:k].T).numpy(), s[:k].numpy())
+
+
+def eigen_directions(result: EigenResult, model: nn.Module) -> list[Direction]:
+    r"""The eigenvectors of a curvature result as direction dicts, one per eigenvalue (largest first).
+
+    A curvature operator's flat vectors are the model's trainable parameters concatenated in registration order;
+    column :math:`i` of ``result.eigenvectors`` is cut into tensors shaped and named like them. The eigenvectors have
+    unit norm, so a surface along them is in absolute parameter units (no filter normalisation: the curvature along
+    :math:`v_i` is :math:`\lambda_i`, and :math:`L(\theta + \alpha v_i) \approx L(\theta) + \tfrac12 \lambda_i
+    \alpha^2` at a minimum).
+
+    Args:
+        result: from :func:`landscape.curvature.lanczos_eigenpairs` (or power iteration) on ``model``'s operator.
+        model: the network the operator was built on.
+
+    Raises:
+        ValueError: if the vectors' length differs from the number of trainable parameters.
+
+    Example:
+        >>> import numpy as np
+        >>> model = nn.Linear(2, 1)
+        >>> r = EigenResult(np.array([2.0]), np.array([[0.6], [0.8], [0.0]]), np.zeros(1), np.ones(1, bool), 1, "x")
+        >>> d = eigen_directions(r, model)[0]
+        >>> d["weight"].tolist(), d["bias"].tolist()
+        ([[0.6000000238418579, 0.800000011920929]], [0.0])
+    """
+    params = named_parameters(model)
+    vectors = np.asarray(result.eigenvectors)
+    size = sum(p.numel() for p in params.values())
+    if vectors.ndim != 2 or vectors.shape[0] != size:
+        raise ValueError(f"eigenvectors have shape {vectors.shape}; the model has {size} trainable parameters")
+    directions = []
+    for column in vectors.T:
+        d, start = {}, 0
+        for name, p in params.items():
+            piece = torch.as_tensor(column[start : start + p.numel()].copy())
+            d[name] = piece.view(p.shape).to(p.device, p.dtype)
+            start += p.numel()
+        directions.append(d)
+    return directions

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from landscape._data import Batch
+from landscape._data import Batch, ForwardFn, batch_length, map_tensors
 
 if TYPE_CHECKING:
     from landscape._grid import ChunkResult, SurfaceJob
@@ -146,7 +146,7 @@ def shard(items: Sequence[T]) -> list[T]:
     return list(items[rank() :: world_size()])
 
 
-def shard_batches(batches: Sequence[Batch]) -> list[Batch]:
+def shard_batches(batches: Sequence[Batch], forward_fn: ForwardFn | None = None) -> list[Batch]:
     """This rank's part of the data, every example on exactly one rank.
 
     With at least as many batches as ranks, batches are dealt round robin; otherwise every batch is cut into
@@ -155,8 +155,8 @@ def shard_batches(batches: Sequence[Batch]) -> list[Batch]:
     size, me = world_size(), rank()
     if len(batches) >= size:
         return list(batches[me::size])
-    pieces = [(x.tensor_split(size)[me], y.tensor_split(size)[me]) for x, y in batches]
-    return [(x, y) for x, y in pieces if len(y)]
+    pieces = [map_tensors(b, lambda t: t.tensor_split(size)[me] if t.dim() > 0 else t) for b in batches]
+    return [p for p in pieces if batch_length(p, forward_fn)]
 
 
 def all_gather_objects(obj: T) -> list[T]:

@@ -46,10 +46,19 @@ import pandas as pd
 import torch
 from scipy.optimize import Bounds, minimize
 from torch import Tensor, nn
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from landscape._data import Data, as_batches, model_device, trainable_parameters
+from landscape._data import (
+    Data,
+    ForwardFn,
+    as_batches,
+    batch_length,
+    functional_run,
+    head,
+    map_tensors,
+    model_device,
+    trainable_parameters,
+)
 from landscape._evaluation import (
     MODES,
     LossFn,
@@ -81,6 +90,12 @@ class Sharpness:
     perturbed_loss: float
     config: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        return (
+            f"Sharpness({self.measure}, value {self.value:.6g}, loss {self.loss:.6g}, "
+            f"perturbed_loss {self.perturbed_loss:.6g}, evaluations {self.config.get('evaluations')})"
+        )
+
     def frame(self) -> pd.DataFrame:
         """One row: ``measure, value, loss, perturbed_loss`` and the scalar config entries."""
         scalars = {k: v for k, v in self.config.items() if isinstance(v, (int, float, str, bool)) or v is None}
@@ -91,13 +106,21 @@ class Sharpness:
 class _Objective:
     """Loss of the model on fixed batches as a function of a flat parameter vector, with its gradient."""
 
-    def __init__(self, model: nn.Module, data: Data, loss_fn: LossFn | None, batch_size: int | None) -> None:
-        self.model = model
-        self.batches = batches_to(as_batches(data, batch_size), model_device(model))
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Data,
+        loss_fn: LossFn | None,
+        batch_size: int | None,
+        forward_fn: ForwardFn | None = None,
+    ) -> None:
+        self.model, self.forward_fn = model, forward_fn
+        self.batches = batches_to(as_batches(data, batch_size, forward_fn), model_device(model))
         self.params = {n: p.detach().clone() for n, p in trainable_parameters(model).items()}
         self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
-        self.total = sum(len(y) for _, y in self.batches)
-        self.n_ignored = count_ignored(self.batches, self.loss_fn, "sharpness")
+        self.sizes = [batch_length(b, forward_fn) for b in self.batches]
+        self.total = sum(self.sizes)
+        self.n_ignored = count_ignored(self.batches, self.loss_fn, "sharpness", forward_fn)
         self.evaluations = 0
         self.nonfinite: list[float] = []  # non-finite losses met, in order
 
@@ -106,8 +129,9 @@ class _Objective:
         params = unflatten(vector, self.params)
         loss = 0.0
         with torch.set_grad_enabled(grad):
-            for x, y in self.batches:
-                loss = loss + self.loss_fn(functional_call(self.model, params, (x,)), y) * (len(y) / self.total)
+            for batch, size in zip(self.batches, self.sizes, strict=True):
+                outputs, targets = functional_run(self.model, params, batch, self.forward_fn)
+                loss = loss + self.loss_fn(outputs, targets) * (size / self.total)
         self.evaluations += 1
         value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
         if not math.isfinite(value):
@@ -158,6 +182,7 @@ def epsilon_sharpness(
     batch_size: int | None = None,
     seed: int = 0,
     mode: str = "eval",
+    forward_fn: ForwardFn | None = None,
 ) -> Sharpness:
     r"""Keskar et al.'s sharpness :math:`\phi_{x,f}(\epsilon, A)` in the full space or a random subspace.
 
@@ -172,6 +197,7 @@ def epsilon_sharpness(
         batch_size: split a single pair into batches of this size.
         seed: seeds :math:`A` and the starting point.
         mode: ``"eval"`` (default) or ``"train"``: the mode the model is evaluated in.
+        forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` for models with their own calling convention.
 
     Example:
         >>> class Bowl(nn.Module):
@@ -193,7 +219,7 @@ def epsilon_sharpness(
     _check_mode(mode)
     with preserved_state(model):
         model.train(mode == "train")
-        objective = _Objective(model, data, loss_fn, batch_size)
+        objective = _Objective(model, data, loss_fn, batch_size, forward_fn)
         start = flatten(objective.params)
         x = start.double().cpu().numpy()
         f0, _ = objective(start)
@@ -245,6 +271,7 @@ def sam_sharpness(
     batch_size: int | None = None,
     seed: int = 0,
     mode: str = "eval",
+    forward_fn: ForwardFn | None = None,
 ) -> Sharpness:
     r"""SAM sharpness :math:`\max_{\lVert T^{-1}\epsilon\rVert \le \rho} L(w + \epsilon) - L(w)` (T = I, or ASAM's).
 
@@ -269,6 +296,7 @@ def sam_sharpness(
         batch_size: split a single pair into batches of this size.
         seed: seeds the random start used when the gradient is zero.
         mode: ``"eval"`` (default) or ``"train"``: the mode the model is evaluated in.
+        forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` for models with their own calling convention.
     """
     if not rho > 0:
         raise ValueError(f"Invalid rho: {rho}")
@@ -285,7 +313,7 @@ def sam_sharpness(
     is_weight = is_weight if is_weight is not None else (lambda name: "weight" in name)
     with preserved_state(model):
         model.train(mode == "train")
-        objective = _Objective(model, data, loss_fn, batch_size)
+        objective = _Objective(model, data, loss_fn, batch_size, forward_fn)
         w = flatten(objective.params)
         scale = torch.ones_like(w)
         if adaptive:
@@ -373,14 +401,16 @@ def m_sharpness(
         raise ValueError(f"Invalid m: {m}")
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"Invalid max_batches: {max_batches}")
-    batches = as_batches(data)
-    inputs, targets = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    k = len(targets) // m
+    forward_fn = options.get("forward_fn")
+    batches = as_batches(data, forward_fn=forward_fn)
+    joined = _concatenate(batches)
+    n = batch_length(joined, forward_fn)
+    k = n // m
     if k == 0:
-        raise ValueError(f"m={m} exceeds the number of examples ({len(targets)})")
+        raise ValueError(f"m={m} exceeds the number of examples ({n})")
     k = min(k, max_batches) if max_batches is not None else k
     results = [
-        sam_sharpness(model, (inputs[i * m : (i + 1) * m], targets[i * m : (i + 1) * m]), rho, **options)
+        sam_sharpness(model, _tail(head(joined, (i + 1) * m), i * m), rho, **options)
         for i in tqdm(range(k), desc="m-sharpness", disable=not progress, leave=False)
     ]
     values = np.array([r.value for r in results])
@@ -388,12 +418,33 @@ def m_sharpness(
         **results[0].config,
         "m": m,
         "n_batches": k,
-        "n_left_out": len(targets) - k * m,
+        "n_left_out": n - k * m,
         "per_batch": values.tolist(),
         "evaluations": sum(r.config["evaluations"] for r in results),
         "n_nonfinite": sum(r.config["n_nonfinite"] for r in results),
-        "n_ignored_targets": sum(r.config["n_ignored_targets"] for r in results),
+        "n_ignored_targets": None if forward_fn is not None else sum(r.config["n_ignored_targets"] for r in results),
     }
     loss = float(np.mean([r.loss for r in results]))
     perturbed = float(np.mean([r.perturbed_loss for r in results]))
     return Sharpness("m_sharpness", float(values.mean()), loss, perturbed, config)
+
+
+def _concatenate(batches: list) -> object:
+    """One batch holding every example of ``batches`` (tensors concatenated along the first dimension)."""
+    if len(batches) == 1:
+        return batches[0]
+    leaves = [list(_flat_leaves(b)) for b in batches]
+    joined = [torch.cat(parts) if parts[0].dim() > 0 else parts[0] for parts in zip(*leaves, strict=True)]
+    it = iter(joined)
+    return map_tensors(batches[0], lambda _: next(it))
+
+
+def _flat_leaves(batch: object) -> list:
+    found: list = []
+    map_tensors(batch, lambda t: found.append(t) or t)
+    return found
+
+
+def _tail(batch: object, start: int) -> object:
+    """The examples of ``batch`` from index ``start`` on."""
+    return map_tensors(batch, lambda t: t[start:] if t.dim() > 0 else t)

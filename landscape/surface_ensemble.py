@@ -40,6 +40,11 @@ class SurfaceEnsemble:
     surfaces: list[Surface]
     confidence: float = 0.95
 
+    def __repr__(self) -> str:
+        first = self.surfaces[0]
+        grid = f"{len(first.alphas)}x{len(first.betas)}" if first.betas is not None else f"{len(first.alphas)}"
+        return f"SurfaceEnsemble({len(self.surfaces)} draws on {grid} points, confidence {self.confidence})"
+
     @property
     def cosines(self) -> np.ndarray:
         """Cosine between the two directions of each draw."""

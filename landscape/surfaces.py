@@ -48,25 +48,36 @@ from landscape.distributed import evaluate_job, world_size
 from landscape.files import atomic_write
 
 
-def make_grid(lo: float, hi: float, n: int, include_zero: bool = True) -> np.ndarray:
-    """``n`` evenly spaced coordinates from ``lo`` to ``hi``, with an exact 0 added when asked and in range.
+def make_grid(lo: float, hi: float, n: int, include_zero: bool = True, include: Sequence[float] = ()) -> np.ndarray:
+    """``n`` evenly spaced coordinates from ``lo`` to ``hi`` that contain 0 and every value of ``include`` exactly.
 
-    For a symmetric range and odd ``n`` the middle point is exactly 0; otherwise 0 is inserted in order (``n + 1``
-    points) so that the surface contains the origin.
+    A point of the even spacing within ``1e-9`` of the range of a wanted value is set to it exactly; a wanted value
+    in range but between points is inserted in order (one point more each). Interpolations pass ``include=(0, 1)``
+    so that both checkpoints are on the curve for any ``n``.
 
     Example:
         >>> make_grid(-1, 1, 5).tolist(), len(make_grid(-1, 1, 4)), 0.0 in make_grid(-1, 1, 4)
         ([-1.0, -0.5, 0.0, 0.5, 1.0], 5, True)
+        >>> g = make_grid(-0.5, 1.5, 11, include=(0.0, 1.0))
+        >>> len(g), 0.0 in g, 1.0 in g, float(g[0]), float(g[-1])
+        (13, True, True, -0.5, 1.5)
     """
     if n < 1:
         raise ValueError(f"Invalid n: {n}")
     if not hi >= lo:
         raise ValueError(f"Invalid range: lo={lo} > hi={hi}")
     grid = np.linspace(lo, hi, n)
-    if n % 2 == 1 and lo == -hi:
-        grid[n // 2] = 0.0
-    if include_zero and lo <= 0.0 <= hi and not np.any(grid == 0.0):
-        grid = np.sort(np.append(grid, 0.0))
+    wanted = [0.0] if include_zero else []
+    wanted += [float(v) for v in include]
+    tol = 1e-9 * max(hi - lo, 1.0)
+    for value in wanted:
+        if not lo <= value <= hi or np.any(grid == value):
+            continue
+        near = np.flatnonzero(np.abs(grid - value) <= tol)
+        if len(near):
+            grid[near[0]] = value
+        else:
+            grid = np.sort(np.append(grid, value))
     return grid
 
 
@@ -95,6 +106,90 @@ class Surface:
         a, b = np.meshgrid(self.alphas, self.betas, indexing="ij")
         cols = {"alpha": a.ravel(), "beta": b.ravel(), "loss": self.loss.ravel(), "accuracy": self.accuracy.ravel()}
         return pd.DataFrame(cols)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, config: dict[str, Any] | None = None) -> Surface:
+        """The surface of a tidy frame as :meth:`frame` writes it (``alpha[, beta], loss, accuracy``).
+
+        Raises:
+            ValueError: if a 2D frame does not fill its grid.
+
+        Example:
+            >>> s = Surface(np.array([0.0, 1.0]), np.array([-1.0, 1.0]), np.eye(2), np.ones((2, 2)))
+            >>> Surface.from_frame(s.frame()).loss.tolist()
+            [[1.0, 0.0], [0.0, 1.0]]
+        """
+        if "beta" not in frame.columns:
+            rows = frame.sort_values("alpha")
+            return cls(rows["alpha"].to_numpy(float), None, rows["loss"].to_numpy(float),
+                       rows["accuracy"].to_numpy(float), dict(config or {}))  # fmt: skip
+        alphas, betas = np.unique(frame["alpha"].to_numpy(float)), np.unique(frame["beta"].to_numpy(float))
+        if len(frame) != len(alphas) * len(betas):
+            raise ValueError(f"{len(frame)} rows do not fill a {len(alphas)}x{len(betas)} grid")
+        grids = []
+        for column in ("loss", "accuracy"):
+            table = frame.pivot_table(index="alpha", columns="beta", values=column, aggfunc="first", dropna=False)
+            grids.append(table.reindex(index=alphas, columns=betas).to_numpy(float))
+        return cls(alphas, betas, grids[0], grids[1], dict(config or {}))
+
+    def __repr__(self) -> str:
+        grid = f"{len(self.alphas)}" if self.betas is None else f"{len(self.alphas)}x{len(self.betas)}"
+        finite = self.loss[np.isfinite(self.loss)]
+        span = f"loss {finite.min():.4g}..{finite.max():.4g}" if finite.size else "no finite loss"
+        kind = self.config.get("kind", "surface")
+        alphas = f"alpha {self.alphas[0]:.3g}..{self.alphas[-1]:.3g}"
+        return f"Surface({kind}, {grid} points, {alphas}, {span}, key={self.config.get('key')})"
+
+    def barrier(self) -> dict[str, float]:
+        r"""Linear-mode-connectivity barrier of a 1D interpolation (Frankle et al. 2020, Definition 1).
+
+        With :math:`f(\alpha)` the loss at :math:`(1 - \alpha)\theta_a + \alpha\theta_b` and :math:`a(\alpha)`
+        the accuracy, over the grid points with :math:`0 \le \alpha \le 1`,
+
+        .. math::
+            B_L = \max_\alpha f(\alpha) - \big((1-\alpha) f(0) + \alpha f(1)\big), \qquad
+            B_A = \max_\alpha \big((1-\alpha) a(0) + \alpha a(1)\big) - a(\alpha),
+
+        the largest rise of the loss (drop of the accuracy) above (below) the straight line between the ends. A value
+        near 0 means the two networks are linearly mode connected. ``B_A`` is NaN when the accuracy is (a
+        regression loss); a non-finite loss on the path gives ``B_L = inf`` or NaN, never a finite number.
+
+        Returns:
+            ``loss_barrier, loss_barrier_alpha, accuracy_barrier, accuracy_barrier_alpha``, plus ``loss_a, loss_b,
+            accuracy_a, accuracy_b`` at the two ends.
+
+        Raises:
+            ValueError: for a 2D surface, or a grid lacking :math:`\alpha = 0` or :math:`\alpha = 1`.
+
+        Example:
+            >>> s = Surface(np.array([0.0, 0.5, 1.0]), None, np.array([1.0, 3.0, 2.0]), np.array([0.9, 0.5, 0.8]))
+            >>> {k: round(v, 6) for k, v in s.barrier().items() if "barrier" in k}
+            {'loss_barrier': 1.5, 'loss_barrier_alpha': 0.5, 'accuracy_barrier': 0.35, 'accuracy_barrier_alpha': 0.5}
+        """
+        if self.betas is not None:
+            raise ValueError("the barrier is defined on a 1D interpolation, not a 2D surface")
+        ends = [np.flatnonzero(self.alphas == v) for v in (0.0, 1.0)]
+        if not all(len(e) for e in ends):
+            raise ValueError("the grid lacks alpha = 0 or alpha = 1 (use make_grid(..., include=(0, 1)))")
+        inside = (self.alphas >= 0.0) & (self.alphas <= 1.0)
+        alpha = self.alphas[inside]
+        out: dict[str, float] = {}
+        for name, values, sign in (("loss", self.loss, 1.0), ("accuracy", self.accuracy, -1.0)):
+            at_a, at_b = float(values[ends[0][0]]), float(values[ends[1][0]])
+            gap = sign * (values[inside] - ((1.0 - alpha) * at_a + alpha * at_b))
+            if np.all(np.isnan(gap)):
+                worst, where = float("nan"), float("nan")
+            elif np.any(np.isnan(gap)):
+                worst, where = float("nan"), float(alpha[np.flatnonzero(np.isnan(gap))[0]])
+            else:
+                i = int(np.argmax(gap))
+                worst, where = float(gap[i]) + 0.0, float(alpha[i])  # + 0.0: no -0.0 at an end
+            out |= {f"{name}_barrier": worst, f"{name}_barrier_alpha": where}
+            out |= {f"{name}_a": at_a, f"{name}_b": at_b}
+        return {k: out[k] for k in (
+            "loss_barrier", "loss_barrier_alpha", "accuracy_barrier", "accuracy_barrier_alpha",
+            "loss_a", "loss_b", "accuracy_a", "accuracy_b",
+        )}  # fmt: skip
 
     def at_origin(self) -> float:
         """The loss at coordinates 0 (raises ``ValueError`` if the grid lacks 0)."""

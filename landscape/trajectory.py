@@ -3,7 +3,9 @@ r"""Trajectory measures as training-runner callbacks: weight norms, step sizes, 
 Each measure is a small unit with a schedule (cockpit's quantity design): it runs at the steps its schedule names
 (``every=k``, or explicit steps such as :func:`log_steps`) and writes tidy rows through ``state.log(quantity, value,
 **keys)``. The runner calls whichever of ``on_train_begin``, ``on_step_end``, ``on_epoch_end``, ``on_train_end`` a
-measure defines; ``state`` follows :class:`TrainState`. Rows carry ``param`` (a parameter name, or ``"all"`` for the
+measure defines; ``state`` follows :class:`TrainState`. In one's own training loop, :class:`Tracker` plays the
+runner's part: build it before the first step, call :meth:`Tracker.step` after every optimizer step and read
+:meth:`Tracker.frame`. Rows carry ``param`` (a parameter name, or ``"all"`` for the
 whole model) and, for checkpoint distances, ``checkpoint``.
 """
 
@@ -14,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -25,6 +28,7 @@ __all__ = [
     "GradientNorm",
     "Measure",
     "TrainState",
+    "Tracker",
     "WeightNorms",
     "log_steps",
 ]
@@ -269,3 +273,76 @@ class GradientNorm(Measure):
             for name, value in norms.items():
                 state.log("grad_norm", value, param=name)
         state.log("grad_norm", math.sqrt(sum(v**2 for v in norms.values())), param="all")
+
+
+class _LoopState:
+    """The :class:`TrainState` a :class:`Tracker` hands to the measures."""
+
+    def __init__(self, model: nn.Module, optimizer: Any) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.step, self.epoch, self.loss = 0, 0, math.nan
+        self.records: list[dict[str, Any]] = []
+
+    def log(self, quantity: str, value: float, **keys: Any) -> None:
+        self.records.append({"step": self.step, "epoch": self.epoch, "quantity": quantity, "value": value, **keys})
+
+
+class Tracker:
+    """Trajectory measures in one's own training loop: the runner's bookkeeping in a small object.
+
+    Build it when the model is at its starting point (it calls the measures' ``on_train_begin``), call
+    :meth:`step` after every ``optimizer.step()`` (it calls ``on_step_end``), :meth:`epoch_end` after every epoch
+    and :meth:`end` after training if a measure needs those hooks; :meth:`frame` returns the tidy rows ``step,
+    epoch, quantity, value, param, ...`` logged so far (with ``train_loss`` when :meth:`step` is given the loss).
+
+    Args:
+        model: the network being trained.
+        optimizer: its optimizer (``EffectiveStepSize`` reads the learning rates).
+        measures: e.g. ``[WeightNorms(), EffectiveStepSize(), GradientNorm()]``, or one's own objects with any of
+            the hooks ``on_train_begin, on_step_end, on_epoch_end, on_train_end`` taking a :class:`TrainState`.
+
+    Example:
+        >>> model = nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> tracker = Tracker(model, opt, [WeightNorms(per_param=False), GradientNorm()])
+        >>> for _ in range(3):
+        ...     opt.zero_grad()
+        ...     loss = model(torch.ones(4, 2)).pow(2).mean()
+        ...     loss.backward()
+        ...     opt.step()
+        ...     tracker.step(loss)
+        >>> frame = tracker.frame()
+        >>> sorted(frame["quantity"].unique()), int(frame["step"].max()), len(frame.query("quantity == 'grad_norm'"))
+        (['grad_norm', 'train_loss', 'weight_norm', 'weight_norm_growth'], 3, 3)
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Any, measures: Iterable[object]) -> None:
+        self.state = _LoopState(model, optimizer)
+        self.measures = list(measures)
+        self._call("on_train_begin")
+
+    def _call(self, hook: str) -> None:
+        for measure in self.measures:
+            if hasattr(measure, hook):
+                getattr(measure, hook)(self.state)
+
+    def step(self, loss: Tensor | float | None = None) -> None:
+        """Record one optimizer step (and its mini-batch loss, when given) and run the measures due at it."""
+        self.state.step += 1
+        if loss is not None:
+            self.state.loss = float(loss.detach() if isinstance(loss, Tensor) else loss)
+            self.state.log("train_loss", self.state.loss)
+        self._call("on_step_end")
+
+    def epoch_end(self) -> None:
+        """Close the current epoch (the measures' ``on_epoch_end``); later steps count in the next one."""
+        self.state.epoch += 1
+        self._call("on_epoch_end")
+
+    def end(self) -> None:
+        """Finish (the measures' ``on_train_end``)."""
+        self._call("on_train_end")
+
+    def frame(self) -> pd.DataFrame:
+        """The rows logged so far, as a tidy frame."""
+        return pd.DataFrame.from_records(self.state.records)

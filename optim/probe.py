@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from optim._directions import direction
@@ -33,10 +34,33 @@ def _events(state: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def inspect(optimizer: Optimizer) -> pd.DataFrame:
+def _names(
+    optimizer: Optimizer, names: nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]] | None
+) -> dict[int, str]:
+    """Parameter names by ``id``: from ``names`` (a model or named parameters), else the groups' ``param_names``."""
+    if isinstance(names, nn.Module):
+        pairs = names.named_parameters()
+    elif isinstance(names, Mapping):
+        pairs = names.items()
+    elif names is not None:
+        pairs = names
+    else:
+        pairs = [
+            (n, p) for g in optimizer.param_groups for n, p in zip(g.get("param_names", ()), g["params"], strict=False)
+        ]
+    return {id(p): str(n) for n, p in pairs}
+
+
+def inspect(
+    optimizer: Optimizer, names: nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]] | None = None
+) -> pd.DataFrame:
     r"""Return one row per parameter tensor describing the optimizer's last step.
 
-    Columns: ``optimizer``, ``group``, ``param`` (index over all groups), ``shape``, ``numel``, ``lr``,
+    Rows are named by parameter when the names are known: pass the model (or its ``named_parameters()``) as
+    ``names``, or build the optimizer from ``model.named_parameters()`` (torch keeps them as ``param_names``).
+
+    Columns: ``optimizer``, ``group``, ``param`` (the parameter's name when known, else its index over all groups),
+    ``index`` (the index), ``shape``, ``numel``, ``lr``,
     ``param_norm`` ‖θ‖, ``update_norm`` ‖θ_t − θ_{t−1}‖ of the step rule without weight decay (for AdamP/SGDP
     the projected step, :math:`\sqrt{‖u‖^2 − ‖\text{radial}‖^2}`, exact up to a relative ε/‖θ‖ from the
     normalisation), ``update_ratio`` = update_norm / param_norm, and ``step_size_q05``, ``step_size_q50``,
@@ -54,7 +78,11 @@ def inspect(optimizer: Optimizer) -> pd.DataFrame:
         >>> row = inspect(opt).iloc[0]
         >>> round(float(row["update_norm"]), 4), float(row["step"])
         (0.1732, 1.0)
+        >>> model = torch.nn.Linear(2, 1)
+        >>> inspect(torch.optim.SGD(model.parameters(), lr=0.1), names=model)["param"].tolist()
+        ['weight', 'bias']
     """
+    by_id = _names(optimizer, names)
     wrappers = []
     base = optimizer
     while isinstance(base, Wrapper):
@@ -69,7 +97,8 @@ def inspect(optimizer: Optimizer) -> pd.DataFrame:
             row: dict[str, Any] = {
                 "optimizer": type(optimizer).__name__,
                 "group": group_index,
-                "param": index,
+                "param": by_id.get(id(p), index),
+                "index": index,
                 "shape": tuple(p.shape),
                 "numel": p.numel(),
                 "lr": lr,

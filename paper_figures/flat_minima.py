@@ -16,9 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.colors import LogNorm
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from paper_figures import plots
 from paper_figures._style import save_figure
 from paper_figures.reference import read_reference, reference_note, side_by_side
 from paper_figures.report import FigureOutput, read_results
@@ -266,18 +266,14 @@ def _surface_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     finite = rows["value"][np.isfinite(rows["value"]) & (rows["value"] > 0)]
     levels = np.geomspace(finite.min(), finite.max(), 16)
     fig, axes = plt.subplots(1, len(names), figsize=(3.9 * len(names) + 1.2, 4.0), squeeze=False, sharey=True)
-    for ax, name in zip(axes[0], names, strict=True):
-        grid = rows[rows["solution"] == name].pivot_table(index="beta", columns="alpha", values="value")
-        a, b = np.meshgrid(grid.columns.to_numpy(), grid.index.to_numpy())
-        values = np.clip(grid.to_numpy(), levels[0], levels[-1])
-        filled = ax.contourf(a, b, values, levels=levels, norm=LogNorm(levels[0], levels[-1]), cmap="viridis")
-        ax.contour(a, b, values, levels=levels, colors="white", linewidths=0.4)
-        ax.plot(0, 0, marker="x", color="red", ms=7)
-        centre = grid.loc[0.0, 0.0] if 0.0 in grid.index and 0.0 in grid.columns else np.nan
-        ax.set_title(f"{name}: L(θ*) = {centre:.3g}")
-        ax.set_xlabel("α (filter-normalised direction 1)")
-        ax.set_aspect("equal")
-    axes[0, 0].set_ylabel("β (filter-normalised direction 2)")
+    for i, (ax, name) in enumerate(zip(axes[0], names, strict=True)):
+        panel = rows[rows["solution"] == name].rename(columns={"value": "loss"})
+        centre = panel[(panel["alpha"] == 0.0) & (panel["beta"] == 0.0)]["loss"]
+        title = f"{name}: L(θ*) = {centre.iloc[0] if len(centre) else np.nan:.3g}"
+        ylabel = "β (filter-normalised direction 2)" if i == 0 else ""
+        plots.contour(panel, ax=ax, levels=levels, colorbar=False, title=title,
+                      xlabel="α (filter-normalised direction 1)", ylabel=ylabel)  # fmt: skip
+    filled = axes[0, 0].collections[0]
     fig.colorbar(filled, ax=axes[0].tolist(), label="training loss (nats, log scale)", ticks=levels[::3], format="%.2g")
     return save_figure(fig, out_dir, "surfaces")
 
@@ -286,9 +282,8 @@ def _spectrum_figure(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
     density = frame[(frame["analysis"] == "spectrum") & (frame["seed"] == frame["seed"].min())]
     for name in _order(density["solution"].unique()):
-        curve = density[density["solution"] == name].sort_values("eigenvalue")
-        axes[0].plot(curve["eigenvalue"], np.maximum(curve["value"], 1e-8), color=PALETTE.get(name), label=name)
-    axes[0].set_yscale("log")
+        curve = density[density["solution"] == name].sort_values("eigenvalue").rename(columns={"value": "density"})
+        plots.density(curve, ax=axes[0], label=name, color=PALETTE.get(name))
     axes[0].set_ylim(bottom=1e-6)
     axes[0].set_xlabel("Hessian eigenvalue λ")
     axes[0].set_ylabel("spectral density φ(λ) (SLQ, Gaussian-smoothed)")

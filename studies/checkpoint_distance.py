@@ -1,6 +1,6 @@
 """Checkpoint distance: repulsion from saved checkpoints vs plain training vs cosine warm restarts; snapshot ensembles.
 
-Source: a Tübingen bachelor thesis on checkpoint distances (SPEC_OPTIM.md, "Checkpoint repulsion"; THEORY.md items
+Source: a Tübingen bachelor thesis on checkpoint distances (docs/sources.md, "Checkpoint repulsion"; theory items
 20-21, thesis §1.2.3-1.2.4). It trains with SGD-momentum and L2 regularisation, saves a checkpoint θ_c after E
 epochs and continues with the Gaussian-kernel repulsion L = L_task + s·Σ_c exp(−‖θ − θ_c‖²/(2σ²))
 (``optim.CheckpointRepulsion``), sweeping the width σ and the strength s, and follows the distance from the

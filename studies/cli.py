@@ -22,13 +22,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+from studies import analyse, analyse_cli, catalog
+from studies.catalog import SCALES
 
-from landscape import distributed
-from studies import analyse, catalog, data
-from studies.runner import SCALES, default_root, run_study
-from studies.store import cached_table, environment
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Heavy modules (torch, pandas, the studies, the figures) are imported inside the commands, so that parsing and
+# ``valley --help`` take a fraction of a second.
 
 DISTRIBUTED_COMMANDS = ("study", "surface", "curvature")
 
@@ -42,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command not in DISTRIBUTED_COMMANDS:
         return args.func(args)
+    from landscape import distributed
+
     with distributed.process_group(args.device):  # opened under torchrun only; a plain process opens nothing
         try:
             return args.func(args)
@@ -70,21 +75,27 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", default=None, help="folder with MNIST/Fashion-MNIST/CIFAR-10 ($VALLEY_DATA)")
         p.add_argument("--force", action="store_true", help="recompute cached runs")
         p.add_argument("--amp", action="store_true", help="train with bfloat16 autocast (cached apart)")
-        p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+        p.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=sys.stderr.isatty(),
+            help="progress bars (default: on when stderr is a terminal)",
+        )
 
     figures = sub.add_parser("figures", help="run the studies and draw every figure and the report")
     common(figures)
-    figures.add_argument("--only", action="append", choices=list(_figures()), help="only this figure (repeatable)")
+    figures.add_argument("--only", action="append", choices=_figure_names(), help="only this figure (repeatable)")
     figures.add_argument("--out", type=Path, default=Path("paper_figures/out"), help="output folder")
     figures.add_argument("--skip-theory", action="store_true", help="leave the theory table out of the report")
     figures.set_defaults(func=_cmd_figures)
 
     study = sub.add_parser("study", help="run one study (cached, resumable)")
-    study.add_argument("name", choices=list(catalog.STUDIES))
+    study.add_argument("name", choices=catalog.NAMES)
     common(study)
     study.set_defaults(func=_cmd_study)
 
     analyse.add_parsers(sub)
+    analyse_cli.add_parser(sub)
 
     theory = sub.add_parser("theory", help="run the theory checks and print the table")
     theory.add_argument("--out", type=Path, default=Path("paper_figures/out/theory"), help="output folder")
@@ -100,7 +111,14 @@ def _figures() -> dict:
     return importlib.import_module("paper_figures.catalog").FIGURES
 
 
+def _figure_names() -> tuple[str, ...]:
+    return importlib.import_module("paper_figures.catalog").NAMES
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
+    from landscape import distributed
+    from studies.runner import default_root, run_study
+
     start = time.perf_counter()
     frame = run_study(
         catalog.get(args.name),
@@ -124,6 +142,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 def _cmd_figures(args: argparse.Namespace) -> int:
     from paper_figures._style import apply_style
     from paper_figures.report import write_report
+    from studies.runner import default_root, run_study
 
     apply_style()
     root = args.runs_dir or default_root()
@@ -162,6 +181,8 @@ def _cmd_figures(args: argparse.Namespace) -> int:
 
 def _theory_table(out_dir: Path, root: Path, force: bool) -> pd.DataFrame:
     """The theory table, cached under ``<root>/theory/`` keyed by the source of the packages the checks run."""
+    from studies.store import cached_table
+
     theory = importlib.import_module("theory")
     path = root / "theory" / f"{_source_key(('theory', 'optim', 'landscape'))}.csv"
     run = functools.partial(theory.run_all, out_dir=out_dir)
@@ -174,6 +195,8 @@ def _theory_table(out_dir: Path, root: Path, force: bool) -> pd.DataFrame:
 
 def _source_key(packages: Sequence[str]) -> str:
     """SHA-256 of the Python sources of ``packages`` and the library versions (first 16 hex digits)."""
+    from studies.store import environment
+
     digest = hashlib.sha256(json.dumps(environment(), sort_keys=True).encode())
     for package in packages:
         folder = Path(importlib.import_module(package).__file__).parent
@@ -188,15 +211,28 @@ def _cmd_theory(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    import inspect
+
+    from optim.registry import ENTRIES
+    from studies import data
+    from studies.models import MLP, MODELS, AdamCNN, LeNet5, ResNet
+
     print("Studies (valley study NAME):")
     for study in catalog.STUDIES.values():
         print(f"  {study.name:24s} {study.title}")
     print("Figures (valley figures --only NAME):")
     for name, figure in _figures().items():
         print(f"  {name:24s} {figure.TITLE}")
-    print(f"Optimizers: {', '.join(importlib.import_module('optim').names())}")
+    print("Models (--model NAME --model-kwargs JSON; or --model pkg.module:factory for one's own):")
+    for name, cls in zip(MODELS, (MLP, LeNet5, AdamCNN, ResNet), strict=True):
+        params = list(inspect.signature(cls).parameters.values())[2:]  # after input_shape, num_classes
+        print(f"  {name:24s} {', '.join(str(p) for p in params) or '(no options)'}")
+    print("Optimizers (optim.make(NAME, model, **overrides); registry defaults):")
+    for entry in ENTRIES.values():
+        options = ([f"base={entry.base}"] if entry.base else []) + [f"{k}={v}" for k, v in entry.defaults.items()]
+        print(f"  {entry.name:24s} {entry.cls.__name__}({', '.join(options)})")
     print(f"Theory checks: {len(importlib.import_module('theory').checks())} (valley theory)")
-    print("Data sets:")
+    print("Data sets (--data NAME, or a .pt/.npz file, or pkg.module:function):")
     for name in data.DATASETS:
         folder = data.locate(name, args.data_dir)
         state = "embedded" if name in data.EMBEDDED else (f"found in {folder}" if folder else "absent")

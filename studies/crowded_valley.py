@@ -1,6 +1,6 @@
 """Crowded-valley trio: SAM, AdamP and Expectigrad (and Adam) on the dense 784-784-10 network.
 
-Source: the project's crowded-valley report (DESIGN.md, study 3; its full reference is not in the design notes,
+Source: the project's crowded-valley report (described in docs/sources.md; its full reference is unknown,
 and its name echoes Schmidt, Schneider and Hennig 2021, "Descending through a Crowded Valley — Benchmarking Deep
 Learning Optimizers", ICML). It trained three recent optimizers — SAM (Foret et al. 2021, "Sharpness-Aware
 Minimization for Efficiently Improving Generalization", ICLR), AdamP (Heo et al. 2021, "AdamP: Slowing Down the
@@ -10,7 +10,7 @@ arXiv:2010.01356) — on MNIST with a fully connected 784-784-10 ReLU network, l
 AdamP 0.69 and Expectigrad 0.90 (:data:`REPORTED`), far below what this network reaches on MNIST (~0.98), so they
 look under-trained; this study re-runs the setting to show what a correct run gives.
 The report also drew 2D loss surfaces around the SGD and SAM solutions; those are produced by the flat-minima study
-(DESIGN.md, study 9) and are not repeated here.
+(:mod:`studies.flat_minima`) and are not repeated here.
 
 Data: MNIST at the full scale when its files are present (else scikit-learn's digits, embedded); digits at the quick
 and tiny scales. The network is ``studies.models.MLP`` with one hidden layer of 784 units (input 784 on MNIST, 64 on

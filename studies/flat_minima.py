@@ -66,7 +66,7 @@ from studies.runner import Context, Study
 from studies.store import config_hash
 from studies.train import TrainState, evaluate, train
 
-VERSION = "2"
+VERSION = "3"
 #: name -> (optimizer, batch regime); see the module docstring.
 SOLUTIONS: dict[str, tuple[str, str]] = {
     "SB SGD": ("SGD", "small"),
@@ -357,7 +357,7 @@ def _trajectory(solution: _Solution, splits: dict, config: dict[str, Any]) -> pd
 
 def _interpolation(model_a: nn.Module, model_b: nn.Module, splits: dict, config: dict) -> pd.DataFrame:
     """Loss and accuracy along (1 − α)θ_a + αθ_b, α ∈ [−1, 2] (Keskar et al.'s range), on train and test data."""
-    alphas = make_grid(-1.0, 2.0, config["interp_points"])
+    alphas = make_grid(-1.0, 2.0, config["interp_points"], include=(0.0, 1.0))  # both solutions on the curve
     frames = []
     for split in SPLITS:
         data = splits[split]

@@ -17,7 +17,7 @@ s = 0 is the plain base optimizer (no wrapper), the reference of the overheads.
 Hyperparameters (:data:`BASES`; mini-batches of 128): SGDM lr 0.05, momentum 0.9; RMSprop lr 1e-3, α = 0.99 (torch
 default); Adam lr 1e-3, β = (0.9, 0.999), ε = 1e-8 (Kingma & Ba 2015); AdamW the same with decoupled decay 0.01
 (torch default, Loshchilov & Hutter 2019); AdaBelief and AdaM3 lr 1e-3, β = (0.9, 0.999), ε = 1e-16 (their authors'
-defaults, SPEC_OPTIM). The paper tunes per task and trains ResNets/VGG on CIFAR for 200 epochs; these are the usual
+defaults). The paper tunes per task and trains ResNets/VGG on CIFAR for 200 epochs; these are the usual
 defaults for a LeNet (deviation: not re-tuned).
 
 Cost measures (one row each per run):

@@ -38,8 +38,6 @@ from studies.data import why_unavailable
 from studies.store import RunStore, write_frame
 from studies.train import mixed_precision
 
-SCALES = ("tiny", "quick", "paper", "full")
-
 
 @dataclass(frozen=True)
 class Context:

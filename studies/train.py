@@ -177,7 +177,8 @@ def train(
             (logged per step as ``regularizer``; never part of ``train_loss``, ``test_loss`` or the evaluation).
         amp: train with bfloat16 autocast (see the module docstring); ``None`` follows :func:`mixed_precision`.
         checkpoint_dir: folder for checkpoints (``epoch0003.pt``: model, optimizer, step, epoch).
-        checkpoint_epochs: epochs after which to checkpoint (0 = before training).
+        checkpoint_epochs: epochs after which to checkpoint (0 = before training); with ``checkpoint_dir`` alone,
+            the last epoch.
         progress: show a progress bar.
         desc: the progress bar's label.
 
@@ -190,6 +191,8 @@ def train(
         raise ValueError(f"Invalid batch_size: {batch_size}")
     if checkpoint_epochs and checkpoint_dir is None:
         raise ValueError(f"checkpoint_epochs={list(checkpoint_epochs)} needs a checkpoint_dir")
+    if checkpoint_dir is not None and not checkpoint_epochs:
+        checkpoint_epochs = (epochs,)
     if regularizer is not None and not callable(regularizer):
         raise TypeError(f"regularizer must be callable, got {type(regularizer).__name__}")
     amp = amp_default() if amp is None else amp

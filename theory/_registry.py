@@ -60,7 +60,7 @@ _SCREEN = ["item", "id", "symbolic_ok", "value", "reference", "tolerance", "nume
 
 
 def checks() -> tuple[Callable[[], CheckResult], ...]:
-    """All checks in THEORY.md order (items 1-21); each is called without arguments.
+    """All checks in the order of docs/sources.md (items 1-21); each is called without arguments.
 
     Example:
         >>> len(checks())

@@ -20,7 +20,7 @@ class CheckResult:
 
     Attributes:
         id: Stable identifier, ``"<module>.<name>"``.
-        item: Number of the item in THEORY.md (1-21).
+        item: Number of the item in docs/sources.md (1-21).
         title: One-line description.
         formula: The claimed formula as a sympy expression (or equation).
         latex: ``sympy.latex(formula)``.
@@ -92,7 +92,7 @@ def make_result(
 
     Args:
         id: Identifier of the check.
-        item: THEORY.md item number.
+        item: item number in docs/sources.md.
         title: One-line description.
         formula: Claimed formula (sympy).
         method: How sympy established it.

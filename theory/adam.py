@@ -8,7 +8,7 @@ bias-corrected versions:
     m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,\quad
     \Delta_t = -\gamma \frac{m_t/(1-\beta_1^t)}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon}.
 
-Checks 6-8 of THEORY.md.
+Items 6-8 of docs/sources.md.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def sparse_step_bound(
             f"derived = claim: {derived}; limit = (1-b1)/sqrt(1-b2): {limit_ok}; value 1 at t=1: {first_ok}. "
             f"betas={betas}: ratio(1)={curve[0]:.4g}, minimum {curve[t_min - 1]:.4g} at t={t_min}, "
             f"ratio(1e5)={curve[-1]:.4g} (non-monotone: {non_monotone}); <= bound {bound_value:.4g} for "
-            f"t <= 1e5: {below}. THEORY.md says 'nonzero gradient at step 1'; the formula holds for the spike at "
+            f"t <= 1e5: {below}. The item states 'nonzero gradient at step 1'; the formula holds for the spike at "
             "the current step t with zeros before (Kingma & Ba's case), which is what is checked."
         ),
         numeric_extra_ok=below and bool(non_monotone),

@@ -10,7 +10,7 @@ Notation as in the paper: β₂ the second-moment decay, ψ the adaptive learnin
     r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}}.
 
 With g ~ N(0, σ²), ψ² = ρ/Σg² is scaled-inverse-χ²(ρ, τ²) with τ² = 1/σ² (paper Sec. 3 and Appendix A).
-Checks 1-5 of THEORY.md and the data of the paper's Fig. 8 (exact vs first-order Var[ψ]) and Fig. 9 (simulated
+Items 1-5 of docs/sources.md and the data of the paper's Fig. 8 (exact vs first-order Var[ψ]) and Fig. 9 (simulated
 Var[ψ] of Adam vs the rectified r_t·ψ) live here.
 """
 

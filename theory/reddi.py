@@ -34,7 +34,7 @@ DISPLACEMENT = -gamma_ * (C_ - 2) / sp.sqrt((C_**2 + 2) / 3)
 
 
 class _ReferenceExpectigrad(torch.optim.Optimizer):
-    """Expectigrad as stated in SPEC_OPTIM (dense counter), used while ``optim.Expectigrad`` does not exist."""
+    """Expectigrad as its authors state it (dense counter), used while ``optim.Expectigrad`` does not exist."""
 
     def __init__(self, params: list[torch.Tensor], lr: float, beta: float, eps: float = 1e-8) -> None:
         super().__init__(params, {"lr": lr, "beta": beta, "eps": eps})

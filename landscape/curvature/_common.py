@@ -116,6 +116,14 @@ class EigenResult:
     method: str
     config: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        values = ", ".join(f"{v:.4g}" for v in self.eigenvalues[:5]) + (", ..." if len(self.eigenvalues) > 5 else "")
+        shape = "x".join(str(n) for n in np.shape(self.eigenvectors))
+        return (
+            f"EigenResult({self.method}, eigenvalues [{values}], eigenvectors {shape}, "
+            f"converged {int(np.sum(self.converged))}/{len(self.converged)}, applications {self.applications})"
+        )
+
     def frame(self) -> pd.DataFrame:
         """One row per eigenpair: ``index, eigenvalue, residual, converged, method, applications``."""
         return pd.DataFrame(

@@ -21,9 +21,18 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from landscape._data import Data, as_batches, model_device, named_parameters
+from landscape._data import (
+    Batch,
+    Data,
+    ForwardFn,
+    as_batches,
+    batch_length,
+    batch_to,
+    functional_run,
+    model_device,
+    named_parameters,
+)
 from landscape._evaluation import MODES, evaluation_mode
 from landscape.distributed import all_reduce_sum, shard_batches
 
@@ -49,6 +58,8 @@ class CurvatureOperator(LinearOperator):
         mode: ``"eval"`` (default: BatchNorm running statistics, no dropout) or ``"train"`` (batch statistics,
             dropout): the mode the model is in during every application, whatever its own mode; the estimators
             record it in their results' config.
+        forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` for models with their own calling convention
+            (default: ``model(inputs)``, ``model(*inputs)`` or ``model(**inputs)``, see :mod:`landscape._data`).
     """
 
     def __init__(
@@ -60,6 +71,7 @@ class CurvatureOperator(LinearOperator):
         batch_size: int | None = None,
         distributed: bool = False,
         mode: str = "eval",
+        forward_fn: ForwardFn | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"Invalid mode: {mode!r} (expected one of {MODES})")
@@ -79,31 +91,37 @@ class CurvatureOperator(LinearOperator):
         self.loss_fn = loss_fn
         self.device = model_device(model)
         self.torch_dtype = dtype or next(iter(params.values())).dtype
-        batches = as_batches(data, batch_size)
+        self.forward_fn = forward_fn
+        batches = as_batches(data, batch_size, forward_fn)
         self.distributed = distributed
         if distributed:
-            batches = shard_batches(batches)
-        self.batches = [(self._cast(x), y.to(self.device)) for x, y in batches]
-        self.num_data = sum(len(y) for _, y in self.batches)
+            batches = shard_batches(batches, forward_fn)
+        self.batches = [self._cast(batch) for batch in batches]
+        self.sizes = [batch_length(batch, forward_fn) for batch in self.batches]
+        self.num_data = sum(self.sizes)
         self.names = list(params)
         self.shapes = [p.shape for p in params.values()]
         self.numels = [p.numel() for p in params.values()]
         self.params = {n: p.detach().to(self.torch_dtype).requires_grad_(True) for n, p in params.items()}
-        self.buffers = {n: self._cast(b).clone() for n, b in model.named_buffers()}
+        self.buffers = {n: self._cast(b.detach()).clone() for n, b in model.named_buffers()}
         self.applications = 0
         n = sum(self.numels)
         super().__init__(dtype=np.dtype(str(self.torch_dtype).removeprefix("torch.")), shape=(n, n))
 
-    def _cast(self, tensor: Tensor) -> Tensor:
-        tensor = tensor.to(self.device)
-        return tensor.to(self.torch_dtype) if tensor.is_floating_point() else tensor
+    def _cast(self, batch: Batch) -> Batch:
+        """Every tensor of a batch (or a single tensor) on the device, floating-point ones in the operator's dtype.
+
+        Targets are cast too (as before for tensors): float targets of a regression loss follow the dtype.
+        """
+        return batch_to(batch, self.device, self.torch_dtype)
 
     def unflatten(self, vector: Tensor) -> list[Tensor]:
         """Split a flat vector into tensors shaped like the parameters."""
         return [c.view(s) for c, s in zip(vector.split(self.numels), self.shapes, strict=True)]
 
-    def _outputs(self, inputs: Tensor) -> Tensor:
-        return functional_call(self.model, (self.params, {n: b.clone() for n, b in self.buffers.items()}), (inputs,))
+    def _outputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        buffers = {n: b.clone() for n, b in self.buffers.items()}
+        return functional_run(self.model, (self.params, buffers), batch, self.forward_fn)
 
     def shard_sum(self, vectors: Tensor) -> tuple[Tensor, int]:
         r"""Return :math:`\sum_b n_b C_b V` over this process's batches and the example count :math:`\sum_b n_b`.
@@ -112,11 +130,11 @@ class CurvatureOperator(LinearOperator):
             vectors: ``(n, k)`` tensor of ``k`` flat vectors, in the operator's dtype and device.
         """
         total = torch.zeros_like(vectors)
-        for inputs, targets in self.batches:
-            total += len(targets) * self._batch_product(inputs, targets, vectors)
+        for batch, size in zip(self.batches, self.sizes, strict=True):
+            total += size * self._batch_product(batch, vectors)
         return total, self.num_data
 
-    def _batch_product(self, inputs: Tensor, targets: Tensor, vectors: Tensor) -> Tensor:
+    def _batch_product(self, batch: Batch, vectors: Tensor) -> Tensor:
         raise NotImplementedError
 
     def apply(self, vectors: Tensor) -> Tensor:
@@ -181,9 +199,9 @@ class HessianOperator(CurvatureOperator):
         (array([1., 0.]), 1)
     """
 
-    def _batch_product(self, inputs: Tensor, targets: Tensor, vectors: Tensor) -> Tensor:
+    def _batch_product(self, batch: Batch, vectors: Tensor) -> Tensor:
         params = list(self.params.values())
-        loss = self.loss_fn(self._outputs(inputs), targets)
+        loss = self.loss_fn(*self._outputs(batch))
         grad = _flat(torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True))
         if not grad.requires_grad:  # gradient constant in theta: zero Hessian
             return torch.zeros_like(vectors)
@@ -211,9 +229,9 @@ class GGNOperator(CurvatureOperator):
         array([0., 2.])
     """
 
-    def _batch_product(self, inputs: Tensor, targets: Tensor, vectors: Tensor) -> Tensor:
+    def _batch_product(self, batch: Batch, vectors: Tensor) -> Tensor:
         params = list(self.params.values())
-        outputs = self._outputs(inputs)
+        outputs, targets = self._outputs(batch)
         detached = outputs.detach().requires_grad_(True)
         loss_grad = torch.autograd.grad(self.loss_fn(detached, targets), detached, create_graph=True)[0]
         if not loss_grad.requires_grad:  # loss linear in the outputs: zero output Hessian

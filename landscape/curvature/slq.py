@@ -39,6 +39,14 @@ class SpectralDensity:
     applications: int
     config: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        probes = int(self.probe.max()) + 1 if len(self.probe) else 0
+        span = f"{self.nodes.min():.4g}..{self.nodes.max():.4g}" if len(self.nodes) else "empty"
+        return (
+            f"SpectralDensity(dimension {self.dimension}, {probes} probes, {len(self.nodes)} nodes in [{span}], "
+            f"grid of {len(self.grid)}, applications {self.applications})"
+        )
+
     def moment(self, order: int) -> float:
         r"""Estimate of :math:`\frac{1}{n}\mathrm{tr}(A^k)`: the probe mean of :math:`\sum_j \tau_j\theta_j^k`."""
         probes = int(self.probe.max()) + 1

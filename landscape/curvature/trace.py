@@ -35,6 +35,12 @@ class TraceResult:
     method: str
     config: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        return (
+            f"TraceResult({self.method}, estimate {self.estimate:.6g} ± {self.standard_error:.2g}, "
+            f"{len(self.samples)} probes, applications {self.applications})"
+        )
+
     def frame(self) -> pd.DataFrame:
         """One row: ``method, estimate, standard_error, applications, probes``."""
         return pd.DataFrame(

@@ -1,7 +1,7 @@
 """Float64 reference values derived by hand from the spec formulas, in plain Python floats.
 
 Each optimizer is fed a fixed sequence of gradients (``p.grad`` set directly), and a few lines of scalar Python
-that transcribe the formula of SPEC_OPTIM.md compute the expected parameters after every step.
+that transcribe the formula of each paper compute the expected parameters after every step.
 """
 
 import math
