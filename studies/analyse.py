@@ -5,14 +5,21 @@ bare state dict works too), loaded with ``weights_only=True`` into the architect
 (a JSON object passed to :func:`studies.models.make_model`), sized from ``--dataset``. ``surface`` writes a 1D slice
 along a filter-normalised random direction, a 1D interpolation to a second checkpoint (``--to``) or a 2D
 filter-normalised random plane, chunked and resumable through ``--cache-dir``; ``curvature`` writes the top-k Hessian
-eigenvalues (Lanczos), the Hutchinson trace and optionally the SLQ spectral density. Both write a tidy CSV (atomically)
-and a JSON of their configuration beside it; under ``torchrun`` the work is split over the processes and rank 0 writes.
+eigenvalues (Lanczos), the Hutchinson trace and optionally the SLQ spectral density. Both write a tidy CSV and, beside
+it, ``<out>.meta.json`` (the full name plus ``.meta.json``, so it never equals the CSV) with the configuration; the two
+are published together (:func:`landscape.files.publish`). The outputs and the chunk cache are checked before any work
+starts, and a file at ``--out`` or at its sidecar that valley did not write is never replaced. Under ``torchrun`` the
+work is split over the processes and rank 0 writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,11 +29,18 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from landscape import distributed
-from studies import data
-from studies.models import MODELS, make_model
+from landscape.files import OutputPathError, check_output_dir, check_output_file, publish
+from studies import arguments, data
+from studies.errors import UserError, one_line
+from studies.models import MODELS, check_options, make_model
 from studies.runner import resolve_device
-from studies.store import atomic_write_text, environment, write_frame
+from studies.store import environment
 from studies.train import load_checkpoint
+
+#: Marks a sidecar as written by valley (a file at the sidecar's path without it is never replaced).
+WRITER = "valley"
+#: Estimated bytes per surface point (grid coordinates, loss and accuracy, the table and its CSV text, per column).
+_BYTES_PER_POINT_AND_COLUMN = 64
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +57,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--checkpoint", type=Path, required=True, help="weights written by studies.train (.pt)")
         p.add_argument("--model", required=True, choices=MODELS, help="the architecture of the checkpoint")
         p.add_argument(
-            "--model-kwargs", type=json.loads, default={}, help="make_model options, e.g. '{\"widths\": [32]}'"
+            "--model-kwargs",
+            type=arguments.json_object,
+            default={},
+            help="make_model options, e.g. '{\"widths\": [32]}'",
         )
         p.add_argument("--dataset", required=True, choices=data.DATASETS, help="sizes the model; its data is used")
         p.add_argument("--data-dir", default=None, help="folder with MNIST/Fashion-MNIST/CIFAR-10 ($VALLEY_DATA)")
@@ -51,8 +68,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--samples", type=int, default=None, help="use the first N examples of the split")
         p.add_argument("--batch-size", type=int, default=1000, help="examples per forward pass (memory bound)")
         p.add_argument("--seed", type=int, default=0, help="random directions / start vector and probes")
-        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
-        p.add_argument("--out", type=Path, default=Path(out), help=f"CSV to write (default {out})")
+        p.add_argument("--device", type=arguments.device, default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+        p.add_argument("--out", type=Path, default=Path(out), help=f"CSV to write (default {out}), and OUT.meta.json")
         p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
     surface = sub.add_parser(
@@ -75,7 +92,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     surface.add_argument("--chunk-size", type=int, default=64, help="grid points per chunk (default 64)")
     surface.add_argument("--cache-dir", type=Path, default=None, help="finished chunks (default OUT.chunks/)")
-    surface.set_defaults(func=_cmd_surface)
+    surface.set_defaults(func=_cmd_surface, kept=_chunks_kept)
 
     curvature = sub.add_parser(
         "curvature",
@@ -100,38 +117,78 @@ def load_model(
 
     Raises:
         FileNotFoundError: if ``checkpoint`` does not exist.
-        ValueError: if the weights do not fit the model (naming the first missing, unexpected or mis-shaped key).
+        UserError: (a ``ValueError``) if the file is not a readable checkpoint (not a regular file, empty, damaged,
+            refused because it holds pickled objects other than tensors and plain containers, meta tensors) or the
+            weights do not fit the model (naming the first missing, unexpected or mis-shaped key).
+        ValueError: if ``model_kwargs`` are not options of ``model``.
     """
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    payload = load_checkpoint(path)
-    state = payload.get("model", payload) if isinstance(payload, dict) else payload
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {str(path)!r} holds no state dict of tensors (expected studies.train's format)")
+    check_options(model, model_kwargs)
+    state = _read_state(path)
     net = make_model(model, input_shape, num_classes, **model_kwargs)
     expected = net.state_dict()
     what = f"checkpoint {str(path)!r} does not fit {model} {json.dumps(model_kwargs)}"
     if missing := [k for k in expected if k not in state]:
-        raise ValueError(f"{what}: the model's {missing[0]!r} is missing ({len(missing)} keys missing)")
+        raise UserError(f"{what}: the model's {missing[0]!r} is missing ({len(missing)} keys missing)")
     if unexpected := [k for k in state if k not in expected]:
-        raise ValueError(f"{what}: the checkpoint's {unexpected[0]!r} is not in the model ({len(unexpected)} keys)")
+        raise UserError(f"{what}: the checkpoint's {unexpected[0]!r} is not in the model ({len(unexpected)} keys)")
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
             shapes = f"{tuple(state[key].shape)} in the checkpoint, {tuple(tensor.shape)} in the model"
-            raise ValueError(f"{what}: {key!r} has shape {shapes}")
-    net.load_state_dict(state)
+            raise UserError(f"{what}: {key!r} has shape {shapes}")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as error:
+        raise UserError(f"{what}: {one_line(str(error))}") from None
     return net.eval()
+
+
+def _read_state(path: Path) -> dict[str, Tensor]:
+    """The state dict of tensors in the checkpoint at ``path`` (its ``"model"`` entry, or the whole file)."""
+    name = f"checkpoint {str(path)!r}"
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name} does not exist") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a special file (FIFO, socket or device)"
+        raise UserError(f"{name} is {kind}, not a checkpoint file; nothing was read")
+    if info.st_size == 0:
+        raise UserError(f"{name} is empty")
+    try:
+        payload = load_checkpoint(path)
+    except Exception as error:  # a damaged file makes torch.load raise RuntimeError, EOFError, KeyError, ...
+        text = one_line(str(error))
+        if found := re.search(r"GLOBAL (\S+)", text):  # torch's weights_only unpickler refused an object
+            raise UserError(
+                f"{name} was refused: it holds a pickled object other than tensors and plain containers "
+                f"({found.group(1)}); valley loads only those (torch.load with weights_only=True) and never runs "
+                "code from a checkpoint"
+            ) from None
+        with open(path, "rb") as file:
+            start = file.read(4)
+        if not start.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or a legacy pickle
+            raise UserError(f"{name} is not a PyTorch checkpoint (it starts with {start!r})") from None
+        reason = f"{type(error).__name__}: {text}"[:200]
+        raise UserError(f"{name} is a damaged PyTorch checkpoint (truncated?): {reason}") from None
+    state = payload.get("model", payload) if isinstance(payload, dict) else payload
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise UserError(f"{name} holds no state dict of tensors (expected studies.train's format)")
+    if meta := [k for k, v in state.items() if v.is_meta]:
+        raise UserError(f"{name} holds meta tensors (shapes without values), e.g. {meta[0]!r}")
+    return state
 
 
 def _analysis_target(args: argparse.Namespace) -> tuple[nn.Module, tuple[Tensor, Tensor], str, data.Dataset]:
     """The checkpoint's model in eval mode on this rank's device, and the chosen data ``(x, y)`` there."""
     if args.samples is not None and args.samples < 1:
-        raise ValueError(f"Invalid --samples: {args.samples}")
+        raise UserError(f"Invalid --samples: {args.samples}")
     if args.batch_size < 1:
-        raise ValueError(f"Invalid --batch-size: {args.batch_size}")
-    if not isinstance(args.model_kwargs, dict):
-        raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
+        raise UserError(f"Invalid --batch-size: {args.batch_size}")
+    try:
+        check_options(args.model, args.model_kwargs)
+    except ValueError as error:
+        raise UserError(f"--model-kwargs: {error}") from None
     device = distributed.local_device(resolve_device(args.device))
     dataset = data.load_dataset(args.dataset, args.data_dir)
     model = load_model(args.checkpoint, args.model, args.model_kwargs, dataset.input_shape, dataset.num_classes)
@@ -140,15 +197,75 @@ def _analysis_target(args: argparse.Namespace) -> tuple[nn.Module, tuple[Tensor,
     return model.to(device), (x.to(device), y.to(device)), device, dataset
 
 
+def sidecar(out: Path) -> Path:
+    """The metadata file written beside ``out``: its full name plus ``.meta.json`` (never equal to ``out``).
+
+    Example:
+        >>> sidecar(Path("runs/s.json"))
+        PosixPath('runs/s.json.meta.json')
+    """
+    return out.with_name(out.name + ".meta.json")
+
+
+def _written_by_valley(path: Path) -> bool:
+    """Whether ``path`` is a sidecar valley wrote (a JSON object marked by :data:`WRITER`, or of its older form)."""
+    try:
+        with open(path, "rb") as file:
+            meta = json.loads(file.read(1 << 24))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and (
+        meta.get("written_by") == WRITER or {"arguments", "config", "environment"} <= meta.keys()
+    )
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an ``--out`` (or its sidecar) valley may not replace, and an unusable cache folder."""
+    out, meta = check_output_file(args.out), check_output_file(sidecar(args.out))
+    if meta.exists() and not _written_by_valley(meta):
+        raise OutputPathError(f"{meta}: exists and valley did not write it; move it away or choose another --out")
+    if out.exists() and not meta.exists() and not _written_by_valley(out.with_suffix(".json")):
+        raise OutputPathError(f"{out}: exists and valley did not write it (no {meta.name} beside it); move it away")
+    if hasattr(args, "cache_dir"):
+        check_output_dir(_cache_dir(args))
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    """``--cache-dir``, else ``OUT.chunks`` (``OUT`` with its suffix replaced; never ``OUT`` itself)."""
+    if args.cache_dir is not None:
+        return args.cache_dir
+    default = args.out.with_suffix(".chunks") if args.out.name not in ("", ".", "..") else args.out / "chunks"
+    return default if default != args.out else args.out.with_name(args.out.name + ".chunks")
+
+
+def _chunks_kept(args: argparse.Namespace) -> str:
+    folder = _cache_dir(args)
+    return f"{sum(1 for _ in folder.glob('*/chunk_*'))} finished chunks kept in {folder}"
+
+
 def _write(args: argparse.Namespace, frame: pd.DataFrame, config: dict, device: str) -> None:
-    """Rank 0 writes the CSV and, beside it, ``<out>.json`` with the command's arguments and the result's config."""
+    """Rank 0 publishes the CSV and its sidecar (the command's arguments and the result's config) together."""
     if not distributed.is_main():
         return
-    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
-    meta = {"arguments": arguments, "config": config, "environment": environment(device)}
-    meta["environment"]["world_size"] = distributed.world_size()
-    write_frame(args.out, frame)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
+    skip = ("func", "kept")
+    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in skip}
+    meta = {"written_by": WRITER, "output": args.out.name, "arguments": arguments, "config": config}
+    meta["environment"] = environment(device) | {"world_size": distributed.world_size()}
+    _check_outputs(args)
+    publish({args.out: frame.to_csv(index=False), sidecar(args.out): json.dumps(meta, indent=2, default=str)})
+
+
+def _check_grid_fits(resolution: int, dims: int) -> None:
+    """Refuse a grid whose results alone would need more than half of this machine's memory (before allocating)."""
+    points = resolution**dims
+    needed = points * (dims + 2) * _BYTES_PER_POINT_AND_COLUMN
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory / 2:
+        grid = "×".join([str(resolution)] * dims)
+        raise UserError(
+            f"--resolution {resolution}: a {grid} grid has {points:,} points and its results need about "
+            f"{needed / 2**30:,.1f} GiB, more than half of this machine's {memory / 2**30:,.1f} GiB; lower --resolution"
+        )
 
 
 def _cmd_surface(args: argparse.Namespace) -> int:
@@ -156,19 +273,23 @@ def _cmd_surface(args: argparse.Namespace) -> int:
     from landscape.surfaces import interpolate_1d, make_grid, surface_1d, surface_2d
 
     if args.resolution < 1:
-        raise ValueError(f"Invalid --resolution: {args.resolution}")
+        raise UserError(f"Invalid --resolution: {args.resolution}")
+    if args.chunk_size < 1:
+        raise UserError(f"Invalid --chunk-size: {args.chunk_size}")
     if args.to is not None and args.dims != 1:
-        raise ValueError(f"--to interpolates in 1D; got --dims {args.dims}")
+        raise UserError(f"--to interpolates in 1D; got --dims {args.dims}")
     span = args.span if args.span is not None else (0.5 if args.to is not None else 1.0)
-    if not span > 0:
-        raise ValueError(f"Invalid --span: {span}")
+    if not (span > 0 and math.isfinite(span)):
+        raise UserError(f"Invalid --span: {span} (a finite positive half width)")
+    _check_grid_fits(args.resolution, args.dims)
+    _check_outputs(args)
     model, batch, device, dataset = _analysis_target(args)
     options = {
         "bn": args.bn_policy,
         "bn_data": (dataset.x_train[: args.batch_size].to(device), dataset.y_train[: args.batch_size].to(device)),
         "batch_size": args.batch_size,
         "chunk_size": args.chunk_size,
-        "cache_dir": args.cache_dir or args.out.with_suffix(".chunks"),
+        "cache_dir": _cache_dir(args),
         "progress": args.progress and distributed.is_main(),
         "distributed": True,
     }
@@ -198,7 +319,8 @@ def _cmd_curvature(args: argparse.Namespace) -> int:
 
     for name in ("top_k", "trace_probes", "slq_probes", "slq_steps"):
         if getattr(args, name) < 1:
-            raise ValueError(f"Invalid --{name.replace('_', '-')}: {getattr(args, name)}")
+            raise UserError(f"Invalid --{name.replace('_', '-')}: {getattr(args, name)}")
+    _check_outputs(args)
     model, batch, device, _ = _analysis_target(args)
     dtype = getattr(torch, args.dtype)
     hessian = HessianOperator(model, F.cross_entropy, batch, dtype, args.batch_size, distributed=True)
