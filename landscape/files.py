@@ -84,6 +84,11 @@ def check_output_dir(path: str | os.PathLike) -> Path:
         raise OutputPathError(f"{path}: cannot create the folder: {error.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputPathError(f"{path}: the folder is not writable")
+    try:  # os.access says yes to root everywhere and knows nothing of read-only or pseudo file systems: try it
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".valley-probe."):
+            pass
+    except OSError as error:
+        raise OutputPathError(f"{path}: the folder is not writable ({error.strerror})") from None
     return path
 
 

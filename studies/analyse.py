@@ -15,6 +15,7 @@ work is split over the processes and rank 0 writes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -124,7 +125,18 @@ def load_model(
     """
     path = Path(checkpoint)
     check_options(model, model_kwargs)
-    state = _read_state(path)
+    return _fit(_read_state(path), path, model, model_kwargs, input_shape, num_classes)
+
+
+def _fit(
+    state: dict[str, Tensor],
+    path: Path,
+    model: str,
+    model_kwargs: dict,
+    input_shape: Sequence[int],
+    num_classes: int,
+) -> nn.Module:
+    """The model ``make_model(model, ...)`` in eval mode holding ``state``, read from the checkpoint ``path``."""
     net = make_model(model, input_shape, num_classes, **model_kwargs)
     expected = net.state_dict()
     what = f"checkpoint {str(path)!r} does not fit {model} {json.dumps(model_kwargs)}"
@@ -190,8 +202,11 @@ def _analysis_target(args: argparse.Namespace) -> tuple[nn.Module, tuple[Tensor,
     except ValueError as error:
         raise UserError(f"--model-kwargs: {error}") from None
     device = distributed.local_device(resolve_device(args.device))
+    state = _read_state(args.checkpoint)  # a damaged checkpoint is refused before the data is loaded
+    if getattr(args, "to", None) is not None:
+        _read_state(args.to)
     dataset = data.load_dataset(args.dataset, args.data_dir)
-    model = load_model(args.checkpoint, args.model, args.model_kwargs, dataset.input_shape, dataset.num_classes)
+    model = _fit(state, args.checkpoint, args.model, args.model_kwargs, dataset.input_shape, dataset.num_classes)
     x, y = (dataset.x_train, dataset.y_train) if args.split == "train" else (dataset.x_test, dataset.y_test)
     x, y = x[: args.samples], y[: args.samples]
     return model.to(device), (x.to(device), y.to(device)), device, dataset
@@ -240,19 +255,21 @@ def _cache_dir(args: argparse.Namespace) -> Path:
 
 def _chunks_kept(args: argparse.Namespace) -> str:
     folder = _cache_dir(args)
-    return f"{sum(1 for _ in folder.glob('*/chunk_*'))} finished chunks kept in {folder}"
+    return f"{sum(1 for _ in folder.glob('*/chunk_*.npz'))} finished chunks kept in {folder}"
 
 
 def _write(args: argparse.Namespace, frame: pd.DataFrame, config: dict, device: str) -> None:
-    """Rank 0 publishes the CSV and its sidecar (the command's arguments and the result's config) together."""
+    """Rank 0 publishes the CSV and its sidecar together: the CSV's SHA-256, the arguments, the config, versions."""
     if not distributed.is_main():
         return
     skip = ("func", "kept")
     arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in skip}
-    meta = {"written_by": WRITER, "output": args.out.name, "arguments": arguments, "config": config}
+    table = frame.to_csv(index=False)
+    meta = {"written_by": WRITER, "output": args.out.name, "sha256": hashlib.sha256(table.encode()).hexdigest()}
+    meta |= {"arguments": arguments, "config": config}
     meta["environment"] = environment(device) | {"world_size": distributed.world_size()}
     _check_outputs(args)
-    publish({args.out: frame.to_csv(index=False), sidecar(args.out): json.dumps(meta, indent=2, default=str)})
+    publish({args.out: table, sidecar(args.out): json.dumps(meta, indent=2, default=str)})
 
 
 def _check_grid_fits(resolution: int, dims: int) -> None:
