@@ -50,7 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "The model: --checkpoint is a file written by studies.train (its 'model' entry) or a saved state dict, "
         "loaded with torch.load(weights_only=True) into make_model(--model, shape and classes of --dataset, "
         "**--model-kwargs). Under torchrun --nproc-per-node N the work is split over the N processes; rank 0 "
-        "prints and writes --out and its .json (arguments, configuration, versions)."
+        "prints and writes --out and OUT.meta.json (arguments, configuration, versions, the CSV's SHA-256)."
     )
 
     def target(p: argparse.ArgumentParser, out: str) -> None:
@@ -239,7 +239,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     out, meta = check_output_file(args.out), check_output_file(sidecar(args.out))
     if meta.exists() and not _written_by_valley(meta):
         raise OutputPathError(f"{meta}: exists and valley did not write it; move it away or choose another --out")
-    if out.exists() and not meta.exists() and not _written_by_valley(out.with_suffix(".json")):
+    legacy = out.with_suffix(".json")  # where valley wrote the sidecar before it was named OUT.meta.json
+    if out.exists() and not meta.exists() and not _written_by_valley(legacy):
         raise OutputPathError(f"{out}: exists and valley did not write it (no {meta.name} beside it); move it away")
     if hasattr(args, "cache_dir"):
         check_output_dir(_cache_dir(args))
