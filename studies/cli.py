@@ -9,6 +9,10 @@ train with bfloat16 autocast); ``valley theory`` prints the theory table; ``vall
 ``torchrun --nproc-per-node N -m studies.cli study|surface|curvature ...`` splits the work over N processes (a study's
 configs, a surface's chunks, a Hessian's data; gloo on CPU, NCCL and one GPU per process with ``--device cuda``);
 rank 0 prints and writes. A plain run needs no distributed set-up.
+
+Exit status (:mod:`studies.errors`): 0 done, 1 a failed check or an internal error, 2 a mistake in the command (one
+line on stderr, never a traceback), 130 interrupted (Ctrl-C; finished runs and chunks are kept). ``--debug`` shows
+the full traceback instead of the line.
 """
 
 from __future__ import annotations
