@@ -273,16 +273,32 @@ def _write(args: argparse.Namespace, frame: pd.DataFrame, config: dict, device: 
     publish({args.out: table, sidecar(args.out): json.dumps(meta, indent=2, default=str)})
 
 
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def _check_grid_fits(resolution: int, dims: int) -> None:
     """Refuse a grid whose results alone would need more than half of this machine's memory (before allocating)."""
     points = resolution**dims
     needed = points * (dims + 2) * _BYTES_PER_POINT_AND_COLUMN
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    memory = _memory_bytes()
     if needed > memory / 2:
         grid = "×".join([str(resolution)] * dims)
         raise UserError(
             f"--resolution {resolution}: a {grid} grid has {points:,} points and its results need about "
             f"{needed / 2**30:,.1f} GiB, more than half of this machine's {memory / 2**30:,.1f} GiB; lower --resolution"
+        )
+
+
+def _check_eigenvectors_fit(model: nn.Module, top_k: int, dtype: torch.dtype) -> None:
+    """Refuse ``--top-k`` when the k eigenvectors alone (k × parameters) need more than half of the memory."""
+    parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    needed = min(top_k, parameters) * parameters * dtype.itemsize
+    memory = _memory_bytes()
+    if needed > memory / 2:
+        raise UserError(
+            f"--top-k {top_k}: {top_k} eigenvectors of {parameters:,} parameters need about {needed / 2**30:,.1f} "
+            f"GiB, more than half of this machine's {memory / 2**30:,.1f} GiB; lower --top-k"
         )
 
 
@@ -341,6 +357,7 @@ def _cmd_curvature(args: argparse.Namespace) -> int:
     _check_outputs(args)
     model, batch, device, _ = _analysis_target(args)
     dtype = getattr(torch, args.dtype)
+    _check_eigenvectors_fit(model, args.top_k, dtype)
     hessian = HessianOperator(model, F.cross_entropy, batch, dtype, args.batch_size, distributed=True)
     progress = args.progress and distributed.is_main()
     eigen = lanczos_eigenpairs(hessian, k=args.top_k, seed=args.seed, progress=progress)

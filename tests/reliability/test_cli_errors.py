@@ -131,6 +131,14 @@ def test_a_grid_that_cannot_fit_is_refused_before_allocating(capsys, checkpoint,
     assert not (tmp_path / "s.chunks").exists()  # refused before the cache folder was made
 
 
+def test_eigenvectors_that_cannot_fit_are_refused_before_the_work(capsys, checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(analyse, "_memory_bytes", lambda: 2**20)  # a machine with 1 MiB
+    argv = curvature(checkpoint, tmp_path / "c.csv", "--top-k", "200")  # 200 × 610 float64 = 0.93 MiB > 0.5 MiB
+    fails(capsys, argv, "--top-k 200: 200 eigenvectors of 610 parameters need about 0.0 GiB")
+    assert not (tmp_path / "c.csv").exists()
+    assert main(curvature(checkpoint, tmp_path / "c.csv", "--top-k", "100")) == 0  # 0.47 MiB fits
+
+
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
