@@ -224,6 +224,8 @@ def sidecar(out: Path) -> Path:
 
 def _written_by_valley(path: Path) -> bool:
     """Whether ``path`` is a sidecar valley wrote (a JSON object marked by :data:`WRITER`, or of its older form)."""
+    if not path.is_file():  # absent, or a folder, FIFO, ... that must not be opened
+        return False
     try:
         with open(path, "rb") as file:
             meta = json.loads(file.read(1 << 24))

@@ -321,6 +321,14 @@ def test_out_json_keeps_the_csv_and_the_sidecar_describes_it(capsys, checkpoint,
     assert "1 reused" in capsys.readouterr().out
 
 
+def test_a_fifo_where_the_old_sidecar_was_is_not_opened(capsys, checkpoint, tmp_path):
+    signal.alarm(20)  # fail rather than hang if it is opened
+    (tmp_path / "s.csv").write_text("alpha,loss\n")
+    os.mkfifo(tmp_path / "s.json")
+    fails(capsys, surface(checkpoint, tmp_path / "s.csv"), "s.csv: exists and valley did not write it")
+    signal.alarm(0)
+
+
 def test_files_valley_did_not_write_are_never_replaced(capsys, checkpoint, tmp_path):
     (tmp_path / "s.csv.meta.json").write_text("my notes\n")
     fails(capsys, surface(checkpoint, tmp_path / "s.csv"), "s.csv.meta.json: exists and valley did not write it")
