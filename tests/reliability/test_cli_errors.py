@@ -321,12 +321,20 @@ def test_out_json_keeps_the_csv_and_the_sidecar_describes_it(capsys, checkpoint,
     assert "1 reused" in capsys.readouterr().out
 
 
+def _hung(*_):
+    raise TimeoutError("blocked: a FIFO was opened")
+
+
 def test_a_fifo_where_the_old_sidecar_was_is_not_opened(capsys, checkpoint, tmp_path):
-    signal.alarm(20)  # fail rather than hang if it is opened
     (tmp_path / "s.csv").write_text("alpha,loss\n")
     os.mkfifo(tmp_path / "s.json")
-    fails(capsys, surface(checkpoint, tmp_path / "s.csv"), "s.csv: exists and valley did not write it")
-    signal.alarm(0)
+    previous = signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(20)  # fail rather than hang if it is opened
+    try:
+        fails(capsys, surface(checkpoint, tmp_path / "s.csv"), "s.csv: exists and valley did not write it")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_files_valley_did_not_write_are_never_replaced(capsys, checkpoint, tmp_path):
