@@ -15,12 +15,16 @@ STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3
 CIFAR = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
 
 
+class _Hung(BaseException):
+    """Raised by the alarm: passes every ``except Exception`` and fails the test."""
+
+
 @pytest.fixture(autouse=True)
 def no_hang():
     """Fail, rather than hang, if a reader opens a FIFO (opening one waits for a writer forever)."""
 
     def hung(*_):
-        raise KeyboardInterrupt("the reader blocked (it opened a FIFO?)")  # passes any `except Exception`
+        raise _Hung("the reader blocked (it opened a FIFO?)")
 
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(20)
