@@ -53,6 +53,7 @@ def _kind(mode: int) -> str:
         stat.S_ISCHR: "a character device",
         stat.S_ISBLK: "a block device",
         stat.S_ISDIR: "a folder",
+        stat.S_ISREG: "a file",
     }
     return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
 
@@ -78,11 +79,16 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise OutputPathError(f"{path}: cannot create the folder: a parent is a file") from None
+        raise OutputPathError(f"{path}: cannot create the folder: a parent is not a folder") from None
     except OSError as error:
         raise OutputPathError(f"{path}: cannot create the folder: {error.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputPathError(f"{path}: the folder is not writable")
+    try:  # os.access says yes to root everywhere and knows nothing of read-only or pseudo file systems: try it
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".valley-probe."):
+            pass
+    except OSError as error:
+        raise OutputPathError(f"{path}: the folder is not writable ({error.strerror})") from None
     return path
 
 

@@ -7,24 +7,39 @@ architecture or ``pkg.module:factory`` (with ``--model-kwargs``), ``--checkpoint
 and ``--forward`` an optional ``forward_fn(model, batch) -> (outputs, targets)``. ``surface`` writes a 1D slice
 along a filter-normalised random direction, a 1D interpolation to a second checkpoint (``--to``) or a 2D
 filter-normalised random plane, chunked and resumable through ``--cache-dir``; ``curvature`` writes the top-k Hessian
-eigenvalues (Lanczos), the Hutchinson trace and optionally the SLQ spectral density. Both write a tidy CSV (atomically)
-and a JSON of their configuration beside it; under ``torchrun`` the work is split over the processes and rank 0 writes.
+eigenvalues (Lanczos), the Hutchinson trace and optionally the SLQ spectral density. Both write a tidy CSV and, beside
+it, ``<out>.meta.json`` (the full name plus ``.meta.json``, so it never equals the CSV) with the configuration; the two
+are published together (:func:`landscape.files.publish`). The outputs and the chunk cache are checked before any work
+starts, and a file at ``--out`` or at its sidecar that valley did not write is never replaced. Under ``torchrun`` the
+work is split over the processes and rank 0 writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from studies import arguments
+from studies.errors import UserError
+
 if TYPE_CHECKING:  # imported inside the commands: building the parser stays light (valley --help)
     import pandas as pd
+    import torch
     from torch import nn
 
     from studies import specs
+
+#: Marks a sidecar as written by valley (a file at the sidecar's path without it is never replaced).
+WRITER = "valley"
+#: Estimated bytes per surface point (grid coordinates, loss and accuracy, the table and its CSV text, per column).
+_BYTES_PER_POINT_AND_COLUMN = 64
 
 EPILOG = (
     "--model: a built-in architecture (mlp, lenet5, adam_cnn, resnet; sized from the data) or pkg.module:factory "
@@ -32,7 +47,8 @@ EPILOG = (
     "'state_dict' or 'model_state_dict', or valley's own checkpoint (torch.load(weights_only=True)). --data: a "
     "built-in data set, a .pt/.npz file of tensors (x/y, inputs/targets or x_train/y_train/x_test/y_test) or "
     "pkg.module:fn returning (inputs, targets), batches or a DataLoader. Under torchrun --nproc-per-node N the work "
-    "is split over the N processes; rank 0 prints and writes --out and its .json (arguments, configuration, versions)."
+    "is split over the N processes; rank 0 prints and writes --out and OUT.meta.json (arguments, configuration, "
+    "versions, the CSV's SHA-256)."
 )
 
 
@@ -41,7 +57,9 @@ def target_arguments(p: argparse.ArgumentParser, out: str, out_help: str = "CSV 
     p.epilog = EPILOG
     p.add_argument("--checkpoint", type=Path, required=True, help="the weights (.pt state dict or checkpoint)")
     p.add_argument("--model", required=True, help="built-in name (mlp, lenet5, adam_cnn, resnet) or pkg.module:factory")
-    p.add_argument("--model-kwargs", type=json.loads, default={}, help="JSON keyword arguments of the model factory")
+    p.add_argument(
+        "--model-kwargs", type=arguments.json_object, default={}, help="JSON keyword arguments of the model factory"
+    )
     p.add_argument(
         "--data", "--dataset", dest="data", required=True, help="built-in name, .pt/.npz file or pkg.module:fn"
     )
@@ -54,7 +72,7 @@ def target_arguments(p: argparse.ArgumentParser, out: str, out_help: str = "CSV 
     p.add_argument("--samples", type=int, default=None, help="use the first N examples of the split")
     p.add_argument("--batch-size", type=int, default=1000, help="examples per forward pass (memory bound)")
     p.add_argument("--seed", type=int, default=0, help="random directions / start vector and probes")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+    p.add_argument("--device", type=arguments.device, default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     p.add_argument("--out", type=Path, default=Path(out), help=f"{out_help} (default {out})")
     p.add_argument(
         "--progress",
@@ -86,7 +104,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     surface.add_argument("--chunk-size", type=int, default=64, help="grid points per chunk (default 64)")
     surface.add_argument("--cache-dir", type=Path, default=None, help="finished chunks (default OUT.chunks/)")
-    surface.set_defaults(func=_cmd_surface)
+    surface.set_defaults(func=_cmd_surface, kept=_chunks_kept)
 
     curvature = sub.add_parser(
         "curvature",
@@ -145,19 +163,102 @@ def analysis_target(args: argparse.Namespace) -> tuple[specs.Target, str]:
     return target, device
 
 
+def sidecar(out: Path) -> Path:
+    """The metadata file written beside ``out``: its full name plus ``.meta.json`` (never equal to ``out``).
+
+    Example:
+        >>> sidecar(Path("runs/s.json"))
+        PosixPath('runs/s.json.meta.json')
+    """
+    return out.with_name(out.name + ".meta.json")
+
+
+def _written_by_valley(path: Path) -> bool:
+    """Whether ``path`` is a sidecar valley wrote (a JSON object marked by :data:`WRITER`, or of its older form)."""
+    if not path.is_file():  # absent, or a folder, FIFO, ... that must not be opened
+        return False
+    try:
+        with open(path, "rb") as file:
+            meta = json.loads(file.read(1 << 24))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and (
+        meta.get("written_by") == WRITER or {"arguments", "config", "environment"} <= meta.keys()
+    )
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an ``--out`` (or its sidecar) valley may not replace, and an unusable cache folder."""
+    from landscape.files import OutputPathError, check_output_dir, check_output_file
+
+    out, meta = check_output_file(args.out), check_output_file(sidecar(args.out))
+    if meta.exists() and not _written_by_valley(meta):
+        raise OutputPathError(f"{meta}: exists and valley did not write it; move it away or choose another --out")
+    legacy = out.with_suffix(".json")  # where valley wrote the sidecar before it was named OUT.meta.json
+    if out.exists() and not meta.exists() and not _written_by_valley(legacy):
+        raise OutputPathError(f"{out}: exists and valley did not write it (no {meta.name} beside it); move it away")
+    if hasattr(args, "cache_dir"):
+        check_output_dir(_cache_dir(args))
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    """``--cache-dir``, else ``OUT.chunks`` (``OUT`` with its suffix replaced; never ``OUT`` itself)."""
+    if args.cache_dir is not None:
+        return args.cache_dir
+    default = args.out.with_suffix(".chunks") if args.out.name not in ("", ".", "..") else args.out / "chunks"
+    return default if default != args.out else args.out.with_name(args.out.name + ".chunks")
+
+
+def _chunks_kept(args: argparse.Namespace) -> str:
+    folder = _cache_dir(args)
+    return f"{sum(1 for _ in folder.glob('*/chunk_*.npz'))} finished chunks kept in {folder}"
+
+
 def _write(args: argparse.Namespace, frame: pd.DataFrame, config: dict, device: str) -> None:
-    """Rank 0 writes the CSV and, beside it, ``<out>.json`` with the command's arguments and the result's config."""
+    """Rank 0 publishes the CSV and its sidecar together: the CSV's SHA-256, the arguments, the config, versions."""
     from landscape import distributed
-    from landscape.files import atomic_write
-    from studies.store import environment, write_frame
+    from landscape.files import publish
+    from studies.store import environment
 
     if not distributed.is_main():
         return
-    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
-    meta = {"arguments": arguments, "config": config, "environment": environment(device)}
-    meta["environment"]["world_size"] = distributed.world_size()
-    write_frame(args.out, frame)
-    atomic_write(args.out.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
+    skip = ("func", "kept")
+    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in skip}
+    table = frame.to_csv(index=False)
+    meta = {"written_by": WRITER, "output": args.out.name, "sha256": hashlib.sha256(table.encode()).hexdigest()}
+    meta |= {"arguments": arguments, "config": config}
+    meta["environment"] = environment(device) | {"world_size": distributed.world_size()}
+    check_outputs(args)
+    publish({args.out: table, sidecar(args.out): json.dumps(meta, indent=2, default=str)})
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_grid_fits(resolution: int, dims: int) -> None:
+    """Refuse a grid whose results alone would need more than half of this machine's memory (before allocating)."""
+    points = resolution**dims
+    needed = points * (dims + 2) * _BYTES_PER_POINT_AND_COLUMN
+    memory = _memory_bytes()
+    if needed > memory / 2:
+        grid = "×".join([str(resolution)] * dims)
+        raise UserError(
+            f"--resolution {resolution}: a {grid} grid has {points:,} points and its results need about "
+            f"{needed / 2**30:,.1f} GiB, more than half of this machine's {memory / 2**30:,.1f} GiB; lower --resolution"
+        )
+
+
+def _check_eigenvectors_fit(model: nn.Module, top_k: int, dtype: torch.dtype) -> None:
+    """Refuse ``--top-k`` when the k eigenvectors alone (k × parameters) need more than half of the memory."""
+    parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    needed = min(top_k, parameters) * parameters * dtype.itemsize
+    memory = _memory_bytes()
+    if needed > memory / 2:
+        raise UserError(
+            f"--top-k {top_k}: {top_k} eigenvectors of {parameters:,} parameters need about {needed / 2**30:,.1f} "
+            f"GiB, more than half of this machine's {memory / 2**30:,.1f} GiB; lower --top-k"
+        )
 
 
 def _cmd_surface(args: argparse.Namespace) -> int:
@@ -167,12 +268,18 @@ def _cmd_surface(args: argparse.Namespace) -> int:
     from studies import specs
 
     if args.resolution < 1:
-        raise ValueError(f"Invalid --resolution: {args.resolution}")
+        raise UserError(f"Invalid --resolution: {args.resolution}")
+    if args.chunk_size < 1:
+        raise UserError(f"Invalid --chunk-size: {args.chunk_size}")
     if args.to is not None and args.dims != 1:
-        raise ValueError(f"--to interpolates in 1D; got --dims {args.dims}")
+        raise UserError(f"--to interpolates in 1D; got --dims {args.dims}")
     span = args.span if args.span is not None else (0.5 if args.to is not None else 1.0)
-    if not span > 0:
-        raise ValueError(f"Invalid --span: {span}")
+    if not (span > 0 and math.isfinite(span)):
+        raise UserError(f"Invalid --span: {span} (a finite positive half width)")
+    _check_grid_fits(args.resolution, args.dims)
+    check_outputs(args)
+    if args.to is not None:
+        specs.read_state_dict(args.to)  # a damaged second checkpoint is refused before the data is loaded
     target, device = analysis_target(args)
     model = target.model
     options = {
@@ -181,7 +288,7 @@ def _cmd_surface(args: argparse.Namespace) -> int:
         "loss_fn": target.loss_fn,
         "forward_fn": target.forward_fn,
         "chunk_size": args.chunk_size,
-        "cache_dir": args.cache_dir or args.out.with_suffix(".chunks"),
+        "cache_dir": _cache_dir(args),
         "progress": args.progress and distributed.is_main(),
         "distributed": True,
     }
@@ -215,9 +322,11 @@ def _cmd_curvature(args: argparse.Namespace) -> int:
 
     for name in ("top_k", "trace_probes", "slq_probes", "slq_steps"):
         if getattr(args, name) < 1:
-            raise ValueError(f"Invalid --{name.replace('_', '-')}: {getattr(args, name)}")
+            raise UserError(f"Invalid --{name.replace('_', '-')}: {getattr(args, name)}")
+    check_outputs(args)
     target, device = analysis_target(args)
     dtype = getattr(torch, args.dtype)
+    _check_eigenvectors_fit(target.model, args.top_k, dtype)
     hessian = HessianOperator(
         target.model, target.loss_fn, target.batches, dtype, distributed=True, forward_fn=target.forward_fn
     )

@@ -47,7 +47,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--force", action="store_true", help="recompute every part")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="CSVs and JSON only")
-    p.set_defaults(func=_cmd_analyse)
+    p.set_defaults(func=_cmd_analyse, kept=_parts_kept)
+
+
+def _parts_kept(args: argparse.Namespace) -> str:
+    return f"finished parts kept in {args.out / 'cache'} (a rerun reuses them)"
 
 
 def _cmd_analyse(args: argparse.Namespace) -> int:

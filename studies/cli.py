@@ -9,6 +9,10 @@ train with bfloat16 autocast); ``valley theory`` prints the theory table; ``vall
 ``torchrun --nproc-per-node N -m studies.cli study|surface|curvature ...`` splits the work over N processes (a study's
 configs, a surface's chunks, a Hessian's data; gloo on CPU, NCCL and one GPU per process with ``--device cuda``);
 rank 0 prints and writes. A plain run needs no distributed set-up.
+
+Exit status (:mod:`studies.errors`): 0 done, 1 a failed check or an internal error, 2 a mistake in the command (one
+line on stderr, never a traceback), 130 interrupted (Ctrl-C; finished runs and chunks are kept). ``--debug`` shows
+the full traceback instead of the line.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-from studies import analyse, analyse_cli, catalog
+from studies import analyse, analyse_cli, arguments, catalog
 from studies.catalog import SCALES
+from studies.errors import INTERRUPTED, UserError, report
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,29 +42,74 @@ DISTRIBUTED_COMMANDS = ("study", "surface", "curvature")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the subcommand; returns the exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    if args.command not in DISTRIBUTED_COMMANDS:
-        return args.func(args)
-    from landscape import distributed
+    """Parse ``argv`` and run the subcommand; returns the exit status (see :mod:`studies.errors`).
 
-    with distributed.process_group(args.device):  # opened under torchrun only; a plain process opens nothing
-        try:
+    The one error boundary of the command: a user's mistake ends as one line on stderr and status 2, an internal
+    error as one line saying so and status 1, Ctrl-C as one line saying what finished work is kept and status 130;
+    ``--debug`` shows the full traceback instead.
+    """
+    parser = _parser()
+    args, prog = None, parser.prog
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.error("choose a command")
+        prog = f"{parser.prog} {args.command}"
+        if args.command not in DISTRIBUTED_COMMANDS:
             return args.func(args)
-        except (FileNotFoundError, ValueError) as error:
-            if args.command == "study":
-                raise
-            print(f"valley {args.command}: error: {error}", file=sys.stderr)
-            return 2
+        from landscape import distributed
+
+        with distributed.process_group(args.device):  # opened under torchrun only; a plain process opens nothing
+            return args.func(args)
+    except KeyboardInterrupt:
+        if args is not None and args.debug:
+            raise
+        kept = args.kept(args) if args is not None else "nothing started"
+        print(f"{prog}: interrupted; {kept}", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as error:
+        if args is not None and args.debug:
+            raise
+        return report(getattr(error, "prog", prog), error)
+
+
+class _UsageError(UserError):
+    """A command line argparse cannot parse, reported by the subcommand's parser ``prog``."""
+
+    def __init__(self, message: str, prog: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one line (raised to :func:`main`) instead of the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise the usage error for :func:`main` to print."""
+        raise _UsageError(f"{message} (see {self.prog} --help)", self.prog)
+
+
+def _nothing_kept(args: argparse.Namespace) -> str:
+    return "nothing kept"
+
+
+def _runs_kept(args: argparse.Namespace) -> str:
+    """How many finished runs the results cache holds (for the study, or for every study under ``figures``)."""
+    from studies.runner import default_root
+
+    root = Path(args.runs_dir or default_root())
+    pattern = f"{args.name}/*/meta.json" if args.command == "study" else "*/*/meta.json"
+    return f"{sum(1 for _ in root.glob(pattern))} finished runs kept in {root}"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="valley", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="valley", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.set_defaults(debug=False, kept=_nothing_kept)
     sub = parser.add_subparsers(dest="command")
+
+    def debug(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback")
 
     def common(p: argparse.ArgumentParser) -> None:
         scale = p.add_mutually_exclusive_group()
@@ -70,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         scale.add_argument("--full", dest="scale", action="store_const", const="full", help="the papers' whole grid")
         scale.add_argument("--scale", choices=SCALES, help=" | ".join(SCALES))
         p.set_defaults(scale="quick")
-        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+        p.add_argument("--device", type=arguments.device, default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
         p.add_argument("--runs-dir", type=Path, default=None, help="results cache (default $VALLEY_RUNS or runs/)")
         p.add_argument("--data-dir", default=None, help="folder with MNIST/Fashion-MNIST/CIFAR-10 ($VALLEY_DATA)")
         p.add_argument("--force", action="store_true", help="recompute cached runs")
@@ -81,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
             default=sys.stderr.isatty(),
             help="progress bars (default: on when stderr is a terminal)",
         )
+        p.set_defaults(kept=_runs_kept)
 
     figures = sub.add_parser("figures", help="run the studies and draw every figure and the report")
     common(figures)
@@ -104,6 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list studies, figures, optimizers, theory checks and data sets")
     listing.add_argument("--data-dir", default=None)
     listing.set_defaults(func=_cmd_list)
+    for subparser in sub.choices.values():
+        debug(subparser)
     return parser
 
 
@@ -117,8 +170,13 @@ def _figure_names() -> tuple[str, ...]:
 
 def _cmd_study(args: argparse.Namespace) -> int:
     from landscape import distributed
+    from landscape.files import check_output_dir, check_output_file
     from studies.runner import default_root, run_study
 
+    root = args.runs_dir or default_root()
+    check_output_dir(root / args.name)
+    check_output_file(root / args.name / f"{args.scale}.csv")
+    check_output_file(root / args.name / f"{args.scale}.notes.txt")
     start = time.perf_counter()
     frame = run_study(
         catalog.get(args.name),
@@ -130,7 +188,6 @@ def _cmd_study(args: argparse.Namespace) -> int:
         progress=args.progress,
         amp=args.amp,
     )
-    root = args.runs_dir or default_root()
     if distributed.is_main():
         runs = frame["run"].nunique() if len(frame) else 0
         seconds = time.perf_counter() - start
@@ -140,19 +197,26 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
+    from landscape.files import check_output_dir, check_output_file
     from paper_figures._style import apply_style
     from paper_figures.report import write_report
     from studies.runner import default_root, run_study
 
     apply_style()
     root = args.runs_dir or default_root()
+    chosen = {name: figure for name, figure in _figures().items() if not args.only or name in args.only}
+    for folder in (root, *(args.out / name for name in chosen)):
+        check_output_dir(folder)
+    for path in (args.out / "report.md", args.out / "report.html"):
+        check_output_file(path)
+    if not (args.skip_theory or args.only):
+        check_output_dir(root / "theory")
+        _check_theory_outputs(args.out / "theory")
     outputs, timings = [], []
-    for name, figure in _figures().items():
-        if args.only and name not in args.only:
-            continue
+    for name, figure in chosen.items():
         if args.scale not in catalog.get(figure.STUDY).scales:
             if args.only:
-                raise ValueError(f"the study of figure {name} has no {args.scale} scale")
+                raise UserError(f"the study of figure {name} has no {args.scale} scale")
             print(f"{name}: skipped (its study has no {args.scale} scale)")
             continue
         start = time.perf_counter()
@@ -205,7 +269,16 @@ def _source_key(packages: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def _check_theory_outputs(out_dir: Path) -> None:
+    from landscape.files import check_output_dir, check_output_file
+
+    check_output_dir(out_dir)
+    for name in ("theory.md", "theory.tex"):
+        check_output_file(out_dir / name)
+
+
 def _cmd_theory(args: argparse.Namespace) -> int:
+    _check_theory_outputs(args.out)
     table = importlib.import_module("theory").run_all(out_dir=args.out)
     return 0 if bool(table["passed"].all()) else 1
 

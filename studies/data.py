@@ -34,15 +34,20 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
+import stat
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from landscape.cache import read_verified, warn_damaged, write_verified
+from studies.errors import UserError, one_line
 
 EMBEDDED = ("digits", "mnist1d")
 LOCAL = ("mnist", "fashion_mnist", "cifar10")
@@ -63,6 +68,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
 }
 #: Where operating-system packages install data sets (Debian/Ubuntu ``dataset-*`` packages).
 SYSTEM_DATA_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets"),)
+_LOCAL_CLASSES = 10  # MNIST, Fashion-MNIST and CIFAR-10 all have ten classes, labelled 0-9
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -118,6 +124,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
     Raises:
         ValueError: for an unknown name.
         FileNotFoundError: for a local data set whose files are absent, saying which files to put where.
+        UserError: (a ``ValueError``) for a damaged data file: not a regular file, truncated, not gzip or not IDX,
+            images and labels of different counts or shapes, a label outside 0–9 (the message names the file).
 
     Example:
         >>> ds = load_dataset("digits")
@@ -132,6 +140,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
         folder = _require(name, data_dir)
         x_tr, y_tr = (read_idx(_idx_path(folder, f)) for f in _IDX_FILES["train"])
         x_te, y_te = (read_idx(_idx_path(folder, f)) for f in _IDX_FILES["test"])
+        _check_idx_split(folder, "train", x_tr, y_tr)
+        _check_idx_split(folder, "test", x_te, y_te)
+        if x_tr.shape[1:] != x_te.shape[1:]:
+            raise UserError(f"{folder}: training images are {x_tr.shape[1:]}, test images {x_te.shape[1:]}")
         x_tr, x_te = x_tr[:, None], x_te[:, None]
     elif name == "cifar10":
         folder = _require(name, data_dir)
@@ -231,30 +243,105 @@ def batches(
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (the MNIST format; gzip-compressed when the name ends in ``.gz``).
+    """Read an IDX file (the MNIST format), gzip-compressed or not (recognised by its first bytes).
 
-    Layout: two zero bytes, a type code, the number of dimensions n, n big-endian int32 sizes, then the data.
+    Layout: two zero bytes, a type code, the number of dimensions n, n big-endian int32 sizes, then the data. The
+    header is checked against the file's size (or, compressed, against what decompresses) before the data is read,
+    and a path that is not a regular file (a folder, a FIFO) is refused without being opened.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        UserError: (a ``ValueError``) the file is not a regular file, not gzip though compressed, truncated, or not
+            an IDX file; the message names the file.
     """
     path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (magic bytes {raw[:4]!r})")
-    ndim = raw[3]
-    shape = tuple(int(s) for s in np.frombuffer(raw, ">i4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
-    if len(raw) != expected:
-        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but the file has {len(raw)} bytes")
-    return np.frombuffer(raw, dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
+    size = _regular_file(path, "an IDX file")
+    with open(path, "rb") as file:
+        compressed = file.read(2) == b"\x1f\x8b"
+        file.seek(0)
+        stream = gzip.GzipFile(fileobj=file, mode="rb") if compressed else file
+        try:
+            return _read_idx_stream(path, stream, None if compressed else size)
+        except (OSError, EOFError, zlib.error) as error:
+            raise UserError(f"{path}: damaged gzip file ({one_line(str(error))})") from None
+
+
+def _read_idx_stream(path: Path, stream: BinaryIO, size: int | None) -> np.ndarray:
+    head = stream.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES or head[3] == 0:
+        raise UserError(f"{path} is not an IDX file (magic bytes {head!r}; expected 00 00 <type> <dimensions>)")
+    ndim = head[3]
+    dims = stream.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise UserError(f"{path}: truncated IDX header ({ndim} dimensions announced)")
+    shape = tuple(int(n) for n in np.frombuffer(dims, ">i4"))
+    if min(shape) < 0:
+        raise UserError(f"{path}: IDX header gives a negative size in shape {shape}")
+    dtype = np.dtype(_IDX_DTYPES[head[2]])
+    data_bytes = math.prod(shape) * dtype.itemsize
+    expected = 4 + 4 * ndim + data_bytes
+    if size is not None and size != expected:
+        raise UserError(f"{path}: header says shape {shape} ({expected} bytes) but the file has {size} bytes")
+    if data_bytes > _memory_bytes():
+        raise UserError(f"{path}: header says shape {shape} ({data_bytes} bytes), more than this machine's memory")
+    raw = stream.read(data_bytes + 1)
+    if len(raw) != data_bytes:
+        found = f"{len(raw)}" if len(raw) <= data_bytes else "more"
+        raise UserError(f"{path}: header says shape {shape} ({data_bytes} bytes of data) but the file holds {found}")
+    return np.frombuffer(raw, dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def read_cifar_binary(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read one CIFAR-10 binary batch: records of 1 label byte + 3072 pixel bytes (3×32×32, channel-major)."""
-    raw = np.fromfile(path, np.uint8)
-    if raw.size == 0 or raw.size % 3073:
-        raise ValueError(f"{path}: size {raw.size} bytes is not a whole number of 3073-byte CIFAR-10 records")
-    records = raw.reshape(-1, 3073)
-    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+    """Read one CIFAR-10 binary batch: records of 1 label byte + 3072 pixel bytes (3×32×32, channel-major).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        UserError: (a ``ValueError``) not a regular file, not a whole number of records, or a label outside 0–9.
+    """
+    path = Path(path)
+    size = _regular_file(path, "a CIFAR-10 batch")
+    if size == 0 or size % 3073:
+        raise UserError(f"{path}: size {size} bytes is not a whole number of 3073-byte CIFAR-10 records")
+    records = np.fromfile(path, np.uint8).reshape(-1, 3073)
+    labels = records[:, 0].astype(np.int64)
+    _check_labels(path, labels)
+    return records[:, 1:].reshape(-1, 3, 32, 32), labels
+
+
+def _regular_file(path: Path, what: str) -> int:
+    """The size of ``path`` after checking (with ``os.stat``, never opening it) that it is a regular file."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file (expected {what})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{path}: expected {what}, found a folder")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{path}: expected {what}, found a special file (FIFO, socket or device); not opened")
+    return info.st_size
+
+
+def _check_labels(path: Path | str, labels: np.ndarray) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= _LOCAL_CLASSES):
+        bad = labels[(labels < 0) | (labels >= _LOCAL_CLASSES)][0]
+        raise UserError(f"{path}: label {bad} is outside 0–{_LOCAL_CLASSES - 1}")
+
+
+def _check_idx_split(folder: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """An IDX split must be (n, H, W) images and n labels in 0–9."""
+    image_file, label_file = (_idx_path(folder, stem) for stem in _IDX_FILES[split])
+    if images.ndim != 3:
+        raise UserError(f"{image_file}: expected images of shape (n, height, width), found shape {images.shape}")
+    if labels.ndim != 1:
+        raise UserError(f"{label_file}: expected labels of shape (n,), found shape {labels.shape}")
+    if len(images) != len(labels):
+        raise UserError(f"{image_file} holds {len(images)} images but {label_file} holds {len(labels)} labels")
+    _check_labels(label_file, labels)
+
+
+def _memory_bytes() -> int:
+    """Physical memory of this machine in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _digits() -> tuple[np.ndarray, ...]:
@@ -310,8 +397,8 @@ def _files(name: str) -> tuple[str, ...]:
 
 def _complete(name: str, folder: Path) -> bool:
     if name == "cifar10":
-        return all((folder / f).is_file() for f in _files(name))
-    return all(_idx_path(folder, stem).is_file() for stem in _files(name))
+        return all((folder / f).exists() for f in _files(name))
+    return all(_idx_path(folder, stem).exists() for stem in _files(name))
 
 
 def _require(name: str, data_dir: str | os.PathLike | None) -> Path:

@@ -14,7 +14,9 @@ Parameter names do not depend on dropout, so one saved initialisation serves a m
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -152,10 +154,57 @@ def make_model(name: str, input_shape: Sequence[int], num_classes: int, **kwargs
         >>> make_model("mlp", (40,), 10, widths=(16,)).layers[0].in_features
         40
     """
-    classes = {"mlp": MLP, "lenet5": LeNet5, "adam_cnn": AdamCNN, "resnet": ResNet}
-    if name not in classes:
+    check_options(name, kwargs)
+    return _CLASSES[name](tuple(input_shape), num_classes, **kwargs)
+
+
+def check_options(name: str, options: dict[str, object]) -> None:
+    """Refuse a model option that the model does not have, or whose value is not of the kind of its default.
+
+    A number option takes a number (an integer for an integer default), a sequence option (``widths``) a list of
+    such numbers; booleans are not numbers here.
+
+    Raises:
+        ValueError: for an unknown model, an unknown option or a value of the wrong kind, naming the options.
+
+    Example:
+        >>> check_options("mlp", {"widths": "32"})
+        Traceback (most recent call last):
+        ...
+        ValueError: mlp option widths='32': expected a list of integers (default (1000, 1000))
+    """
+    if name not in _CLASSES:
         raise ValueError(f"Unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return classes[name](tuple(input_shape), num_classes, **kwargs)
+    defaults = {
+        key: p.default
+        for key, p in inspect.signature(_CLASSES[name]).parameters.items()
+        if key not in ("input_shape", "num_classes")
+    }
+    for key, value in options.items():
+        if key not in defaults:
+            known = ", ".join(defaults) or "none"
+            raise ValueError(f"{name} has no option {key!r}; its options: {known}")
+        expected = defaults[key]
+        if isinstance(expected, (list, tuple)):
+            ok = isinstance(value, (list, tuple)) and all(_same_kind(v, expected[0]) for v in value)
+            kind = f"a list of {_kind(expected[0])}s"
+        else:
+            ok, kind = _same_kind(value, expected), f"{'an' if _kind(expected) == 'integer' else 'a'} {_kind(expected)}"
+        if not ok:
+            raise ValueError(f"{name} option {key}={value!r}: expected {kind} (default {expected!r})")
+
+
+def _same_kind(value: object, default: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return isinstance(value, numbers.Integral) or not isinstance(default, numbers.Integral)
+
+
+def _kind(default: object) -> str:
+    return "integer" if isinstance(default, numbers.Integral) else "number"
+
+
+_CLASSES: dict[str, type[nn.Module]] = {"mlp": MLP, "lenet5": LeNet5, "adam_cnn": AdamCNN, "resnet": ResNet}
 
 
 def _image_channels(input_shape: Sequence[int]) -> int:

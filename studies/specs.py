@@ -114,13 +114,52 @@ def state_dict_of(payload: object, path: str | Path) -> dict[str, Tensor]:
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a checkpoint file safely and return its state dict (see :func:`state_dict_of`)."""
-    from studies.store import safe_torch_load
+    """Read a checkpoint file safely and return its state dict (see :func:`state_dict_of`).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        UserError: (a ``ValueError``) if it is not a regular file, is empty, is no PyTorch checkpoint or a damaged
+            one, holds pickled objects other than tensors and plain containers (refused, never run), holds no state
+            dict of tensors, or holds meta tensors (shapes without values).
+    """
+    import os
+    import re
+    import stat
+
+    from studies.errors import UserError, one_line
+    from studies.train import load_checkpoint
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return state_dict_of(safe_torch_load(path), path)
+    name = f"checkpoint {str(path)!r}"
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name} does not exist") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a special file (FIFO, socket or device)"
+        raise UserError(f"{name} is {kind}, not a checkpoint file; nothing was read")
+    if info.st_size == 0:
+        raise UserError(f"{name} is empty")
+    try:
+        payload = load_checkpoint(path)
+    except Exception as error:  # a damaged file makes torch.load raise RuntimeError, EOFError, KeyError, ...
+        text = one_line(str(error))
+        if found := re.search(r"GLOBAL (\S+)", text):  # torch's weights_only unpickler refused an object
+            raise UserError(
+                f"{name} was refused: it holds a pickled object other than tensors and plain containers "
+                f"({found.group(1)}); valley loads only those (torch.load with weights_only=True) and never runs "
+                "code from a checkpoint"
+            ) from None
+        with open(path, "rb") as file:
+            start = file.read(4)
+        if not start.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or a legacy pickle
+            raise UserError(f"{name} is not a PyTorch checkpoint (it starts with {start!r})") from None
+        reason = f"{type(error).__name__}: {text}"[:200]
+        raise UserError(f"{name} is a damaged PyTorch checkpoint (truncated?): {reason}") from None
+    state = state_dict_of(payload, path)
+    if meta := [k for k, v in state.items() if v.is_meta]:
+        raise UserError(f"{name} holds meta tensors (shapes without values), e.g. {meta[0]!r}")
+    return state
 
 
 def load_weights(model: nn.Module, state: Mapping[str, Tensor], what: str) -> nn.Module:
@@ -138,7 +177,12 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor], what: str) -> nn
         if state[key].shape != tensor.shape:
             shapes = f"{tuple(state[key].shape)} in the checkpoint, {tuple(tensor.shape)} in the model"
             raise ValueError(f"{what}: {key!r} has shape {shapes}")
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        from studies.errors import UserError, one_line
+
+        raise UserError(f"{what}: {one_line(str(error))}") from None
     return model.eval()
 
 
@@ -365,8 +409,8 @@ def load_target(
         raise ValueError(f"--model-kwargs must be a JSON object, got {model_kwargs!r}")
     loss_fn = resolve_loss(loss)
     forward_fn = resolve_forward(forward)
+    state = read_state_dict(checkpoint)  # a damaged checkpoint is refused before the data is loaded
     batches, sizing, record = load_data(data, split, samples, batch_size, data_dir, forward_fn)
-    state = read_state_dict(checkpoint)
     net = build_model(model, model_kwargs, sizing)
     net = load_weights(net, state, f"checkpoint {str(checkpoint)!r} does not fit {model} {json.dumps(model_kwargs)}")
     device = torch.device(device)

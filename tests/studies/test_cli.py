@@ -1,5 +1,3 @@
-import pytest
-
 from studies.cli import main
 
 
@@ -9,6 +7,8 @@ def test_list_runs(capsys):
     assert "kingma2015adam" in out and "digits" in out and "embedded" in out
 
 
-def test_unknown_study_is_rejected():
-    with pytest.raises(SystemExit):
-        main(["study", "no-such-study"])
+def test_unknown_study_is_rejected(capsys):
+    assert main(["study", "no-such-study"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("valley study: error: argument name: invalid choice: 'no-such-study'")
+    assert err.count("\n") == 1

@@ -69,10 +69,10 @@ def test_surface_equals_the_library_and_resumes(trained, tmp_path, capsys):
     directions = [random_direction(model, seed=s) for s in (3, 4)]
     expected = surface_2d(model, batch, directions, grid, grid, chunk_size=7, progress=False).frame()
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "plane.csv"), expected, check_exact=False, rtol=1e-12)
-    meta = json.loads((tmp_path / "plane.json").read_text())
+    meta = json.loads((tmp_path / "plane.csv.meta.json").read_text())
     assert meta["config"]["chunks_computed"] == 4 and meta["arguments"]["seed"] == 3
     assert main(_surface_args(checkpoint, tmp_path / "plane.csv", "--seed", "3")) == 0  # resumes from the chunks
-    assert json.loads((tmp_path / "plane.json").read_text())["config"]["chunks_reused"] == 4
+    assert json.loads((tmp_path / "plane.csv.meta.json").read_text())["config"]["chunks_reused"] == 4
     assert "0 chunks computed and 4 reused on 1 process(es)" in capsys.readouterr().out
 
     assert main(_surface_args(checkpoint, tmp_path / "line.csv", "--dims", "1")) == 0
@@ -104,7 +104,7 @@ def test_curvature_equals_the_library(trained, tmp_path):
     assert frame["hutchinson", "standard_error", 0] == pytest.approx(trace.standard_error, rel=1e-9)
     np.testing.assert_allclose(frame["slq", "grid"], density.grid, rtol=1e-9)
     np.testing.assert_allclose(frame["slq", "density"], density.density, rtol=1e-6, atol=1e-12)
-    meta = json.loads((tmp_path / "c.json").read_text())
+    meta = json.loads((tmp_path / "c.csv.meta.json").read_text())
     assert meta["config"]["parameters"] == 610 and meta["config"]["examples"] == SAMPLES
 
 
@@ -149,5 +149,5 @@ def test_surface_and_curvature_under_torchrun_equal_one_process(trained, tmp_pat
         assert done.stdout.count("on 2 process(es)") == 1  # rank 0 prints
         one, two = (pd.read_csv(tmp_path / f"{name}{n}.csv") for n in (1, 2))
         pd.testing.assert_frame_equal(two, one, check_exact=False, rtol=1e-6, atol=1e-12)
-    surface = json.loads((tmp_path / "s2.json").read_text())["config"]
+    surface = json.loads((tmp_path / "s2.csv.meta.json").read_text())["config"]
     assert surface["world_size"] == 2 and surface["chunks_computed"] == 4  # computed, not read from s1's chunks

@@ -143,7 +143,7 @@ def test_surface_of_an_own_cnn_equals_the_api_and_a_forward_pass(user, checkpoin
         logits = model(x)
     assert centre["loss"] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-6)
     assert centre["accuracy"] == pytest.approx(float((logits.argmax(1) == y).double().mean()), abs=1e-12)
-    meta = json.loads(out.with_suffix(".json").read_text())
+    meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
     assert meta["config"]["target"]["model"] == "ownmodels.TanhCNN"
     assert meta["config"]["target"]["n_examples"] == 48
 

@@ -1,0 +1,74 @@
+"""How the ``valley`` command reports a failure: one line and an exit status, or the traceback with ``--debug``.
+
+Exit statuses: ``0`` success; ``1`` a check failed (e.g. a theory check) or an internal error (a bug: the line says
+so and suggests ``--debug``); ``2`` a mistake in the command (a wrong name, option or value, an input file that
+cannot be read, an output path valley refuses, a size that cannot fit in memory); ``130`` interrupted (Ctrl-C).
+
+What counts as the user's mistake (:func:`describe`):
+
+* :class:`UserError` anywhere — raised where valley turns a library's low-level failure into a sentence, e.g. a
+  checkpoint that torch cannot unpickle or a data file whose header lies;
+* a ``ValueError`` raised by valley's own code (its argument checks: ``Invalid lr``, ``Unknown model``, ...) and
+  :class:`landscape.files.OutputPathError`;
+* an ``OSError`` (a missing, unreadable or unwritable file or folder, a full disk);
+* a ``MemoryError`` (the sizes asked for do not fit).
+
+Anything else — a ``TypeError``, a ``KeyError``, or a ``ValueError`` raised inside torch, numpy or pandas — is not
+disguised as a user error: it is reported as an internal error with exit status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import TracebackType
+
+#: Exit statuses of the ``valley`` command.
+OK, FAILED, USER_ERROR, INTERRUPTED = 0, 1, 2, 130
+
+_PACKAGES = ("optim", "landscape", "theory", "studies", "paper_figures")
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for; the ``valley`` command prints the message as one line and exits 2."""
+
+
+def _raised_by_valley(traceback: TracebackType | None) -> bool:
+    """Whether the innermost frame of ``traceback`` is in one of valley's packages (not torch, numpy, ...)."""
+    last = None
+    while traceback is not None:
+        last, traceback = traceback, traceback.tb_next
+    if last is None:
+        return False
+    path = Path(last.tb_frame.f_code.co_filename).resolve()
+    return any(path.is_relative_to(_ROOT / package) for package in _PACKAGES)
+
+
+def one_line(message: str) -> str:
+    """``message`` with its line breaks and runs of white space folded into single spaces."""
+    return " ".join(message.split())
+
+
+def describe(error: BaseException) -> tuple[int, str]:
+    """The exit status and the one-line message for an exception that ended a ``valley`` command."""
+    text = one_line(str(error))
+    if isinstance(error, UserError) or (isinstance(error, ValueError) and _raised_by_valley(error.__traceback__)):
+        return USER_ERROR, f"error: {text}"
+    if isinstance(error, OSError):
+        where = f": {error.filename}" if error.filename and str(error.filename) not in text else ""
+        return USER_ERROR, f"error: {text or type(error).__name__}{where}"
+    if isinstance(error, MemoryError):
+        detail = f" ({text})" if text else ""
+        return USER_ERROR, f"error: out of memory{detail}; ask for less (a smaller grid, fewer samples or batch size)"
+    return FAILED, (
+        f"internal error (a bug in valley, not a mistake in the command): {type(error).__name__}: {text}; "
+        "run again with --debug for the traceback and please report it"
+    )
+
+
+def report(prog: str, error: BaseException) -> int:
+    """Print ``prog: <one line>`` for ``error`` on stderr and return the exit status."""
+    status, message = describe(error)
+    print(f"{prog}: {message}", file=sys.stderr)
+    return status
