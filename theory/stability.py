@@ -99,7 +99,7 @@ def characteristic_polynomial(rule: str) -> sp.Poly:
 
     Example:
         >>> characteristic_polynomial("heavy_ball").as_expr()
-        beta - z*(beta - eta*lambda + 1) + z**2
+        beta + z**2 + z*(-beta + eta*lambda - 1)
     """
     state, new = _update(rule)
     matrix = sp.Matrix(new).jacobian(state)
