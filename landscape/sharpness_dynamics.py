@@ -67,7 +67,7 @@ def flat_preconditioner(model: nn.Module, found: Stability) -> Tensor:
 
 
 class SharpnessDynamics(Measure):
-    """Track (preconditioned) sharpness, the stability threshold and their ratio during training.
+    r"""Track (preconditioned) sharpness, the stability threshold and their ratio during training.
 
     Args:
         loss_fn: ``loss_fn(outputs, targets)``, a mean over the batch: the training loss.

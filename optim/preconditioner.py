@@ -106,7 +106,7 @@ def stability(optimizer: Optimizer) -> Stability:
 
     Example:
         >>> p = torch.nn.Parameter(torch.zeros(1))
-        >>> stability(torch.optim.SGD([p], lr=0.1, momentum=0.9)).threshold
+        >>> round(stability(torch.optim.SGD([p], lr=0.1, momentum=0.9)).threshold, 12)
         38.0
     """
     function = _FAMILIES.get(type(optimizer))

@@ -132,7 +132,7 @@ def derived_threshold(rule: str) -> sp.Expr:
 
     Example:
         >>> derived_threshold("nesterov")
-        (2*beta + 2)/(eta*(2*beta + 1))
+        2*(beta + 1)/(eta*(2*beta + 1))
     """
     conditions = [sp.expand(c) for c in jury_conditions(characteristic_polynomial(rule))]
     roots = []
@@ -228,7 +228,7 @@ def nesterov_threshold(
 
 
 def _pinned_adam(hyper: dict, factor: float, steps: int, seed: int, formula: sp.Expr) -> tuple[float, bool, float]:
-    """torch Adam with its second moment pinned (see the module docstring) on a quadratic with a_max = factor·claim.
+    """Adam of torch with its second moment pinned (see the module docstring) on a quadratic with a_max = factor·claim.
 
     Returns:
         ``(log10 ‖x_end‖/‖x_0‖, diverged, max |v − v_pinned|)``.
@@ -343,7 +343,8 @@ def tracker_preconditioned_sharpness(exponent: sp.Rational | None = None, steps:
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
     def loss(vector: torch.Tensor) -> torch.Tensor:
-        parts = dict(zip(names, [c.view(s) for c, s in zip(vector.split([s.numel() for s in shapes]), shapes)]))
+        chunks = vector.split([s.numel() for s in shapes])
+        parts = {n: c.view(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
         return F.cross_entropy(torch.func.functional_call(model, parts, (inputs,)), targets)
 
     dense = torch.func.hessian(loss)(flat)
