@@ -10,6 +10,7 @@ from types import ModuleType
 
 from paper_figures import (
     checkpoint_distance,
+    cohen2021eos,
     crowded_valley,
     flat_minima,
     guan_xgrad,
@@ -34,5 +35,6 @@ FIGURES: dict[str, ModuleType] = {
         checkpoint_distance,
         flat_minima,
         weight_norm_growth,
+        cohen2021eos,
     )
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from studies import (
     checkpoint_distance,
+    cohen2021eos,
     crowded_valley,
     flat_minima,
     guan_xgrad,
@@ -29,6 +30,7 @@ STUDIES: dict[str, Study] = {
         flat_minima.STUDY,
         weight_norm_growth.STUDY,
         liu2020radam.STUDY,
+        cohen2021eos.STUDY,
     )
 }
 
