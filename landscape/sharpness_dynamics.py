@@ -45,7 +45,7 @@ from landscape.curvature.lanczos import lanczos_eigenpairs
 from landscape.curvature.operator import HessianOperator, LossFn
 from landscape.curvature.preconditioned import PreconditionedOperator
 from landscape.trajectory import Measure, TrainState
-from optim.preconditioner import Stability, stability
+from optim.preconditioner import Stability, registered, stability
 
 __all__ = ["SharpnessDynamics", "flat_preconditioner"]
 
@@ -224,6 +224,9 @@ class SharpnessDynamics(Measure):
         return pd.DataFrame.from_records(self.records)
 
     def on_train_begin(self, state: TrainState) -> None:
+        if state.optimizer is not None and type(state.optimizer) not in registered():
+            names = ", ".join(sorted(cls.__name__ for cls in registered()))
+            raise TypeError(f"No stability model for {type(state.optimizer).__name__}; registered: {names}")
         self.reset()
 
     def on_step_end(self, state: TrainState) -> None:

@@ -46,6 +46,7 @@ import sympy as sp
 import torch
 from torch.nn import functional as F
 
+from landscape.sharpness_dynamics import SharpnessDynamics
 from optim import make
 from optim.preconditioner import stability
 from theory._result import CheckResult, is_zero, make_result
@@ -317,8 +318,6 @@ def tracker_preconditioned_sharpness(exponent: sp.Rational | None = None, steps:
         exponent: :math:`e` (default −1/2).
         steps: Adam steps before the measurement.
     """
-    from landscape.sharpness_dynamics import SharpnessDynamics
-
     exponent = sp.Rational(-1, 2) if exponent is None else sp.Rational(exponent)
     h11, h12, h22, p1, p2 = sp.symbols("h11 h12 h22 p1 p2", positive=True)
     h = sp.Matrix([[h11, h12], [h12, h22]])

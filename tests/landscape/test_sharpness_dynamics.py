@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import optim
 from landscape import (
     HessianOperator,
     PreconditionedOperator,
@@ -152,3 +153,20 @@ def test_lanczos_v0_exact_eigenvector_needs_one_product():
         lanczos_eigenpairs(matrix, v0=np.ones(3))
     with pytest.raises(ValueError, match="non-zero"):
         lanczos_eigenpairs(matrix, v0=np.zeros(4))
+
+
+def test_unsupported_optimizer_fails_before_training():
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 2, generator=generator), torch.randint(0, 2, (8,), generator=generator)
+    data = Dataset("toy", x, y, x, y, 2)
+    tracker = SharpnessDynamics(F.cross_entropy, (x, y), every=1)
+    with pytest.raises(TypeError, match="No stability model for SAM"):
+        train(
+            lambda: torch.nn.Linear(2, 2),
+            lambda m: optim.make("sam", m),
+            data,
+            epochs=1,
+            batch_size=8,
+            callbacks=[tracker],
+            progress=False,
+        )
