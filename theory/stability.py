@@ -13,7 +13,7 @@ computes them (η = ``lr``; β = ``momentum``; β₁ = ``betas[0]``):
 The iteration is stable (:math:`s_t \to 0` for every start) iff every root of the characteristic polynomial
 :math:`\chi(z) = \det(zI - A)` lies in the open unit disc. For a monic polynomial of degree 1 or 2 the Schur–Cohn
 (Jury) conditions are: :math:`\chi(1) > 0`, :math:`(-1)^n\chi(-1) > 0` and, for :math:`n = 2`,
-:math:`1 - |\chi(0)| > 0`. Each condition here is affine in λ, so the stable set of λ > 0 is an interval
+:math:`1 - |\chi(0)| > 0`, of which only :math:`\chi(0) < 1` is independent of the first two. Each condition here is affine in λ, so the stable set of λ > 0 is an interval
 :math:`(0, \lambda^*)` whose end is the smallest root of a condition that decreases in λ. sympy derives
 :math:`\lambda^*`:
 
@@ -114,8 +114,8 @@ def jury_conditions(poly: sp.Poly) -> list[sp.Expr]:
     if n == 1:
         return [expr.subs(z_, 1), -expr.subs(z_, -1)]
     if n == 2:
-        constant = expr.subs(z_, 0)
-        return [expr.subs(z_, 1), expr.subs(z_, -1), 1 - constant, 1 + constant]
+        # |χ(0)| < 1; its lower half χ(0) > -1 follows from χ(1) + χ(-1) = 2 + 2χ(0) > 0
+        return [expr.subs(z_, 1), expr.subs(z_, -1), 1 - expr.subs(z_, 0)]
     raise ValueError(f"Jury conditions are written out for degree 1 and 2, got {n}")
 
 
