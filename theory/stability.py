@@ -13,7 +13,8 @@ computes them (η = ``lr``; β = ``momentum``; β₁ = ``betas[0]``):
 The iteration is stable (:math:`s_t \to 0` for every start) iff every root of the characteristic polynomial
 :math:`\chi(z) = \det(zI - A)` lies in the open unit disc. For a monic polynomial of degree 1 or 2 the Schur–Cohn
 (Jury) conditions are: :math:`\chi(1) > 0`, :math:`(-1)^n\chi(-1) > 0` and, for :math:`n = 2`,
-:math:`1 - |\chi(0)| > 0`, of which only :math:`\chi(0) < 1` is independent of the first two. Each condition here is affine in λ, so the stable set of λ > 0 is an interval
+:math:`1 - |\chi(0)| > 0`, of which only :math:`\chi(0) < 1` is independent of the first two. Each condition
+here is affine in λ, so the stable set of λ > 0 is an interval
 :math:`(0, \lambda^*)` whose end is the smallest root of a condition that decreases in λ. sympy derives
 :math:`\lambda^*`:
 
