@@ -19,6 +19,7 @@ from landscape.curvature import (
     EigenResult,
     GGNOperator,
     HessianOperator,
+    PreconditionedOperator,
     SpectralDensity,
     TraceResult,
     hutchinson_trace,
@@ -38,6 +39,7 @@ from landscape.directions import (
 )
 from landscape.reparam import rescale_jacobian, rescale_relu_layers
 from landscape.sharpness import Sharpness, asam_sharpness, epsilon_sharpness, m_sharpness, sam_sharpness
+from landscape.sharpness_dynamics import SharpnessDynamics, flat_preconditioner
 from landscape.surface_ensemble import SurfaceEnsemble, random_surfaces
 from landscape.surfaces import Surface, interpolate_1d, make_grid, surface_1d, surface_2d
 from landscape.trajectory import (
@@ -62,7 +64,9 @@ __all__ = [
     "HessianOperator",
     "Measure",
     "PCADirections",
+    "PreconditionedOperator",
     "Sharpness",
+    "SharpnessDynamics",
     "SpectralDensity",
     "Surface",
     "SurfaceEnsemble",
@@ -78,6 +82,7 @@ __all__ = [
     "exact_mean",
     "exact_variance",
     "first_order_variance",
+    "flat_preconditioner",
     "hutchinson_trace",
     "hutchpp_trace",
     "interpolate_1d",

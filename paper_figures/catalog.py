@@ -24,6 +24,7 @@ NAMES = (
     "checkpoint_distance",
     "flat_minima",
     "weight_norm_growth",
+    "cohen2021eos",
 )
 
 

@@ -28,6 +28,7 @@ NAMES = (
     "flat_minima",
     "weight_norm_growth",
     "liu2020radam",
+    "cohen2021eos",
 )
 
 

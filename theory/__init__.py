@@ -1,4 +1,4 @@
-"""Sympy derivations of the papers' formulas, each paired with a numeric check (items 1-21 of docs/sources.md)."""
+"""Sympy derivations of the papers' formulas, each paired with a numeric check (items 1-26 of docs/sources.md)."""
 
 from theory._registry import DEFAULT_OUT, checks, format_markdown, run_all, write_tables
 from theory._result import CheckResult

@@ -23,6 +23,7 @@ from theory import (
     sam,
     schedules,
     sharpness,
+    stability,
     xgrad,
 )
 from theory._result import CheckResult
@@ -54,17 +55,22 @@ _CHECKS: tuple[Callable[[], CheckResult], ...] = (
     curvature.hutchinson,
     ensembles.ensemble_error,
     schedules.cosine_annealing,
+    stability.gd_threshold,
+    stability.heavy_ball_threshold,
+    stability.nesterov_threshold,
+    stability.adam_threshold,
+    stability.tracker_preconditioned_sharpness,
 )
 
 _SCREEN = ["item", "id", "symbolic_ok", "value", "reference", "tolerance", "numeric_ok", "result", "seconds"]
 
 
 def checks() -> tuple[Callable[[], CheckResult], ...]:
-    """All checks in the order of docs/sources.md (items 1-21); each is called without arguments.
+    """All checks in the order of docs/sources.md (items 1-26); each is called without arguments.
 
     Example:
         >>> len(checks())
-        21
+        26
     """
     return _CHECKS
 

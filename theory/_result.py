@@ -20,7 +20,7 @@ class CheckResult:
 
     Attributes:
         id: Stable identifier, ``"<module>.<name>"``.
-        item: Number of the item in docs/sources.md (1-21).
+        item: Number of the item in docs/sources.md (1-26).
         title: One-line description.
         formula: The claimed formula as a sympy expression (or equation).
         latex: ``sympy.latex(formula)``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ def lanczos_eigenpairs(
     progress: bool = False,
     method: Literal["lanczos", "arpack"] = "lanczos",
     max_basis: int | None = None,
+    v0: np.ndarray | torch.Tensor | None = None,
 ) -> EigenResult:
     r"""The ``k`` extreme eigenvalues and eigenvectors of a symmetric operator :math:`H` by Lanczos.
 
@@ -86,6 +88,8 @@ def lanczos_eigenpairs(
         progress: show a progress bar counting operator applications.
         method: ``"lanczos"`` (full reorthogonalisation, one basis) or ``"arpack"`` (``eigsh``, kept for comparison).
         max_basis: largest basis size :math:`m` (``"lanczos"`` only); ``None``: ``min(n, max(100, 10k))``.
+        v0: start vector :math:`v_1` (normalised here) instead of a random one, e.g. an eigenvector of a nearby
+            operator to warm-start a tracked eigenvalue; restart vectors stay random.
 
     Returns:
         An :class:`~landscape.curvature._common.EigenResult`; ``config`` holds ``basis_size``, ``restarts`` and
@@ -98,6 +102,7 @@ def lanczos_eigenpairs(
         ([5.0, 3.0], [True, True], 4)
     """
     view = TorchOperator(operator)
+    start = None if v0 is None else _start_vector(v0, view.n)
     if method not in ("lanczos", "arpack"):
         raise ValueError(f"Invalid method: {method!r}")
     if which not in ("LA", "LM", "SA"):
@@ -111,7 +116,7 @@ def lanczos_eigenpairs(
             raise ValueError(f"Invalid k: {k} (need 1 <= k < n = {view.n} for method='arpack')")
         if max_basis is not None:
             raise ValueError(f"Invalid max_basis: {max_basis} (method='lanczos' only; ARPACK's basis size is ncv)")
-        return _arpack(view, k, which, tol, maxiter, ncv, seed, residual_tol, progress)
+        return _arpack(view, k, which, tol, maxiter, ncv, seed, residual_tol, progress, start)
     if not 1 <= k <= view.n:
         raise ValueError(f"Invalid k: {k} (need 1 <= k <= n = {view.n})")
     if maxiter is not None:
@@ -127,7 +132,7 @@ def lanczos_eigenpairs(
     with tqdm(total=max_basis, desc="lanczos", unit="matvec", disable=not progress) as bar:
         view.on_apply = bar.update
         try:
-            values, vectors, residuals, info = _lanczos(view, k, which, tol, max_basis, rng(seed))
+            values, vectors, residuals, info = _lanczos(view, k, which, tol, max_basis, rng(seed), start)
         finally:
             view.on_apply = None
     if info["stop"] == "max_basis":
@@ -142,13 +147,19 @@ def lanczos_eigenpairs(
 
 
 def _lanczos(
-    view: TorchOperator, k: int, which: Which, tol: float, max_basis: int, generator: np.random.Generator
+    view: TorchOperator,
+    k: int,
+    which: Which,
+    tol: float,
+    max_basis: int,
+    generator: np.random.Generator,
+    start: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
     """The iteration of :func:`lanczos_eigenpairs`: wanted Ritz values, Ritz vectors, residual bounds, diagnostics."""
     eps = float(torch.finfo(view.dtype).eps)
     tau = max(tol, eps)
     basis = torch.empty(min(max_basis, 2 * k + 20), view.n, dtype=view.dtype, device=view.device)  # rows v_j
-    basis[0] = _unit(view.tensor(generator.standard_normal(view.n)))
+    basis[0] = _unit(view.tensor(generator.standard_normal(view.n) if start is None else start))
     alphas: list[float] = []
     betas: list[float] = []  # off-diagonal of T; 0 where a breakdown started a new block
     dropped: list[tuple[int, float]] = []  # (row, beta) of each breakdown: the coupling left out of T
@@ -205,6 +216,17 @@ def _wanted(theta: np.ndarray, count: int, which: Which) -> np.ndarray:
     return np.sort(np.argsort(np.abs(theta), kind="stable")[len(theta) - count :])
 
 
+def _start_vector(v0: np.ndarray | torch.Tensor, n: int) -> np.ndarray:
+    """``v0`` as a float64 NumPy vector of length ``n``; ``ValueError`` if it has another size or is zero/non-finite."""
+    array = (v0.detach().cpu().double().numpy() if isinstance(v0, torch.Tensor) else np.asarray(v0, float)).ravel()
+    if array.shape != (n,):
+        raise ValueError(f"v0 must have {n} entries, got shape {np.shape(v0)}")
+    norm = float(np.linalg.norm(array))
+    if not (math.isfinite(norm) and norm > 0):
+        raise ValueError(f"v0 must be a finite non-zero vector (norm {norm})")
+    return array
+
+
 def _unit(vector: torch.Tensor) -> torch.Tensor:
     return vector / torch.linalg.vector_norm(vector)
 
@@ -219,11 +241,12 @@ def _arpack(
     seed: Seed,
     residual_tol: float,
     progress: bool,
+    start: np.ndarray | None = None,
 ) -> EigenResult:
     """Implicitly restarted Lanczos by ARPACK (``eigsh``); residuals measured with ``k`` more applications."""
     if tol is None:
         tol = 0.0 if view.dtype == torch.float64 else 1e-5
-    v0 = rng(seed).standard_normal(view.n)
+    v0 = rng(seed).standard_normal(view.n) if start is None else start
     with tqdm(desc="lanczos (arpack)", unit="matvec", disable=not progress) as bar:
         view.on_apply = bar.update
         try:
