@@ -183,7 +183,7 @@ def test_ravines_sweep_and_best():
     ]
     losses = {}
     for problem, opt, lr in itertools.product(["rosenbrock", "valley"], ["Adam", "SGD"], [0.1, 0.01]):
-        curve = np.sort(RNG.uniform(1e-3, 1.0, 20))[::-1]  # decreasing, crossing 1e-2 somewhere or not
+        curve = np.sort(RNG.uniform(1e-3, 1.0, 21))[::-1]  # decreasing, crossing 1e-2 somewhere or not
         losses[problem, opt, lr] = curve
         for step, loss in enumerate(curve):
             key = dict(role="run", problem=problem, optimizer=opt, lr=lr, step=step)
@@ -195,7 +195,7 @@ def test_ravines_sweep_and_best():
     for _, row in table.iterrows():
         curve = losses[row["problem"], row["optimizer"], row["lr"]]
         assert row["final loss"] == curve[-1]
-        assert row["late loss"] == pytest.approx(curve[18:].mean(), rel=1e-12)  # steps >= 0.9 * 19 = 17.1: 18, 19
+        assert row["late loss"] == pytest.approx(curve[18:].mean(), rel=1e-12)  # steps >= 0.9 * 20 = 18: 18..20
         assert row["final ‖θ − θ*‖"] == pytest.approx(np.hypot(curve[-1], 2 * curve[-1]), rel=1e-12)
         below = [s for s, loss in enumerate(curve) if loss <= 1e-2]
         first = row["first step with loss ≤ 0.01"]
