@@ -121,7 +121,22 @@ def test_lanczos_max_basis_reached_warns():
 
 
 def test_converged_flag_includes_equality():
-    """A zero operator: eigenvalue 0 with residual exactly 0 and a scale of 0 (clamped): 0 <= 0 is converged."""
-    result = lanczos_eigenpairs(np.zeros((3, 3)), k=1, seed=0)
-    assert result.eigenvalues.tolist() == [0.0] and result.residuals.tolist() == [0.0]
-    assert result.converged.tolist() == [True]
+    """converged = residual <= residual_tol * max|eigenvalue|: a tolerance that gives exactly the residual counts."""
+    first = power_iteration_eigenpairs(MATRIX, k=1, max_iter=5, tol=1e-300, seed=0)
+    residual, scale = float(first.residuals[0]), float(np.abs(first.eigenvalues).max())
+    assert residual > 0
+    tol = residual / scale
+    while tol * scale < residual:  # the float tolerance whose product with the scale is the residual exactly
+        tol = math.nextafter(tol, math.inf)
+    while tol * scale > residual:
+        tol = math.nextafter(tol, 0.0)
+    assert tol * scale == residual
+
+    def converged(residual_tol: float) -> bool:
+        again = power_iteration_eigenpairs(MATRIX, k=1, max_iter=5, tol=1e-300, seed=0, residual_tol=residual_tol)
+        assert float(again.residuals[0]) == residual  # same seed, same iterate
+        return bool(again.converged[0])
+
+    assert (converged(tol), converged(math.nextafter(tol, 0.0))) == (True, False)
+    zero = lanczos_eigenpairs(np.zeros((3, 3)), k=1, seed=0)  # residual 0 against a clamped scale: converged
+    assert zero.eigenvalues.tolist() == [0.0] and zero.converged.tolist() == [True]
