@@ -115,7 +115,7 @@ def filter_normalization(
     landscape = _landscape_slices(model, rescaled, raw, alphas, data, normalise)
     landscape_dev, direction_dev = (None, None) if landscape is None else landscape
     if landscape is not None:
-        numeric += " + landscape.normalize_direction and surface_1d (filter normalisation)"
+        numeric += " + landscape.surface_1d and landscape.normalize_direction (filter normalisation)"
     # landscape's directions against the claimed factor: its guard in |d_f| + 1e-10 gives a measured relative
     # deviation of 1.9e-10; 1e-8 keeps a 50x margin, and a factor wrong by 1e-6 fails
     extra = landscape is None or (landscape_dev <= 1e-12 and direction_dev <= 1e-8)
