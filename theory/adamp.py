@@ -168,7 +168,7 @@ def norm_growth(
         symbolic_ok=expansion_ok and recursion_ok and sgd_ok and projection_ok,
         value=deviation,
         reference=0.0,
-        tolerance=1e-10,
+        tolerance=1e-11,  # measured max relative deviation 1.7e-13 (float64 norm differences): 60x margin
         numeric="torch.optim.SGD(momentum) on a scale-invariant loss + " + numeric,
         source=f"{SOURCE}, Lemma 2.2 / Eq. (4)-(5)",
         note=(

@@ -75,8 +75,9 @@ def hutchinson(formula: sp.Expr | None = None, samples: int = 20_000, seed: int 
 
     Returns:
         The check result; value = sample variance of zᵀHz on the network's dense Hessian, reference = formula,
-        tolerance k standard errors. The mean, and
-        ``landscape.curvature``'s Hutchinson (k SE), Lanczos top-3 (1e-8) and SLQ first moment (k SE) are folded in.
+        tolerance k standard errors. The mean, and ``landscape.curvature``'s operator (1e-12 against dense HVPs),
+        Hutchinson (k SE, and its reported SE against the exact one), Lanczos top-3 (1e-10) and SLQ first moment
+        (k SE) are folded in.
     """
     formula = VARIANCE if formula is None else formula
     forms = [(sp.Matrix(z).T * H_ * sp.Matrix(z))[0] for z in itertools.product((-1, 1), repeat=3)]
@@ -134,10 +135,23 @@ def _landscape_estimators(
         return None
     operator = HessianOperator(model, nn.functional.cross_entropy, data, dtype=torch.float64)
     trace = float(np.trace(h))
-    # one block of 50 Hessian-vector products through the operator (HVPs cost ~30 ms each on 2 CPU cores);
-    # Lanczos and SLQ take the dense matrix, which they accept as an operator too
+    n = h.shape[0]
+    # the operator itself: four Hessian-vector products against the dense matrix (float64 round-off ~1e-15)
+    vectors = np.random.default_rng(seed).standard_normal((n, 4))
+    hvp_dev = float(np.max(np.abs(operator.matmat(vectors) - h @ vectors)) / np.max(np.abs(h @ vectors)))
+    # one block of 50 Hessian-vector products through the operator (HVPs cost ~30 ms each on 2 CPU cores); its
+    # standard error (~0.18) is too wide to see a biased estimator, so the estimator's statistics are checked on the
+    # dense matrix, which it accepts as an operator too: 4000 probes give an SE of ~0.026 on tr H ~1.18, and the SE
+    # it reports must be sqrt(Var[z'Hz]/n) with the exact variance 2(|H|_F^2 - sum H_ii^2) (a standard deviation
+    # reported as the SE would be sqrt(4000) = 63 times too large)
     hutch = hutchinson_trace(operator, max_applications=50, rtol=0.0, min_samples=50, block=50, seed=seed)
     hutch_ok = abs(hutch.estimate - trace) <= k * hutch.standard_error
+    probes = 4000
+    dense_hutch = hutchinson_trace(h, max_applications=probes, rtol=0.0, min_samples=probes, block=probes, seed=seed)
+    expected_se = math.sqrt(2 * (float(np.sum(h**2)) - float(np.sum(np.diag(h) ** 2))) / probes)
+    dense_ok = abs(dense_hutch.estimate - trace) <= k * expected_se
+    # the sample SE of n = 4000 probes is within ~3% of the exact one here (measured 0.4%)
+    se_ok = abs(dense_hutch.standard_error / expected_se - 1) <= 0.1
     top = lanczos_eigenpairs(h, k=3, seed=seed)
     dense_top = np.sort(np.linalg.eigvalsh(h))[::-1][:3]
     lanczos_dev = float(np.max(np.abs(np.sort(top.eigenvalues)[::-1] - dense_top)))
@@ -145,12 +159,15 @@ def _landscape_estimators(
     per_probe = np.bincount(density.probe, weights=density.weights * density.nodes)
     slq_mean = float(per_probe.mean())
     slq_se = float(per_probe.std(ddof=1) / math.sqrt(len(per_probe)))
-    n = h.shape[0]
     slq_ok = abs(slq_mean - trace / n) <= k * slq_se
-    ok = hutch_ok and lanczos_dev <= 1e-8 and slq_ok
+    # measured: HVP deviation ~1e-16 relative, Lanczos top-3 4e-16 (tolerances 1e-12 and 1e-10)
+    ok = hvp_dev <= 1e-12 and hutch_ok and dense_ok and se_ok and lanczos_dev <= 1e-10 and slq_ok
     return ok, (
-        f"landscape Hutchinson on HessianOperator {hutch.estimate:.6g} +- {hutch.standard_error:.2g} "
-        f"({hutch.applications} HVPs, within {k} SE: {hutch_ok}); on the dense matrix: Lanczos top-3 max |error| "
-        f"{lanczos_dev:.2g} (tolerance 1e-8); SLQ first moment {slq_mean:.6g} vs tr/n {trace / n:.6g} "
-        f"(SE {slq_se:.2g}, within {k} SE: {slq_ok})."
+        f"landscape HessianOperator vs dense on 4 vectors: max relative {hvp_dev:.2g} (tolerance 1e-12); "
+        f"Hutchinson on the operator {hutch.estimate:.6g} +- {hutch.standard_error:.2g} "
+        f"({hutch.applications} HVPs, within {k} SE: {hutch_ok}); on the dense matrix ({probes} probes) "
+        f"{dense_hutch.estimate:.6g} (within {k} exact SE {expected_se:.2g}: {dense_ok}), reported SE "
+        f"{dense_hutch.standard_error:.3g} vs exact {expected_se:.3g} (within 10%: {se_ok}); "
+        f"Lanczos top-3 max |error| {lanczos_dev:.2g} (tolerance 1e-10); SLQ first moment {slq_mean:.6g} vs "
+        f"tr/n {trace / n:.6g} (SE {slq_se:.2g}, within {k} SE: {slq_ok})."
     )

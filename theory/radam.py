@@ -143,13 +143,15 @@ def center_of_mass(formula: sp.Expr | None = None, beta2: float = 0.999) -> Chec
         symbolic_ok=solved and limit_ok and first_ok and threshold_ok,
         value=max(deviations),
         reference=0.0,
-        tolerance=1e-9 * rho_inf,
+        # measured max deviation 2.9e-11 = 1.4e-14 * rho_inf (beta2=0.999, t <= 5000, float64); 1e-12 * rho_inf
+        # keeps a 70x margin while a relative error of 1e-9 in rho_t (~1e-6 at t = 5000) still fails
+        tolerance=1e-12 * rho_inf,
         numeric=numeric,
         source=f"{SOURCE}, Eq. (6)-(7) / Appendix B",
         note=(
             f"solved f - claim = 0: {solved}; lim = rho_inf: {limit_ok}; rho_1 = 1: {first_ok}; "
             f"rho_inf <= 4 iff beta2 in {interval}: {threshold_ok}. Numeric: max |f_COM - claim| over "
-            f"{len(ts)} t in [1, 5000] at beta2={beta2} (tolerance 1e-9*rho_inf, float64 round-off)."
+            f"{len(ts)} t in [1, 5000] at beta2={beta2} (tolerance 1e-12*rho_inf, float64 round-off)."
         ),
     )
 

@@ -121,9 +121,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _checkout_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with this checkout first on the child's module search path, so it runs the code under test."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {**env, "PYTHONPATH": os.pathsep.join([root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])}
+
+
 def _launch(mode: str, out: Path, world: int = 2) -> list[subprocess.Popen]:
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(world)}
-    env |= {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    env = _checkout_env(env | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"})
     procs = []
     for r in range(world):
         with open(out / f"rank{r}.log", "wb") as log:  # the child keeps its own handle
@@ -211,7 +217,7 @@ def test_cli_study_under_torchrun_equals_one_process(tmp_path):
     launch = ["-m", "torch.distributed.run", "--nproc-per-node", "2", *address]
     study = ["-m", "studies.cli", "study", "reddi2018", "--scale", "tiny", "--runs-dir", str(tmp_path / "two")]
     env = {k: v for k, v in os.environ.items() if k not in distributed.TORCHRUN_VARIABLES}
-    env |= {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    env = _checkout_env(env | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"})
     cmd = [sys.executable, *launch, *study, "--no-progress"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -220,6 +226,14 @@ def test_cli_study_under_torchrun_equals_one_process(tmp_path):
     run_study(catalog.get("reddi2018"), "tiny", root=tmp_path / "one", progress=False)  # plain process, no set-up
     one, two = (pd.read_csv(tmp_path / d / "reddi2018" / "tiny.csv") for d in ("one", "two"))
     pd.testing.assert_frame_equal(two, one)
+
+
+def test_children_import_this_checkout():
+    code = "import landscape, optim, studies; print(landscape.__file__, optim.__file__, studies.__file__)"
+    env = _checkout_env({k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd="/", timeout=60)
+    root = str(Path(__file__).resolve().parents[2])
+    assert done.returncode == 0 and all(path.startswith(root) for path in done.stdout.split()), done.stdout
 
 
 def test_hessian_ignores_a_callers_autocast():

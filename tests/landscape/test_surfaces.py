@@ -416,6 +416,12 @@ RESUME_SETUP = textwrap.dedent(
 )
 
 
+def _checkout_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with this checkout first on the child's module search path, so it runs the code under test."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {**env, "PYTHONPATH": os.pathsep.join([root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])}
+
+
 def test_killed_surface_resumes_without_recomputing_finished_chunks(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(
@@ -425,7 +431,8 @@ def test_killed_surface_resumes_without_recomputing_finished_chunks(tmp_path):
         + "surface_2d(model, data, dirs, alphas, betas, cache_dir=sys.argv[1], **OPTIONS)\n"
     )
     cache = tmp_path / "cache"
-    proc = subprocess.Popen([sys.executable, str(script), str(cache)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = _checkout_env({**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen([sys.executable, str(script), str(cache)], env=env)
     try:
         deadline = time.time() + 120
         while len(list(cache.glob("*/chunk_*.json"))) < 3 and time.time() < deadline and proc.poll() is None:

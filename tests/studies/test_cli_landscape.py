@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -129,11 +130,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _checkout_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with this checkout first on the child's module search path, so it runs the code under test."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {**env, "PYTHONPATH": os.pathsep.join([root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])}
+
+
 def _torchrun(command: list[str]) -> subprocess.CompletedProcess:
     launch = ["-m", "torch.distributed.run", "--nproc-per-node", "2"]
     launch += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
     env = {k: v for k, v in os.environ.items() if k not in distributed.TORCHRUN_VARIABLES}
-    env |= {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    env = _checkout_env(env | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"})
     done = subprocess.run([sys.executable, *launch, "-m", "studies.cli", *command], env=env, capture_output=True,
                           text=True, timeout=180)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
