@@ -62,3 +62,18 @@ def test_invalid_arguments():
         slq_density(np.eye(3), steps=0)
     with pytest.raises(ValueError, match="sigma"):
         slq_density(np.eye(3), sigma=-1.0)
+
+
+def test_probes_run_together_give_the_same_quadrature(hessian):
+    op, dense = hessian
+    alone = slq_density(op, probes=5, steps=12, seed=3, block=1)
+    together = slq_density(op, probes=5, steps=12, seed=3, block=5)
+    pairs = slq_density(op, probes=5, steps=12, seed=3, block=2)
+    assert together.config["block"] == 5 and together.applications == alone.applications == 60
+    for other in (together, pairs):
+        np.testing.assert_array_equal(other.probe, alone.probe)
+        np.testing.assert_allclose(other.nodes, alone.nodes, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(other.weights, alone.weights, rtol=0, atol=1e-12)
+    # a probe that meets an invariant subspace stops early while the others go on
+    early = slq_density(np.diag([1.0, 1.0, 2.0, 2.0, 3.0]), probes=3, steps=5, seed=0, block=3)
+    assert early.applications == 9 and len(early.nodes) == 9
