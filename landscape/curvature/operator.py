@@ -276,7 +276,7 @@ class HessianOperator(CurvatureOperator):
         params = list(self.params.values())
         columns = [
             _flat(torch.autograd.grad(grad, params, grad_outputs=v, retain_graph=True, materialize_grads=True))
-            for v in vectors.T
+            for v in vectors.T.contiguous()
         ]
         return torch.stack(columns, dim=1)
 
@@ -315,7 +315,7 @@ class GGNOperator(CurvatureOperator):
         outputs, detached, loss_grad, dummy, *vjp = graph
         params = list(self.params.values())
         columns = []
-        for v in vectors.T:
+        for v in vectors.T.contiguous():
             jv = torch.autograd.grad(vjp, dummy, grad_outputs=self.unflatten(v), retain_graph=True)[0]
             hjv = torch.autograd.grad(loss_grad, detached, grad_outputs=jv, retain_graph=True)[0]
             jthjv = torch.autograd.grad(outputs, params, grad_outputs=hjv, retain_graph=True, materialize_grads=True)
