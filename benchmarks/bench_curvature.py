@@ -217,6 +217,12 @@ def pyhessian_available() -> bool:
     return importlib.util.find_spec("pyhessian") is not None
 
 
+def _symmetric_eig(matrix: torch.Tensor, eigenvectors: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.eig``'s old return format for a symmetric matrix (PyHessian's density calls it; torch removed it)."""
+    values, vectors = torch.linalg.eigh(matrix)
+    return torch.stack([values, torch.zeros_like(values)], dim=1), vectors
+
+
 def bench_products(repeats: int) -> None:
     """Row 1: one Hessian-vector product as multiples of one gradient, with and without graph reuse."""
     print("\n(a1) one Hessian-vector product, in gradients (MLP 784-128-10, 1000 samples; best of", repeats, "runs)")
@@ -293,6 +299,7 @@ def bench_slq(repeats: int) -> None:
         from pyhessian import hessian as pyhessian_hessian
 
         hessian = pyhessian_hessian(model, F.cross_entropy, data=(x, y), cuda=False)
+        torch.eig = _symmetric_eig  # its tridiagonal eigenproblem only; the 800 products are PyHessian's own
     for _ in range(repeats):
         with HessianOperator(model, F.cross_entropy, (x, y)) as op:
             times["valley"].append(best_of(lambda op=op: slq_density(op, probes=10, steps=80, seed=0), 1))

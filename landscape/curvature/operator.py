@@ -223,7 +223,8 @@ def _flat(tensors: tuple[Tensor, ...]) -> Tensor:
 
 def _graph_nbytes(graph: Any) -> int:
     """Bytes of the unique tensor storages saved by the autograd nodes reachable from the tensors in ``graph``."""
-    roots = [t.grad_fn for t in (graph if isinstance(graph, tuple) else ()) if isinstance(t, Tensor) and t.grad_fn]
+    tensors = [t for item in graph for t in (item if isinstance(item, tuple) else (item,)) if isinstance(t, Tensor)]
+    roots = [t.grad_fn for t in tensors if t.grad_fn is not None]
     seen_nodes, storages, stack = set(), {}, list(roots)
     while stack:
         node = stack.pop()
@@ -266,19 +267,23 @@ class HessianOperator(CurvatureOperator):
 
     def _build_graph(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, ...]:
         loss = self.loss_fn(self._outputs(inputs), targets)
-        grad = _flat(torch.autograd.grad(loss, list(self.params.values()), create_graph=True, materialize_grads=True))
-        return (grad,) if grad.requires_grad else ()  # () : gradient constant in theta, zero Hessian
+        grads = torch.autograd.grad(loss, list(self.params.values()), create_graph=True, materialize_grads=True)
+        # the gradient's parts that depend on theta, by parameter index; none: zero Hessian (empty graph)
+        return tuple((i, g) for i, g in enumerate(grads) if g.requires_grad)
 
-    def _graph_product(self, graph: tuple[Tensor, ...], vectors: Tensor) -> Tensor:
+    def _graph_product(self, graph: tuple[tuple[int, Tensor], ...], vectors: Tensor) -> Tensor:
+        result = torch.zeros_like(vectors)
         if not graph:
-            return torch.zeros_like(vectors)
-        (grad,) = graph
+            return result
+        index, grads = zip(*graph, strict=True)
         params = list(self.params.values())
-        columns = [
-            _flat(torch.autograd.grad(grad, params, grad_outputs=v, retain_graph=True, materialize_grads=True))
-            for v in vectors.T.contiguous()
-        ]
-        return torch.stack(columns, dim=1)
+        for column, v in enumerate(vectors.T.contiguous()):
+            parts = self.unflatten(v)
+            products = torch.autograd.grad(
+                grads, params, grad_outputs=[parts[i] for i in index], retain_graph=True, materialize_grads=True
+            )
+            result[:, column] = _flat(products)
+        return result
 
 
 class GGNOperator(CurvatureOperator):

@@ -168,11 +168,11 @@ def test_close_and_garbage_collection_free_the_graph():
     v = torch.randn(op.shape[0], 1, dtype=torch.float64)
     with op:
         expected = op.matmat(v)
-        ref = weakref.ref(op._graphs[0][0])
+        ref = weakref.ref(op._graphs[0][0][1])
         assert ref() is not None
     assert ref() is None and op.graph_mode is None and op.graph_nbytes == 0
     torch.testing.assert_close(op.matmat(v), expected, rtol=0, atol=0)  # usable after close: rebuilt
-    ref = weakref.ref(op._graphs[0][0])
+    ref = weakref.ref(op._graphs[0][0][1])
     del op
     gc.collect()
     assert ref() is None
