@@ -75,7 +75,9 @@ def compare(model, data, points, repeats, chunk_size):
         metric = loss_landscapes.metrics.Loss(nn.CrossEntropyLoss(), data[0], data[1])
 
         def anchor():
-            return loss_landscapes.random_plane(model, metric, distance=1, steps=points, normalization="filter")
+            return loss_landscapes.random_plane(
+                model, metric, distance=1, steps=points, normalization="filter", deepcopy_model=True
+            )
 
     best: dict[str, list[float]] = {}
     surfaces = {}
