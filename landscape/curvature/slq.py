@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from landscape.curvature._common import Seed, TorchOperator, rademacher, rng
+from landscape.curvature.operator import CurvatureOperator
 
 __all__ = ["SpectralDensity", "lanczos_tridiagonal", "slq_density"]
 
@@ -85,9 +86,12 @@ def lanczos_tridiagonal(view: TorchOperator, start: torch.Tensor, steps: int) ->
             alphas[c].append(alpha)
         if j == steps - 1:
             break
-        previous = basis[rows, : j + 1]  # (a, j + 1, n)
+        if len(active) < k:  # finished columns take part as zeros: the bases stay views (no copy of them)
+            w = torch.zeros(k, view.n, dtype=w.dtype, device=w.device).index_copy_(0, rows, w)
+        previous = basis[:, : j + 1]  # (k, j + 1, n), a view
         for _ in range(2):  # twice is enough (Parlett's "twice is enough")
-            w = w - torch.bmm((previous @ w[:, :, None]).transpose(1, 2), previous)[:, 0]
+            w = w - torch.bmm(torch.bmm(previous, w[:, :, None]).transpose(1, 2), previous)[:, 0]
+        w = w[rows] if len(active) < k else w
         norms = torch.linalg.vector_norm(w, dim=1)
         still = []
         for i, (c, beta) in enumerate(zip(active, norms.tolist(), strict=True)):
@@ -100,6 +104,14 @@ def lanczos_tridiagonal(view: TorchOperator, start: torch.Tensor, steps: int) ->
         if not active:
             break
     return [(np.array(a), np.array(b)) for a, b in zip(alphas, betas, strict=True)]
+
+
+def _block(view: TorchOperator, widest: int) -> int:
+    """Probes per group when not given: 1 for a curvature operator reusing (or yet to decide on) its graph."""
+    inner = view.inner
+    if isinstance(inner, CurvatureOperator) and inner.graph_policy != "recompute" and inner.graph_mode != "recompute":
+        return 1
+    return widest
 
 
 def slq_density(
@@ -137,8 +149,10 @@ def slq_density(
         num_grid: grid size when ``grid`` is ``None``.
         seed: seed or generator of the probes.
         progress: show a progress bar over probes.
-        block: probes run together, each Lanczos step applying the operator to all of them in one ``matmat``
-            (``None``: as many as keep their bases within ``BASIS_BYTES``, 256 MiB). Results do not depend on it.
+        block: probes run together, each Lanczos step applying the operator to all of them in one ``matmat``.
+            ``None``: one at a time for a curvature operator that keeps its first-order graph (each product is then
+            one backward pass, and single columns are cheapest; the first probe runs alone to find out), otherwise
+            as many as keep their bases within ``BASIS_BYTES`` (256 MiB). Results do not depend on it.
 
     Example:
         >>> result = slq_density(np.diag([1.0, 2.0, 3.0, 6.0]), probes=4, steps=4, seed=0)
@@ -158,14 +172,15 @@ def slq_density(
     view = TorchOperator(operator)
     generator = rng(seed)
     steps = min(steps, view.n)
-    if block is None:
-        per_probe = steps * view.n * torch.empty((), dtype=view.dtype).element_size()
-        block = max(1, min(probes, BASIS_BYTES // per_probe))
+    per_probe = steps * view.n * torch.empty((), dtype=view.dtype).element_size()
+    widest = max(1, min(probes, BASIS_BYTES // per_probe))
     starts = [rademacher(generator, view.n, 1)[:, 0] for _ in range(probes)]  # drawn one by one, as before blocks
     probe_index, nodes, weights = [], [], []
+    first = 0
     with tqdm(total=probes, desc="SLQ", disable=not progress) as bar:
-        for first in range(0, probes, block):
-            group = view.tensor(np.stack(starts[first : first + block], axis=1))
+        while first < probes:
+            size = block if block is not None else _block(view, widest)
+            group = view.tensor(np.stack(starts[first : first + size], axis=1))
             for offset, (alphas, betas) in enumerate(lanczos_tridiagonal(view, group, steps)):
                 tridiagonal = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
                 theta, vectors = np.linalg.eigh(tridiagonal)
@@ -173,6 +188,7 @@ def slq_density(
                 nodes.append(theta)
                 weights.append(vectors[0] ** 2)
             bar.update(group.shape[1])
+            first += size
     probe_index, nodes, weights = np.concatenate(probe_index), np.concatenate(nodes), np.concatenate(weights)
     if sigma is None:
         sigma = 0.01 * max(float(np.ptp(nodes)), 1e-12 * max(float(np.abs(nodes).max()), 1.0))
@@ -181,5 +197,5 @@ def slq_density(
     grid = np.asarray(grid, dtype=np.float64)
     kernel = np.exp(-((grid[:, None] - nodes[None, :]) ** 2) / (2 * sigma**2)) / (np.sqrt(2 * np.pi) * sigma)
     density = kernel @ weights / probes
-    config = {"probes": probes, "steps": steps, "sigma": sigma, "num_grid": len(grid), "block": block}
+    config = {"probes": probes, "steps": steps, "sigma": sigma, "num_grid": len(grid), "block": size}
     return SpectralDensity(probe_index, nodes, weights, grid, density, view.n, view.applications, config)
