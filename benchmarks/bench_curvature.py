@@ -1,6 +1,6 @@
 """Benchmark of landscape.curvature on an MLP 784-128-10 with 1000 Gaussian samples and random labels (CPU).
 
-(a) the issue's table, as ratios measured side by side in one run (best of --repeats, interleaved):
+(a) the issue's table, as ratios measured side by side in one run (best CPU time of --repeats, interleaved):
     (a1) one Hessian-vector product in gradients, float32 and float64, rebuilding the first-order graph for every
          product (graph="recompute") and keeping it (graph="reuse"), a 10-column matmat, and PyHessian's product
          (it keeps the gradient's graph) when pyhessian is installed; equality of reuse and recompute, and of reuse
@@ -204,12 +204,12 @@ def bench_trace_part(seeds: int) -> None:
 
 
 def best_of(fn, repeats: int) -> float:
-    """Best wall-clock seconds of ``repeats`` calls (the least disturbed by other work on a shared machine)."""
+    """Best CPU (process) seconds of ``repeats`` calls: the least disturbed by other work on a shared machine."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return min(times)
 
 
@@ -225,7 +225,7 @@ def _symmetric_eig(matrix: torch.Tensor, eigenvectors: bool = False) -> tuple[to
 
 def bench_products(repeats: int) -> None:
     """Row 1: one Hessian-vector product as multiples of one gradient, with and without graph reuse."""
-    print("\n(a1) one Hessian-vector product, in gradients (MLP 784-128-10, 1000 samples; best of", repeats, "runs)")
+    print("\n(a1) one Hessian-vector product in gradients (MLP 784-128-10, 1000 samples; best CPU of", repeats, "runs)")
     print(
         "| dtype | gradient ms | HVP recompute | HVP reuse | matmat(10) reuse, per column | PyHessian |"
         " reuse / PyHessian | max |reuse - recompute| | max |reuse - dense(func.hessian)| on 20-8-3 | kept graph MB |"
@@ -291,7 +291,7 @@ def _product_row(dtype: torch.dtype, repeats: int) -> None:
 
 def bench_slq(repeats: int) -> None:
     """Row 2: SLQ density, 80 Lanczos steps x 10 probes, against PyHessian's density at the same 800 products."""
-    print(f"\n(a2) SLQ spectral density, 80 steps x 10 probes (float32 MLP; best of {repeats} runs, interleaved)")
+    print(f"\n(a2) SLQ spectral density, 80 steps x 10 probes (float32 MLP; best CPU of {repeats} runs)")
     model, x, y = make_problem(784, 128, 10, 1000, 100, torch.float32)
     times = {"valley": [], "pyhessian": []}
     hessian = None
@@ -307,7 +307,7 @@ def bench_slq(repeats: int) -> None:
         if hessian is not None:
             times["pyhessian"].append(best_of(lambda: hessian.density(iter=80, n_v=10), 1))
     valley = min(times["valley"])
-    print("| method | seconds | products | seconds / product | vs PyHessian |")
+    print("| method | CPU seconds | products | seconds / product | vs PyHessian |")
     print("|---|---:|---:|---:|---:|")
     if hessian is not None:
         py = min(times["pyhessian"])
@@ -380,7 +380,13 @@ def main() -> None:
     parser.add_argument("--eigen-seeds", type=int, default=5, help="start-vector seeds per eigen method in (b)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method in (a), best shown")
     parser.add_argument("--hutch-seeds", type=int, default=50, help="seeds per estimator in (a3)")
-    parser.add_argument("--parts", nargs="+", choices=("a", "b", "c"), default=["a"], help="parts to run")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("a", "a1", "a2", "a3", "b", "c"),
+        default=["a"],
+        help="parts to run (a = a1 a2 a3)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), load average {os.getloadavg()}")
@@ -388,8 +394,12 @@ def main() -> None:
     pd.set_option("display.max_colwidth", 80)
 
     if "a" in args.parts:
+        args.parts += ["a1", "a2", "a3"]
+    if "a1" in args.parts:
         bench_products(args.repeats)
+    if "a2" in args.parts:
         bench_slq(max(1, args.repeats - 1))
+    if "a3" in args.parts:
         bench_hutchpp(args.hutch_seeds)
     if "b" in args.parts:
         print("(b) top-5 Hessian eigenvalues")

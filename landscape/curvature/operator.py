@@ -272,9 +272,9 @@ class HessianOperator(CurvatureOperator):
         return tuple((i, g) for i, g in enumerate(grads) if g.requires_grad)
 
     def _graph_product(self, graph: tuple[tuple[int, Tensor], ...], vectors: Tensor) -> Tensor:
-        result = torch.zeros_like(vectors)
+        result = torch.zeros_like(vectors.T)  # one contiguous row per column, returned transposed
         if not graph:
-            return result
+            return result.T
         index, grads = zip(*graph, strict=True)
         params = list(self.params.values())
         for column, v in enumerate(vectors.T.contiguous()):
@@ -282,8 +282,8 @@ class HessianOperator(CurvatureOperator):
             products = torch.autograd.grad(
                 grads, params, grad_outputs=[parts[i] for i in index], retain_graph=True, materialize_grads=True
             )
-            result[:, column] = _flat(products)
-        return result
+            result[column] = _flat(products)
+        return result.T
 
 
 class GGNOperator(CurvatureOperator):
@@ -325,4 +325,4 @@ class GGNOperator(CurvatureOperator):
             hjv = torch.autograd.grad(loss_grad, detached, grad_outputs=jv, retain_graph=True)[0]
             jthjv = torch.autograd.grad(outputs, params, grad_outputs=hjv, retain_graph=True, materialize_grads=True)
             columns.append(_flat(jthjv))
-        return torch.stack(columns, dim=1)
+        return torch.stack(columns).T
