@@ -1,5 +1,15 @@
 """Benchmark of landscape.curvature on an MLP 784-128-10 with 1000 Gaussian samples and random labels (CPU).
 
+(a) the issue's table, as ratios measured side by side in one run (best CPU time of --repeats, interleaved):
+    (a1) one Hessian-vector product in gradients, float32 and float64, rebuilding the first-order graph for every
+         product (graph="recompute") and keeping it (graph="reuse"), a 10-column matmat, and PyHessian's product
+         (it keeps the gradient's graph) when pyhessian is installed; equality of reuse and recompute, and of reuse
+         and a dense torch.func.hessian on a small MLP; the measured size of the kept graph.
+    (a2) SLQ density, 80 steps x 10 probes, against PyHessian's density at the same 800 products (when installed),
+         and SLQ's cost per product against lanczos_eigenpairs' on the same operator.
+    (a3) Hutch++ and Hutchinson with their default stopping rules: products, mean error, and how often the error is
+         within 2 and 3 reported standard errors, on a flat and a decaying spectrum (rotated diagonal matrices) and
+         on the MLP's Hessian (exact trace from the closed form below).
 (b) top-5 Hessian eigenvalues, for several start-vector seeds: valley Lanczos (full reorthogonalisation, stops on the
     Ritz residual bounds, no extra application for residuals) at tol=1e-3 and tol=1e-10, ARPACK's eigsh (kept for
     comparison; k extra applications measure residuals) and valley power iteration with PyHessian's method and stopping
@@ -14,12 +24,17 @@
       tr_W2+b2 = 1/N sum_i (|h_i|^2 + 1) tr(H_i)
     checked here against the trace of a dense Hessian (n unit-vector HVPs) on a small MLP 20-8-3, which is cheap.
 
-Usage: python benchmarks/bench_curvature.py [--threads 1] [--seeds 3] [--eigen-seeds 5] [--parts b c]
+pyhessian is an optional, benchmark-only install (pip install --no-deps pyhessian); its columns say "not installed"
+without it.
+
+Usage: python benchmarks/bench_curvature.py [--threads 1] [--repeats 3] [--seeds 3] [--eigen-seeds 5] [--parts a b c]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import time
 
 import numpy as np
@@ -34,6 +49,7 @@ from landscape.curvature import (
     hutchpp_trace,
     lanczos_eigenpairs,
     power_iteration_eigenpairs,
+    slq_density,
 )
 
 
@@ -187,18 +203,204 @@ def bench_trace_part(seeds: int) -> None:
         print("mean |error| hutchinson / hutch++ by applications:", ratio.round(2).to_dict())
 
 
+def best_of(fn, repeats: int) -> float:
+    """Best CPU (process) seconds of ``repeats`` calls: the least disturbed by other work on a shared machine."""
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return min(times)
+
+
+def pyhessian_available() -> bool:
+    return importlib.util.find_spec("pyhessian") is not None
+
+
+def _symmetric_eig(matrix: torch.Tensor, eigenvectors: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.eig``'s old return format for a symmetric matrix (PyHessian's density calls it; torch removed it)."""
+    values, vectors = torch.linalg.eigh(matrix)
+    return torch.stack([values, torch.zeros_like(values)], dim=1), vectors
+
+
+def bench_products(repeats: int) -> None:
+    """Row 1: one Hessian-vector product as multiples of one gradient, with and without graph reuse."""
+    print("\n(a1) one Hessian-vector product in gradients (MLP 784-128-10, 1000 samples; best CPU of", repeats, "runs)")
+    print(
+        "| dtype | gradient ms | HVP recompute | HVP reuse | matmat(10) reuse, per column | PyHessian |"
+        " reuse / PyHessian | max |reuse - recompute| | max |reuse - dense(func.hessian)| on 20-8-3 | kept graph MB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for dtype in (torch.float32, torch.float64):
+        _product_row(dtype, repeats)
+    print("target: HVP reuse <= 1.3 gradients in float32 and float64")
+
+
+def _product_row(dtype: torch.dtype, repeats: int) -> None:
+    """One row of (a1)."""
+    model, x, y = make_problem(784, 128, 10, 1000, 0, dtype)
+    params = list(model.parameters())
+    reuse = HessianOperator(model, F.cross_entropy, (x, y), graph="reuse")
+    recompute = HessianOperator(model, F.cross_entropy, (x, y), graph="recompute")
+    v = torch.randn(reuse.shape[0], dtype=dtype)
+    block = torch.randn(reuse.shape[0], 10, dtype=dtype)
+    diff = float((reuse.matvec(v) - recompute.matvec(v)).abs().max())
+
+    def gradient():
+        torch.autograd.grad(F.cross_entropy(model(x), y), params)
+
+    times = {"gradient": [], "recompute": [], "reuse": [], "block": [], "pyhessian": []}
+    hessian = None
+    if pyhessian_available():
+        from pyhessian import hessian as pyhessian_hessian
+        from pyhessian.utils import hessian_vector_product
+
+        hessian = pyhessian_hessian(model, F.cross_entropy, data=(x, y), cuda=False)
+        pv = list(v.split([p.numel() for p in params]))
+        pv = [t.view_as(p) for t, p in zip(pv, params, strict=True)]
+    for _ in range(repeats):  # interleaved, so that load changes hit every column alike
+        times["gradient"].append(best_of(gradient, 1))
+        times["recompute"].append(best_of(lambda: recompute.matvec(v), 1))
+        times["reuse"].append(best_of(lambda: reuse.matvec(v), 1))
+        times["block"].append(best_of(lambda: reuse.matmat(block), 1) / 10)
+        if hessian is not None:
+            times["pyhessian"].append(best_of(lambda: hessian_vector_product(hessian.gradsH, hessian.params, pv), 1))
+    best = {k: min(t) if t else float("nan") for k, t in times.items()}
+    g = best["gradient"]
+    small, sx, sy = make_problem(20, 8, 3, 200, 0, dtype, seed=1)
+    small_op = HessianOperator(small, F.cross_entropy, (sx, sy), graph="reuse")
+    names = [n for n, _ in small.named_parameters()]
+
+    def loss_of(theta):
+        p = dict(zip(names, small_op.unflatten(theta), strict=True))
+        return F.cross_entropy(torch.func.functional_call(small, p, (sx,)), sy)
+
+    theta = torch.cat([p.detach().reshape(-1) for p in small.parameters()])
+    dense = torch.func.hessian(loss_of)(theta)
+    sv = torch.randn(len(theta), dtype=dtype)
+    dense_diff = float((small_op.matvec(sv) - dense @ sv).abs().max())
+    py = best["pyhessian"] / g if hessian is not None else float("nan")
+    py_text = f"{py:.2f}" if hessian is not None else "not installed"
+    ratio = f"{best['reuse'] / best['pyhessian']:.2f}" if hessian is not None else "-"
+    print(
+        f"| {str(dtype).removeprefix('torch.')} | {g * 1e3:.1f} | {best['recompute'] / g:.2f} |"
+        f" {best['reuse'] / g:.2f} | {best['block'] / g:.2f} | {py_text} | {ratio} | {diff:.1e} | {dense_diff:.1e} |"
+        f" {reuse.graph_nbytes / 2**20:.1f} |"
+    )
+
+
+def bench_slq(repeats: int) -> None:
+    """Row 2: SLQ density, 80 Lanczos steps x 10 probes, against PyHessian's density at the same 800 products."""
+    print(f"\n(a2) SLQ spectral density, 80 steps x 10 probes (float32 MLP; best CPU of {repeats} runs)")
+    model, x, y = make_problem(784, 128, 10, 1000, 100, torch.float32)
+    times = {"valley": [], "pyhessian": []}
+    hessian = None
+    if pyhessian_available():
+        from pyhessian import hessian as pyhessian_hessian
+
+        hessian = pyhessian_hessian(model, F.cross_entropy, data=(x, y), cuda=False)
+        torch.eig = _symmetric_eig  # its tridiagonal eigenproblem only; the 800 products are PyHessian's own
+    for _ in range(repeats):
+        with HessianOperator(model, F.cross_entropy, (x, y)) as op:
+            times["valley"].append(best_of(lambda op=op: slq_density(op, probes=10, steps=80, seed=0), 1))
+            mode = op.graph_mode
+        if hessian is not None:
+            times["pyhessian"].append(best_of(lambda: hessian.density(iter=80, n_v=10), 1))
+    valley = min(times["valley"])
+    print("| method | CPU seconds | products | seconds / product | vs PyHessian |")
+    print("|---|---:|---:|---:|---:|")
+    if hessian is not None:
+        py = min(times["pyhessian"])
+        print(
+            f"| valley slq_density (graph {mode}) | {valley:.2f} | 800 | {valley / 800 * 1e3:.2f} ms |"
+            f" {py / valley:.2f}x faster |"
+        )
+        print(f"| PyHessian density | {py:.2f} | 800 | {py / 800 * 1e3:.2f} ms | 1 |")
+    else:
+        print(
+            f"| valley slq_density (graph {mode}) | {valley:.2f} | 800 | {valley / 800 * 1e3:.2f} ms |"
+            " PyHessian not installed |"
+        )
+    with HessianOperator(model, F.cross_entropy, (x, y)) as op:
+        lanczos = best_of(lambda: lanczos_eigenpairs(op, k=1, tol=0.0, max_basis=80, seed=0), 1)
+        steps = op.applications
+    print(
+        f"SLQ per-product cost / lanczos_eigenpairs per-product cost ({steps} products): "
+        f"{(valley / 800) / (lanczos / max(steps, 1)):.2f} (target <= 1.2)"
+    )
+    print("target: SLQ no slower than PyHessian's density")
+
+
+def bench_hutchpp(seeds: int) -> None:
+    """Row 3: Hutch++ with its default stopping rule against Hutchinson's default, products and mean error."""
+    print(f"\n(a3) default stopping rules: Hutch++ vs Hutchinson, {seeds} seeds each")
+    rng = np.random.default_rng(0)
+    n = 1000
+    q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    problems = {
+        "flat (eigenvalues uniform in [1, 2])": rng.uniform(1.0, 2.0, n),
+        "decaying (1/i^2)": 1.0 / np.arange(1, n + 1) ** 2,
+    }
+    print("| spectrum | method | mean products | mean relative error | errors within 2 / 3 reported se |")
+    print("|---|---|---:|---:|---:|")
+    verdicts = []
+    for name, eigenvalues in problems.items():
+        matrix, exact = q @ np.diag(eigenvalues) @ q.T, float(eigenvalues.sum())
+        verdicts.append((name, *_hutch_rows(name, lambda e, s, m=matrix: e(m, seed=s), exact, seeds)))
+    model, x, y = make_problem(784, 128, 10, 1000, 100, torch.float32)
+    exact = exact_trace(model, x, y)
+    with HessianOperator(model, F.cross_entropy, (x, y)) as op:
+        name = "MLP Hessian (outliers + bulk)"
+        verdicts.append((name, *_hutch_rows(name, lambda e, s: e(op, seed=s), exact, max(3, seeds // 10))))
+    for name, products, error in verdicts:
+        print(
+            f"{name}: Hutch++ / Hutchinson products {products:.2f} (target <= 2), mean error {error:.2f} (target <= 1)"
+        )
+
+
+def _hutch_rows(name, run, exact, seeds):
+    out = {}
+    for estimator in (hutchinson_trace, hutchpp_trace):
+        results = [run(estimator, s) for s in range(seeds)]
+        products = np.mean([r.applications for r in results])
+        errors = np.array([abs(r.estimate - exact) for r in results])
+        z = errors / np.array([max(r.standard_error, 1e-300) for r in results])
+        out[estimator.__name__] = (products, errors.mean())
+        print(
+            f"| {name} | {results[0].method} default | {products:.1f} | {errors.mean() / abs(exact):.2e} |"
+            f" {(z <= 2).mean():.2f} / {(z <= 3).mean():.2f} |"
+        )
+    return (out["hutchpp_trace"][0] / out["hutchinson_trace"][0], out["hutchpp_trace"][1] / out["hutchinson_trace"][1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per trace estimator and budget in (c)")
     parser.add_argument("--eigen-seeds", type=int, default=5, help="start-vector seeds per eigen method in (b)")
-    parser.add_argument("--parts", nargs="+", choices=("b", "c"), default=["b", "c"], help="parts to run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method in (a), best shown")
+    parser.add_argument("--hutch-seeds", type=int, default=50, help="seeds per estimator in (a3)")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("a", "a1", "a2", "a3", "b", "c"),
+        default=["a"],
+        help="parts to run (a = a1 a2 a3)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), load average {os.getloadavg()}")
     pd.set_option("display.width", 200)
     pd.set_option("display.max_colwidth", 80)
 
+    if "a" in args.parts:
+        args.parts += ["a1", "a2", "a3"]
+    if "a1" in args.parts:
+        bench_products(args.repeats)
+    if "a2" in args.parts:
+        bench_slq(max(1, args.repeats - 1))
+    if "a3" in args.parts:
+        bench_hutchpp(args.hutch_seeds)
     if "b" in args.parts:
         print("(b) top-5 Hessian eigenvalues")
         print_eigen(bench_eigen(args.eigen_seeds))

@@ -1,22 +1,39 @@
-"""Benchmark: a 51x51 loss surface of an MLP 784-128-10 on 1000 samples (random Gaussian inputs, random labels).
+"""Benchmark: 2D loss surfaces, measured side by side in one run, as ratios against an anchor and against a floor.
 
-valley's fast path (vmap + first-affine-layer trick) against valley's reference loop, and the `loss_landscapes`
-package's `random_plane` when it is installed. Each method runs ``--repeats`` times, interleaved; the table shows the
-best wall-clock and CPU (process) time, so that other work on a shared machine disturbs the ratio as little as
-possible. Values are compared point by point.
+(s1) MLP 784-128-10 on 1000 samples (Gaussian inputs, random labels), ``--points`` x ``--points`` grid: valley's fast
+     path, valley's reference loop, and ``loss_landscapes.random_plane`` when it is installed; and the fast path against
+     its floor, the larger of a compute floor (FLOPs needed / measured peak matmul rate) and a memory floor (bytes that
+     must move / measured copy bandwidth). Needed per point with the first-layer trick: the combination of the three
+     first-layer products (2 * 3 * N * 128 FLOPs, N x 128 floats written and read) and the second layer
+     (2 * N * 128 * 10 FLOPs); once per surface, the three first-layer products (3 * 2 * N * 784 * 128 FLOPs).
+(s2) small CNN (conv 1->8, conv 8->16, max-pool, linear) on ``--cnn-samples`` 1x28x28 inputs, ``--cnn-points`` squared
+     grid: the fast path (which times vmap against a channels-last loop on its first points and keeps the faster; the
+     choice is printed), the reference loop and ``loss_landscapes.random_plane``; compute floor from the FLOPs of one
+     forward pass (``torch.utils.flop_counter``) per point.
+(s3) peak memory of a ``--big-points`` squared MLP surface (fast path), in a fresh process: the growth of the
+     resident set during the call (``resource.getrusage``) and the peak of Python allocations (``tracemalloc``).
 
-Run: .venv/bin/python benchmarks/bench_surface.py [--points 51] [--repeats 3] [--chunk-size 64] [--threads N]
+Each timed method runs ``--repeats`` times, interleaved, and the best wall-clock time is shown, so that other work on a
+shared machine disturbs the ratios as little as possible; the load average is printed. loss-landscapes is an optional,
+benchmark-only install (``pip install --no-deps loss-landscapes``); its rows say "not installed" without it.
+
+Run: .venv/bin/python benchmarks/bench_surface.py [--points 51] [--cnn-points 11] [--big-points 401] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
 import time
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from landscape.directions import random_direction
 from landscape.surfaces import make_grid, surface_2d
@@ -28,73 +45,189 @@ def timed(fn):
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=51, help="grid points per axis")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per method (best time is shown)")
-    parser.add_argument("--chunk-size", type=int, default=64, help="grid points per chunk")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+def peak_matmul() -> float:
+    """Measured float32 matmul rate (FLOP/s), best of five 1024^3 products."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = min(timed(lambda: a @ b)[1] for _ in range(5))
+    return 2 * 1024**3 / best
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-    data = (torch.randn(1000, 784), torch.randint(0, 10, (1000,)))
+
+def bandwidth() -> float:
+    """Measured copy bandwidth (bytes read + written per second), best of five copies of 64 MiB."""
+    src, dst = torch.randn(16 * 2**20), torch.empty(16 * 2**20)
+    best = min(timed(lambda: dst.copy_(src))[1] for _ in range(5))
+    return 2 * src.nbytes / best
+
+
+def compare(model, data, points, repeats, chunk_size):
+    """Best wall/CPU seconds of the fast path, the loop and loss_landscapes.random_plane; the two valley surfaces."""
     directions = [random_direction(model, "filter", seed=1), random_direction(model, "filter", seed=2)]
-    grid = make_grid(-1.0, 1.0, args.points)
-    n = args.points**2
-    print(
-        f"MLP 784-128-10, 1000 samples, {args.points}x{args.points} grid ({n} points), filter-normalised directions,"
-        f" torch {torch.__version__}, {torch.get_num_threads()} thread(s), best of {args.repeats}"
-    )
+    grid = make_grid(-1.0, 1.0, points)
 
     def run(method: str):
-        return surface_2d(
-            model, data, directions, grid, grid, method=method, chunk_size=args.chunk_size, progress=False
-        )
+        return surface_2d(model, data, directions, grid, grid, method=method, chunk_size=chunk_size, progress=False)
 
-    best: dict[str, list[float]] = {}
-    surfaces = {}
-    for _ in range(args.repeats):
-        for method in ("fast", "loop"):
-            surfaces[method], wall, cpu = timed(lambda method=method: run(method))
-            previous = best.get(method, [np.inf, np.inf])
-            best[method] = [min(previous[0], wall), min(previous[1], cpu)]
-    fast, loop = surfaces["fast"], surfaces["loop"]
-    rows = [(f"valley fast ({fast.config['evaluator']})", *best["fast"]), ("valley loop (reference)", *best["loop"])]
-
-    if importlib.util.find_spec("loss_landscapes") is None:
-        rows.append(("loss_landscapes.random_plane", None, None))
-    else:
+    anchor = None
+    if importlib.util.find_spec("loss_landscapes") is not None:
         import loss_landscapes
         import loss_landscapes.metrics
 
         metric = loss_landscapes.metrics.Loss(nn.CrossEntropyLoss(), data[0], data[1])
-        _, wall, cpu = timed(
-            lambda: loss_landscapes.random_plane(model, metric, distance=1, steps=args.points, normalization="filter")
-        )
-        rows.append(("loss_landscapes.random_plane", wall, cpu))
 
-    loop_wall, loop_cpu = best["loop"]
-    print()
+        def anchor():
+            return loss_landscapes.random_plane(
+                model, metric, distance=1, steps=points, normalization="filter", deepcopy_model=True
+            )
+
+    best: dict[str, list[float]] = {}
+    surfaces = {}
+    for _ in range(repeats):
+        for method in ("fast", "loop", "loss_landscapes"):
+            if method == "loss_landscapes":
+                if anchor is None:
+                    continue
+                _, wall, cpu = timed(anchor)
+            else:
+                surfaces[method], wall, cpu = timed(lambda method=method: run(method))
+            previous = best.get(method, [np.inf, np.inf])
+            best[method] = [min(previous[0], wall), min(previous[1], cpu)]
+    return best, surfaces
+
+
+def print_table(best, surfaces, n, floors=None):
+    """Wall and CPU (process) seconds and the ratios on both; on a loaded machine the CPU ratios are the steadier."""
+    fast, loop = surfaces["fast"], surfaces["loop"]
+    rows = [(f"valley fast ({fast.config['evaluator']})", *best["fast"]), ("valley loop (reference)", *best["loop"])]
+    rows.append(("loss_landscapes.random_plane", *best.get("loss_landscapes", [None, None])))
+    anchor = best.get("loss_landscapes")
     print(
-        f"| {'method':<32} | {'wall s':>13} | {'CPU s':>7} | {'points/s':>8} |"
-        f" {'vs loop (wall)':>14} | {'vs loop (CPU)':>13} |"
+        "| method | wall s | CPU s | points/s (wall) | loop / this (wall, CPU) | loss_landscapes / this (wall, CPU) |"
     )
-    print(f"|{'-' * 34}|{'-' * 14}:|{'-' * 8}:|{'-' * 9}:|{'-' * 15}:|{'-' * 14}:|")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, wall, cpu in rows:
         if wall is None:
-            print(f"| {name:<32} | {'not installed':>13} | {'':>7} | {'':>8} | {'':>14} | {'':>13} |")
-        else:
-            print(
-                f"| {name:<32} | {wall:13.2f} | {cpu:7.2f} | {n / wall:8.0f} | {loop_wall / wall:13.1f}x |"
-                f" {loop_cpu / cpu:12.1f}x |"
-            )
-    print()
-    print(f"max |loss fast - loss loop|         = {np.abs(fast.loss - loop.loss).max():.3e}")
-    print(f"max |accuracy fast - accuracy loop| = {np.abs(fast.accuracy - loop.accuracy).max():.3e}")
-    print(f"loss at the centre (fast, loop)     = {fast.at_origin():.7f}, {loop.at_origin():.7f}")
+            print(f"| {name} | not installed | | | | |")
+            continue
+        versus = f"{anchor[0] / wall:.2f}x, {anchor[1] / cpu:.2f}x" if anchor is not None else "not installed"
+        print(
+            f"| {name} | {wall:.2f} | {cpu:.2f} | {n / wall:.0f} | {best['loop'][0] / wall:.2f}x,"
+            f" {best['loop'][1] / cpu:.2f}x | {versus} |"
+        )
+    if fast.config.get("evaluator_calibration"):
+        timing = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in fast.config["evaluator_calibration"].items())
+        print(f"fast path calibration (CPU seconds per point on the first points): {timing}")
+    if floors is not None:
+        compute, memory = floors
+        floor = max(compute, memory)
+        print(
+            f"floor: compute {compute:.3f} s, memory {memory:.3f} s; fast / floor = {best['fast'][0] / floor:.2f}"
+            f" (wall), {best['fast'][1] / floor:.2f} (CPU)"
+        )
+    print(
+        f"max |loss fast - loss loop| = {np.abs(fast.loss - loop.loss).max():.3e}, "
+        f"max |accuracy fast - accuracy loop| = {np.abs(fast.accuracy - loop.accuracy).max():.3e}"
+    )
+
+
+def bench_mlp(points, repeats, chunk_size, rate, bytes_per_s):
+    n = points**2
+    print(f"\n(s1) MLP 784-128-10, 1000 samples, {points}x{points} grid ({n} points), best of {repeats}")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+    data = (torch.randn(1000, 784), torch.randint(0, 10, (1000,)))
+    best, surfaces = compare(model, data, points, repeats, chunk_size)
+    flops = n * (2 * 3 * 1000 * 128 + 2 * 1000 * 128 * 10) + 3 * 2 * 1000 * 784 * 128
+    moved = n * 2 * 1000 * 128 * 4
+    print_table(best, surfaces, n, (flops / rate, moved / bytes_per_s))
+    print("targets: fast within 4x of its floor")
+
+
+def bench_cnn(points, samples, repeats, chunk_size, rate):
+    n = points**2
+    print(
+        f"\n(s2) CNN conv(1->8)-conv(8->16)-maxpool-linear, {samples} samples 1x28x28, {points}x{points} grid,"
+        f" best of {repeats}"
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 12 * 12, 10),
+    )
+    data = (torch.randn(samples, 1, 28, 28), torch.randint(0, 10, (samples,)))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(data[0])
+    best, surfaces = compare(model, data, points, repeats, chunk_size)
+    print_table(best, surfaces, n, (n * counter.get_total_flops() / rate, 0.0))
+    print("targets: fast >= 2x faster than loss_landscapes.random_plane; fast never slower than the loop")
+
+
+BIG = textwrap.dedent(
+    """
+    import resource, sys, tracemalloc
+    import torch
+    from torch import nn
+    from landscape.directions import random_direction
+    from landscape.surfaces import make_grid, surface_2d
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+    data = (torch.randn(1000, 784), torch.randint(0, 10, (1000,)))
+    dirs = [random_direction(model, "filter", seed=1), random_direction(model, "filter", seed=2)]
+    grid = make_grid(-1.0, 1.0, int(sys.argv[1]))
+    surface_2d(model, data, dirs, grid[:3], grid[:3], progress=False)  # warm up libraries before the baseline
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    surface = surface_2d(model, data, dirs, grid, grid, progress=False)
+    python_peak = tracemalloc.get_traced_memory()[1]
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(before / 1024, after / 1024, (after - before) / 1024, python_peak / 2**20, surface.config["evaluator"])
+    """
+)
+
+
+def bench_big(points):
+    print(f"\n(s3) peak memory of a {points}x{points} MLP surface ({points**2} points, fast path, fresh process)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", BIG, str(points)], capture_output=True, text=True, env=env, check=True)
+    before, after, growth, python_peak, evaluator = out.stdout.split()
+    print(
+        f"resident set: {float(before):.0f} MB before (torch loaded), {float(after):.0f} MB peak, growth"
+        f" {float(growth):.0f} MB; Python allocations peak {float(python_peak):.1f} MB; {evaluator};"
+        f" {time.perf_counter() - start:.0f} s"
+    )
+    print("target: peak under 500 MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=51, help="MLP grid points per axis")
+    parser.add_argument("--cnn-points", type=int, default=11, help="CNN grid points per axis")
+    parser.add_argument("--cnn-samples", type=int, default=1000, help="CNN evaluation examples")
+    parser.add_argument("--big-points", type=int, default=401, help="grid points per axis of (s3); 0 skips it")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per method (best time is shown)")
+    parser.add_argument("--chunk-size", type=int, default=64, help="grid points per chunk")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--parts", nargs="+", choices=("s1", "s2", "s3"), default=["s1", "s2", "s3"])
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rate, bytes_per_s = peak_matmul(), bandwidth()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), load average {os.getloadavg()};"
+        f" measured peak matmul {rate / 1e9:.1f} GFLOP/s, copy bandwidth {bytes_per_s / 1e9:.1f} GB/s"
+    )
+    if "s1" in args.parts:
+        bench_mlp(args.points, args.repeats, args.chunk_size, rate, bytes_per_s)
+    if "s2" in args.parts:
+        bench_cnn(args.cnn_points, args.cnn_samples, args.repeats, args.chunk_size, rate)
+    if "s3" in args.parts and args.big_points > 0:
+        bench_big(args.big_points)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,20 @@ so the three products on the right are computed once per batch (and kept across 
 plain batched call on a few examples before use. Points go through ``vmap`` a few at a time (``PASS_BYTES`` of
 first-layer output per pass, written into one reused buffer), and each point's loss and accuracy are computed outside
 ``vmap`` by the same calls the loop makes.
+
+What pays depends on the model. Under ``vmap`` a convolution whose weights differ per point becomes a grouped
+convolution, which CPU libraries run far below the speed of one dense convolution; for such models one point per
+forward pass, with images and convolution weights in the channels-last layout (oneDNN's fast path), can be faster.
+So for a model with a parameter of three or more dimensions the evaluator times both ways on the first points it is
+given (``CALIBRATION_POINTS``, whose values it keeps from the way chosen, so nothing is computed twice by the winner)
+and goes on with the faster; :attr:`FastEvaluator.name` says which (``"vmap+first_layer"``, ``"vmap"`` or
+``"loop+channels_last"``) and :attr:`FastEvaluator.calibration` holds the measured seconds per point. Models without
+such parameters (MLPs) always take the ``vmap`` path, which wins there by far.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +38,9 @@ from torch.func import functional_call, vmap
 
 from landscape._data import Batch, ForwardFn, batch_length, functional_run, head, run_model
 from landscape._evaluation import AccuracyFn, LossFn, combine
+
+STRATEGIES = ("auto", "vmap", "loop")
+CALIBRATION_POINTS = 3  # points timed with each way of evaluating before choosing
 
 AFFINE = (
     nn.Linear,
@@ -106,6 +119,9 @@ class FastEvaluator:
         accuracy_fn: mean accuracy of a batch.
         first_layer_trick: use the first-affine-layer shortcut when it applies (default True).
         forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` (default: the model on the batch's inputs).
+        strategy: ``"auto"`` (default: time both ways on the first points for models with convolution-like
+            parameters, else ``vmap``), ``"vmap"`` or ``"loop"`` (one point per forward pass, channels-last for
+            image models).
     """
 
     def __init__(
@@ -118,13 +134,27 @@ class FastEvaluator:
         accuracy_fn: AccuracyFn,
         first_layer_trick: bool = True,
         forward_fn: ForwardFn | None = None,
+        strategy: str = "auto",
     ) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"Invalid strategy: {strategy!r} (expected one of {STRATEGIES})")
         self.model, self.origin, self.directions, self.forward_fn = model, origin, directions, forward_fn
         self.batches, self.loss_fn, self.accuracy_fn = batches, loss_fn, accuracy_fn
         self._parts: dict[int, Tensor] = {}
         self._parts_bytes = 0
         self._buffer: Tensor | None = None
-        probe = [head(batches[0], 4)]
+        first = batches[0]
+        images = forward_fn is None and isinstance(first, (tuple, list)) and getattr(first[0], "ndim", 0) == 4
+        self.channels_last = images and any(t.ndim == 4 for t in origin.values())
+        self.loop_name = "loop+channels_last" if self.channels_last else "loop"
+        if strategy == "auto" and not any(t.ndim >= 3 for t in origin.values()):
+            strategy = "vmap"
+        self.strategy = strategy
+        self.calibration: dict[str, float] = {}
+        if strategy == "loop":
+            self.layer_name, self.vmap_name = None, None
+            return
+        probe = [head(first, 4)]
         coords = torch.tensor([[0.0] * len(directions), [0.5, -0.25][: len(directions)]])
         plain = self._chunk(coords, probe, use_trick=False)  # raises where the model cannot be vmapped
         self.layer_name = first_affine_layer(model, head(batches[0], 2), forward_fn) if first_layer_trick else None
@@ -136,11 +166,63 @@ class FastEvaluator:
                 torch.allclose(a, b, rtol=tol, atol=tol, equal_nan=True) for a, b in zip(with_trick, plain, strict=True)
             ):
                 self.layer_name = None
-        self.name = "vmap+first_layer" if self.layer_name is not None else "vmap"
+        self.vmap_name = "vmap+first_layer" if self.layer_name is not None else "vmap"
+
+    @property
+    def name(self) -> str:
+        """The way points are evaluated (``"auto"`` until the first call has chosen)."""
+        return {"vmap": self.vmap_name, "loop": self.loop_name}.get(self.strategy, "auto")
 
     def __call__(self, coords: Tensor) -> tuple[Tensor, Tensor]:
         """Loss and accuracy at every row of ``coords`` (shape ``(G, k)``), as float64 tensors of length ``G``."""
+        if self.strategy == "auto":
+            return self._calibrate(coords)
+        if self.strategy == "loop":
+            return self._loop(coords)
         return self._chunk(coords, self.batches, use_trick=self.layer_name is not None, cache=True)
+
+    def _calibrate(self, coords: Tensor) -> tuple[Tensor, Tensor]:
+        """Evaluate the first points both ways, keep the faster way (and its values), then do the rest with it."""
+        first, rest = coords[:CALIBRATION_POINTS], coords[CALIBRATION_POINTS:]
+        device = next(iter(self.origin.values())).device
+        results = {}
+        for strategy in ("vmap", "loop"):
+            self.strategy = strategy
+            start = _clock(device)
+            results[strategy] = self(first)
+            self.calibration[strategy] = (_clock(device) - start) / len(first)
+        self.strategy = min(self.calibration, key=self.calibration.__getitem__)
+        loss, acc = results[self.strategy]
+        if len(rest):
+            more = self(rest)
+            loss, acc = torch.cat([loss, more[0]]), torch.cat([acc, more[1]])
+        return loss, acc
+
+    def _loop(self, coords: Tensor) -> tuple[Tensor, Tensor]:
+        """One point per forward pass by ``functional_call``; images and 4-D weights in channels-last layout."""
+        dtype = next(iter(self.origin.values())).dtype
+        coords = coords.to(next(iter(self.origin.values())).device, dtype)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        batches = (
+            [(b[0].contiguous(memory_format=layout), *b[1:]) for b in self.batches]
+            if self.channels_last
+            else self.batches
+        )
+        sizes = [batch_length(b, self.forward_fn) for b in self.batches]
+        total = sum(sizes)
+        loss = torch.zeros(len(coords), dtype=torch.float64)
+        acc = torch.zeros(len(coords), dtype=torch.float64)
+        with torch.no_grad():
+            for i, c in enumerate(coords):
+                params = {
+                    n: t.contiguous(memory_format=layout) if t.ndim == 4 else t
+                    for n, t in combine(self.origin, self.directions, c).items()
+                }
+                for batch, size in zip(batches, sizes, strict=True):
+                    out, y = functional_run(self.model, params, batch, self.forward_fn)
+                    loss[i] += float(self.loss_fn(out, y)) * (size / total)
+                    acc[i] += float(self.accuracy_fn(out, y)) * (size / total)
+        return loss, acc
 
     def _chunk(
         self, coords: Tensor, batches: Sequence[Batch], use_trick: bool, cache: bool = False
@@ -238,3 +320,11 @@ class FastEvaluator:
         loss = torch.stack([self.loss_fn(out, y) for out, y in zip(outputs, targets, strict=True)])
         acc = torch.stack([self.accuracy_fn(out, y) for out, y in zip(outputs, targets, strict=True)])
         return loss, acc
+
+
+def _clock(device: torch.device) -> float:
+    """Seconds of this process's CPU time (insensitive to other processes' load); wall time after a sync on GPUs."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return time.process_time()

@@ -270,6 +270,7 @@ class SurfaceJob:
         self.computed: list[int] = []
         self.reused: list[int] = []
         self.evaluator_name: str | None = None
+        self.evaluator_calibration: dict[str, float] = {}  # seconds per point of each way timed, if any
 
     @property
     def n_chunks(self) -> int:
@@ -367,6 +368,8 @@ class SurfaceJob:
                     self.evaluator_name = evaluator.name
                 coords = torch.from_numpy(self.coords[self.chunk_slice(chunk_id)])
                 loss, acc = evaluator(coords)
+                self.evaluator_name = evaluator.name  # a calibrating evaluator has chosen by now
+                self.evaluator_calibration = dict(getattr(evaluator, "calibration", {}))
                 results[chunk_id] = (loss.numpy(), acc.numpy())
                 if self.cache is not None:
                     self._save(chunk_id, results[chunk_id])

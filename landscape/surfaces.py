@@ -251,6 +251,7 @@ def _run(
         **config,
         **job.config,
         "evaluator": job.evaluator_name,
+        "evaluator_calibration": job.evaluator_calibration,
         "chunks_computed": len(job.computed),
         "chunks_reused": len(job.reused),
         "world_size": world_size() if distributed else 1,

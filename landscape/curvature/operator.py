@@ -11,11 +11,24 @@ They are ``scipy.sparse.linalg.LinearOperator`` objects (``shape``, ``dtype``, `
 usable by ``eigsh``) whose ``matvec``/``matmat`` also accept torch tensors and then stay on the model's device. Every
 application of the operator to one vector increments ``applications``. Products always run in the operator's dtype:
 autocast (mixed precision a caller may use for training) is switched off inside.
+
+Graph reuse. Every product needs the first-order graph of a batch (a forward pass and a gradient built with
+``create_graph=True``); the graph does not depend on the vector, so an operator can keep it and make each later product
+one backward pass through it (as PyHessian does for one batch), instead of rebuilding it (about one more gradient's
+work per application). ``graph="reuse"`` keeps the graphs of all batches, ``"recompute"`` keeps none, and ``"auto"``
+(default) keeps them while the measured size of the kept graphs (the unique tensor storages the autograd nodes save,
+summed over batches as they are built during the first application) stays within ``graph_bytes``, and otherwise drops
+them and recomputes from then on. The choice made is :attr:`CurvatureOperator.graph_mode` and the measured size
+:attr:`CurvatureOperator.graph_nbytes`. Products are the same with and without reuse: the same operations on the same
+graph, column by column. Kept graphs are freed by :meth:`CurvatureOperator.close` (or on leaving a ``with`` block), or
+when the operator is garbage-collected; the operator stays usable after ``close`` (the next product rebuilds under the
+same policy).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,6 +50,9 @@ from landscape._evaluation import MODES, evaluation_mode
 from landscape.distributed import all_reduce_sum, shard_batches
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+GraphPolicy = Literal["reuse", "recompute", "auto"]
+GRAPH_POLICIES = ("reuse", "recompute", "auto")
+GRAPH_BYTES = 2**30  # default bound on the kept first-order graphs with graph="auto"
 
 __all__ = ["CurvatureOperator", "GGNOperator", "HessianOperator"]
 
@@ -60,6 +76,10 @@ class CurvatureOperator(LinearOperator):
             record it in their results' config.
         forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` for models with their own calling convention
             (default: ``model(inputs)``, ``model(*inputs)`` or ``model(**inputs)``, see :mod:`landscape._data`).
+        graph: ``"reuse"`` keep every batch's first-order graph across products, ``"recompute"`` rebuild it for every
+            application, ``"auto"`` keep them while their measured size stays within ``graph_bytes`` (see the module
+            docstring).
+        graph_bytes: memory bound of ``graph="auto"`` in bytes (``None``: :data:`GRAPH_BYTES`, 1 GiB).
     """
 
     def __init__(
@@ -72,9 +92,16 @@ class CurvatureOperator(LinearOperator):
         distributed: bool = False,
         mode: str = "eval",
         forward_fn: ForwardFn | None = None,
+        *,
+        graph: GraphPolicy = "auto",
+        graph_bytes: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"Invalid mode: {mode!r} (expected one of {MODES})")
+        if graph not in GRAPH_POLICIES:
+            raise ValueError(f"Invalid graph: {graph!r} (expected one of {GRAPH_POLICIES})")
+        if graph_bytes is not None and not (isinstance(graph_bytes, int) and graph_bytes >= 0):
+            raise ValueError(f"Invalid graph_bytes: {graph_bytes!r} (a non-negative int)")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
@@ -105,6 +132,11 @@ class CurvatureOperator(LinearOperator):
         self.params = {n: p.detach().to(self.torch_dtype).requires_grad_(True) for n, p in params.items()}
         self.buffers = {n: self._cast(b.detach()).clone() for n, b in model.named_buffers()}
         self.applications = 0
+        self.graph_policy: GraphPolicy = graph
+        self.graph_bytes = GRAPH_BYTES if graph_bytes is None else graph_bytes
+        self.graph_mode: str | None = None  # "reuse" or "recompute" once the first application decided
+        self.graph_nbytes = 0  # measured size of the kept graphs
+        self._graphs: list[Any] = []
         n = sum(self.numels)
         super().__init__(dtype=np.dtype(str(self.torch_dtype).removeprefix("torch.")), shape=(n, n))
 
@@ -130,11 +162,50 @@ class CurvatureOperator(LinearOperator):
             vectors: ``(n, k)`` tensor of ``k`` flat vectors, in the operator's dtype and device.
         """
         total = torch.zeros_like(vectors)
-        for batch, size in zip(self.batches, self.sizes, strict=True):
-            total += size * self._batch_product(batch, vectors)
+        keep = self.graph_mode != "recompute" and self.graph_policy != "recompute"
+        for index, (batch, size) in enumerate(zip(self.batches, self.sizes, strict=True)):
+            if index < len(self._graphs):
+                graph = self._graphs[index]
+            else:
+                graph = self._build_graph(batch)
+                if keep:
+                    keep = self._keep(graph)
+            total += size * self._graph_product(graph, vectors)
+        if self.graph_mode is None:
+            self.graph_mode = "reuse" if keep else "recompute"
         return total, self.num_data
 
-    def _batch_product(self, batch: Batch, vectors: Tensor) -> Tensor:
+    def _keep(self, graph: Any) -> bool:
+        """Keep a newly built batch graph if the policy and the memory bound allow; else drop all (recompute)."""
+        self.graph_nbytes += _graph_nbytes(graph)
+        if self.graph_policy == "reuse" or self.graph_nbytes <= self.graph_bytes:
+            self._graphs.append(graph)
+            return True
+        self._graphs.clear()
+        self.graph_nbytes = 0
+        self.graph_mode = "recompute"
+        return False
+
+    def close(self) -> None:
+        """Free the kept first-order graphs; a later product rebuilds them under the same policy."""
+        self._graphs = []
+        self.graph_nbytes = 0
+        self.graph_mode = None
+
+    def __enter__(self) -> CurvatureOperator:
+        """The operator itself; its kept graphs are freed on leaving the ``with`` block."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Free the kept graphs (:meth:`close`)."""
+        self.close()
+
+    def _build_graph(self, batch: Batch) -> Any:
+        """The first-order graph of one batch: everything a product needs that does not depend on the vector."""
+        raise NotImplementedError
+
+    def _graph_product(self, graph: Any, vectors: Tensor) -> Tensor:
+        """:math:`C_b V` for one batch's graph (from :meth:`_build_graph`), keeping the graph intact."""
         raise NotImplementedError
 
     def apply(self, vectors: Tensor) -> Tensor:
@@ -179,6 +250,30 @@ def _flat(tensors: tuple[Tensor, ...]) -> Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
+def _graph_nbytes(graph: Any) -> int:
+    """Bytes of the unique tensor storages saved by the autograd nodes reachable from the tensors in ``graph``."""
+    tensors = [t for item in graph for t in (item if isinstance(item, tuple) else (item,)) if isinstance(t, Tensor)]
+    roots = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    seen_nodes, storages, stack = set(), {}, list(roots)
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen_nodes:
+            continue
+        seen_nodes.add(node)
+        for attr in dir(node):
+            if attr.startswith("_saved_"):
+                try:
+                    value = getattr(node, attr)
+                except RuntimeError:  # freed or inaccessible saved value
+                    continue
+                for t in value if isinstance(value, (tuple, list)) else (value,):
+                    if isinstance(t, Tensor) and t.device.type != "meta":
+                        storage = t.untyped_storage()
+                        storages[(t.device, storage.data_ptr())] = storage.nbytes()
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return sum(storages.values())
+
+
 class HessianOperator(CurvatureOperator):
     r"""The Hessian :math:`H = \nabla^2_\theta L(\theta)` of the data-averaged loss, applied by double backward.
 
@@ -199,17 +294,25 @@ class HessianOperator(CurvatureOperator):
         (array([1., 0.]), 1)
     """
 
-    def _batch_product(self, batch: Batch, vectors: Tensor) -> Tensor:
-        params = list(self.params.values())
+    def _build_graph(self, batch: Batch) -> tuple[Tensor, ...]:
         loss = self.loss_fn(*self._outputs(batch))
-        grad = _flat(torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True))
-        if not grad.requires_grad:  # gradient constant in theta: zero Hessian
-            return torch.zeros_like(vectors)
-        columns = [
-            _flat(torch.autograd.grad(grad, params, grad_outputs=v, retain_graph=True, materialize_grads=True))
-            for v in vectors.T
-        ]
-        return torch.stack(columns, dim=1)
+        grads = torch.autograd.grad(loss, list(self.params.values()), create_graph=True, materialize_grads=True)
+        # the gradient's parts that depend on theta, by parameter index; none: zero Hessian (empty graph)
+        return tuple((i, g) for i, g in enumerate(grads) if g.requires_grad)
+
+    def _graph_product(self, graph: tuple[tuple[int, Tensor], ...], vectors: Tensor) -> Tensor:
+        result = torch.zeros_like(vectors.T)  # one contiguous row per column, returned transposed
+        if not graph:
+            return result.T
+        index, grads = zip(*graph, strict=True)
+        params = list(self.params.values())
+        for column, v in enumerate(vectors.T.contiguous()):
+            parts = self.unflatten(v)
+            products = torch.autograd.grad(
+                grads, params, grad_outputs=[parts[i] for i in index], retain_graph=True, materialize_grads=True
+            )
+            result[column] = _flat(products)
+        return result.T
 
 
 class GGNOperator(CurvatureOperator):
@@ -229,19 +332,26 @@ class GGNOperator(CurvatureOperator):
         array([0., 2.])
     """
 
-    def _batch_product(self, batch: Batch, vectors: Tensor) -> Tensor:
+    def _build_graph(self, batch: Batch) -> tuple[Tensor, ...]:
         params = list(self.params.values())
         outputs, targets = self._outputs(batch)
         detached = outputs.detach().requires_grad_(True)
         loss_grad = torch.autograd.grad(self.loss_fn(detached, targets), detached, create_graph=True)[0]
         if not loss_grad.requires_grad:  # loss linear in the outputs: zero output Hessian
-            return torch.zeros_like(vectors)
+            return ()
         dummy = torch.zeros_like(outputs, requires_grad=True)
         vjp = torch.autograd.grad(outputs, params, grad_outputs=dummy, create_graph=True, materialize_grads=True)
+        return (outputs, detached, loss_grad, dummy, *vjp)
+
+    def _graph_product(self, graph: tuple[Tensor, ...], vectors: Tensor) -> Tensor:
+        if not graph:
+            return torch.zeros_like(vectors)
+        outputs, detached, loss_grad, dummy, *vjp = graph
+        params = list(self.params.values())
         columns = []
-        for v in vectors.T:
+        for v in vectors.T.contiguous():
             jv = torch.autograd.grad(vjp, dummy, grad_outputs=self.unflatten(v), retain_graph=True)[0]
             hjv = torch.autograd.grad(loss_grad, detached, grad_outputs=jv, retain_graph=True)[0]
             jthjv = torch.autograd.grad(outputs, params, grad_outputs=hjv, retain_graph=True, materialize_grads=True)
             columns.append(_flat(jthjv))
-        return torch.stack(columns, dim=1)
+        return torch.stack(columns).T

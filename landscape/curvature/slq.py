@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from landscape.curvature._common import Seed, TorchOperator, rademacher, rng
+from landscape.curvature.operator import CurvatureOperator
 
 __all__ = ["SpectralDensity", "lanczos_tridiagonal", "slq_density"]
 
@@ -61,33 +62,64 @@ class SpectralDensity:
         return pd.DataFrame({"probe": self.probe, "node": self.nodes, "weight": self.weights})
 
 
-def lanczos_tridiagonal(view: TorchOperator, start: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    r"""``steps`` Lanczos steps with full reorthogonalisation from ``start``; returns :math:`T`'s diagonals.
+BASIS_BYTES = 256 * 2**20  # bound on the Lanczos bases of the probes run together
+
+
+def lanczos_tridiagonal(view: TorchOperator, start: torch.Tensor, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    r"""``steps`` Lanczos steps with full reorthogonalisation from each column of ``start``; :math:`T`'s diagonals.
+
+    The columns of the ``(n, k)`` tensor ``start`` run as ``k`` independent recurrences, each step applying the
+    operator to all still-running columns at once (one ``matmat``, which shares the operator's work across columns):
 
     .. math::
-        w = Av_j - \beta_{j-1}v_{j-1}, \quad \alpha_j = v_j^\top w, \quad
-        w \leftarrow w - \alpha_j v_j - V_j(V_j^\top w), \quad \beta_j = \lVert w\rVert, \quad v_{j+1} = w/\beta_j.
+        w = Av_j, \quad \alpha_j = v_j^\top w, \quad
+        w \leftarrow w - V_j(V_j^\top w) \ \text{(twice)}, \quad \beta_j = \lVert w\rVert, \quad v_{j+1} = w/\beta_j.
 
-    Stops early at an invariant subspace (:math:`\beta_j \le 10^{-10}\max_i|\alpha_i|`), returning fewer steps.
+    A recurrence stops early at an invariant subspace (:math:`\beta_j \le 10^{-10}\max_i|\alpha_i|`), returning fewer
+    steps. Returns one pair ``(alphas, betas)`` per column.
     """
-    basis = [start / torch.linalg.vector_norm(start)]
-    alphas: list[float] = []
-    betas: list[float] = []
+    if start.ndim == 1:
+        start = start[:, None]
+    k = start.shape[1]
+    basis = torch.empty(k, steps, view.n, dtype=start.dtype, device=start.device)  # basis[c, j] = v_j of column c
+    basis[:, 0] = (start / torch.linalg.vector_norm(start, dim=0)).T
+    alphas: list[list[float]] = [[] for _ in range(k)]
+    betas: list[list[float]] = [[] for _ in range(k)]
+    active = list(range(k))
     for j in range(steps):
-        w = view.apply(basis[j][:, None])[:, 0]
-        alpha = float(basis[j] @ w)
-        alphas.append(alpha)
+        rows = torch.tensor(active, device=start.device)
+        current = basis[rows, j]  # (a, n)
+        w = view.apply(current.T.contiguous()).T  # (a, n)
+        for c, alpha in zip(active, (current * w).sum(dim=1).tolist(), strict=True):
+            alphas[c].append(alpha)
         if j == steps - 1:
             break
-        stacked = torch.stack(basis, dim=1)
+        if len(active) < k:  # finished columns take part as zeros: the bases stay views (no copy of them)
+            w = torch.zeros(k, view.n, dtype=w.dtype, device=w.device).index_copy_(0, rows, w)
+        previous = basis[:, : j + 1]  # (k, j + 1, n), a view
         for _ in range(2):  # twice is enough (Parlett's "twice is enough")
-            w = w - stacked @ (stacked.T @ w)
-        beta = float(torch.linalg.vector_norm(w))
-        if beta <= 1e-10 * max(abs(a) for a in alphas) or beta == 0.0:
+            w = w - torch.bmm(torch.bmm(previous, w[:, :, None]).transpose(1, 2), previous)[:, 0]
+        w = w[rows] if len(active) < k else w
+        norms = torch.linalg.vector_norm(w, dim=1)
+        still = []
+        for i, (c, beta) in enumerate(zip(active, norms.tolist(), strict=True)):
+            if beta <= 1e-10 * max(abs(a) for a in alphas[c]) or beta == 0.0:
+                continue
+            betas[c].append(beta)
+            basis[c, j + 1] = w[i] / beta
+            still.append(c)
+        active = still
+        if not active:
             break
-        betas.append(beta)
-        basis.append(w / beta)
-    return np.array(alphas), np.array(betas)
+    return [(np.array(a), np.array(b)) for a, b in zip(alphas, betas, strict=True)]
+
+
+def _block(view: TorchOperator, widest: int) -> int:
+    """Probes per group when not given: 1 for a curvature operator reusing (or yet to decide on) its graph."""
+    inner = view.inner
+    if isinstance(inner, CurvatureOperator) and inner.graph_policy != "recompute" and inner.graph_mode != "recompute":
+        return 1
+    return widest
 
 
 def slq_density(
@@ -99,6 +131,7 @@ def slq_density(
     num_grid: int = 1000,
     seed: Seed = None,
     progress: bool = False,
+    block: int | None = None,
 ) -> SpectralDensity:
     r"""Spectral density :math:`\phi(t) = \frac{1}{n}\sum_i \delta(t - \lambda_i)` by stochastic Lanczos quadrature.
 
@@ -124,6 +157,10 @@ def slq_density(
         num_grid: grid size when ``grid`` is ``None``.
         seed: seed or generator of the probes.
         progress: show a progress bar over probes.
+        block: probes run together, each Lanczos step applying the operator to all of them in one ``matmat``.
+            ``None``: one at a time for a curvature operator that keeps its first-order graph (each product is then
+            one backward pass, and single columns are cheapest; the first probe runs alone to find out), otherwise
+            as many as keep their bases within ``BASIS_BYTES`` (256 MiB). Results do not depend on it.
 
     Example:
         >>> result = slq_density(np.diag([1.0, 2.0, 3.0, 6.0]), probes=4, steps=4, seed=0)
@@ -138,17 +175,28 @@ def slq_density(
         raise ValueError(f"Invalid sigma: {sigma}")
     if grid is None and num_grid < 2:
         raise ValueError(f"Invalid num_grid: {num_grid}")
+    if block is not None and block < 1:
+        raise ValueError(f"Invalid block: {block}")
     view = TorchOperator(operator)
     generator = rng(seed)
+    steps = min(steps, view.n)
+    per_probe = steps * view.n * torch.empty((), dtype=view.dtype).element_size()
+    widest = max(1, min(probes, BASIS_BYTES // per_probe))
+    starts = [rademacher(generator, view.n, 1)[:, 0] for _ in range(probes)]  # drawn one by one, as before blocks
     probe_index, nodes, weights = [], [], []
-    for probe in tqdm(range(probes), desc="SLQ", disable=not progress):
-        start = view.tensor(rademacher(generator, view.n, 1)[:, 0])
-        alphas, betas = lanczos_tridiagonal(view, start, min(steps, view.n))
-        tridiagonal = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        theta, vectors = np.linalg.eigh(tridiagonal)
-        probe_index.append(np.full(len(theta), probe))
-        nodes.append(theta)
-        weights.append(vectors[0] ** 2)
+    first = 0
+    with tqdm(total=probes, desc="SLQ", disable=not progress) as bar:
+        while first < probes:
+            size = block if block is not None else _block(view, widest)
+            group = view.tensor(np.stack(starts[first : first + size], axis=1))
+            for offset, (alphas, betas) in enumerate(lanczos_tridiagonal(view, group, steps)):
+                tridiagonal = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+                theta, vectors = np.linalg.eigh(tridiagonal)
+                probe_index.append(np.full(len(theta), first + offset))
+                nodes.append(theta)
+                weights.append(vectors[0] ** 2)
+            bar.update(group.shape[1])
+            first += size
     probe_index, nodes, weights = np.concatenate(probe_index), np.concatenate(nodes), np.concatenate(weights)
     if sigma is None:
         sigma = 0.01 * max(float(np.ptp(nodes)), 1e-12 * max(float(np.abs(nodes).max()), 1.0))
@@ -157,5 +205,6 @@ def slq_density(
     grid = np.asarray(grid, dtype=np.float64)
     kernel = np.exp(-((grid[:, None] - nodes[None, :]) ** 2) / (2 * sigma**2)) / (np.sqrt(2 * np.pi) * sigma)
     density = kernel @ weights / probes
-    config = {"probes": probes, "steps": steps, "sigma": sigma, "num_grid": len(grid), "mode": view.mode}
+    config = {"probes": probes, "steps": steps, "sigma": sigma, "num_grid": len(grid), "block": size}
+    config["mode"] = view.mode
     return SpectralDensity(probe_index, nodes, weights, grid, density, view.n, view.applications, config)

@@ -167,18 +167,26 @@ def hutchpp_trace(
     (Meyer, Musco, Musco & Woodruff 2021, Algorithm 1). The sketch costs :math:`2s` applications; the second term is a
     Hutchinson estimate run until its standard error meets ``max(atol, rtol * |estimate|)`` (after ``min_samples``
     probes) or the budget is spent, and ``standard_error`` is its standard error (the first term is exact given
-    :math:`Q`). With ``sketch_size = max_applications // 3`` (the default) and a spent budget this is the paper's
-    fixed-budget split :math:`m/3, m/3, m/3`. Deviation: the adaptive stop on the standard error replaces the paper's
-    fixed :math:`m/3` probes.
+    :math:`Q`, and the :math:`g_i` are drawn independently of :math:`Q`).
+
+    Sketch size. Given ``sketch_size``, :math:`s` is that. With ``sketch_size=None`` and a standard-error target
+    (``atol`` or ``rtol`` positive, the default) the sketch is chosen by what it pays: the first ``min_samples``
+    Rademacher probes :math:`S` are applied and their quadratic forms :math:`s_j^\top A s_j` checked against the
+    target first; when they meet it (a flat spectrum, where a sketch would gain nothing) their Hutchinson estimate is
+    returned at Hutchinson's cost (``config["sketch_size"] == 0``); otherwise :math:`AS` is the sketch
+    (:math:`s` = ``min_samples``) and the run goes on as above, so the products already made are not wasted. With
+    ``sketch_size=None`` and no target (``atol = rtol = 0``, a fixed budget) :math:`s` = ``max_applications // 3``:
+    the paper's split :math:`m/3, m/3, m/3`. Deviation from the paper: the adaptive stop on the residual's standard
+    error replaces its fixed :math:`m/3` probes.
 
     Args:
         operator: a :class:`~landscape.curvature.operator.CurvatureOperator`, a ``LinearOperator`` or a square array.
         max_applications: most operator applications, sketch included.
-        sketch_size: columns :math:`s` of :math:`S` (``None``: ``max_applications // 3``); needs
+        sketch_size: columns :math:`s` of :math:`S` (``None``: chosen as above); needs
             ``2 * sketch_size + min_samples <= max_applications``.
         atol: absolute standard-error target.
         rtol: standard-error target relative to the estimate.
-        min_samples: residual probes before the target is checked (at least 2).
+        min_samples: probes before the target is checked (at least 2), for the first check and the residual.
         block: probes applied together (one ``matmat``).
         seed: seed or generator of the sketch and probes.
         progress: show a progress bar.
@@ -189,27 +197,40 @@ def hutchpp_trace(
         103.0
     """
     _validate(max_applications, atol, rtol, min_samples, block)
-    sketch_size = max_applications // 3 if sketch_size is None else sketch_size
-    if sketch_size < 1 or 2 * sketch_size + min_samples > max_applications:
+    adaptive = sketch_size is None and (atol > 0 or rtol > 0)
+    if sketch_size is None:
+        sketch_size = min_samples if adaptive else max_applications // 3
+    if sketch_size < 1 or (4 if adaptive else 2) * sketch_size + min_samples > max_applications:
         raise ValueError(
             f"Invalid sketch_size: {sketch_size} (need 1 <= 2 * sketch_size + min_samples <= {max_applications})"
         )
     view = TorchOperator(operator)
     generator = rng(seed)
-    sketch = view.apply(view.tensor(rademacher(generator, view.n, min(sketch_size, view.n))))
+    config: dict[str, Any] = {
+        "max_applications": max_applications,
+        "sketch_size": sketch_size,
+        "sketch_rule": "adaptive" if adaptive else "fixed",
+        "atol": atol,
+        "rtol": rtol,
+        "min_samples": min_samples,
+        "mode": view.mode,
+    }
+    probes = view.tensor(rademacher(generator, view.n, sketch_size if adaptive else min(sketch_size, view.n)))
+    sketch = view.apply(probes)
+    if adaptive:  # the sketch's probes double as a first Hutchinson check
+        first = (probes * sketch).sum(dim=0).double().cpu().numpy()
+        se = float(np.std(first, ddof=1) / np.sqrt(len(first)))
+        if se <= max(atol, rtol * abs(float(np.mean(first)))):
+            config.update(sketch_size=0, low_rank_trace=0.0)
+            return TraceResult(float(np.mean(first)), se, view.applications, first, "hutch++", config)
+        more = view.tensor(rademacher(generator, view.n, sketch_size))  # oversample: the top space needs room
+        sketch = torch.cat([sketch, view.apply(more)], dim=1)
+        config["sketch_size"] = 2 * sketch_size
     basis = torch.linalg.qr(sketch).Q
     low_rank = float(torch.trace(basis.T @ view.apply(basis)))
     budget = max_applications - view.applications
     targets = (atol, rtol, min_samples, block)
     samples = _probe_until(view, generator, budget, low_rank, basis, targets, progress, "hutch++")
     se = float(np.std(samples, ddof=1) / np.sqrt(len(samples)))
-    config = {
-        "max_applications": max_applications,
-        "sketch_size": sketch_size,
-        "atol": atol,
-        "rtol": rtol,
-        "min_samples": min_samples,
-        "low_rank_trace": low_rank,
-        "mode": view.mode,
-    }
+    config["low_rank_trace"] = low_rank
     return TraceResult(low_rank + float(np.mean(samples)), se, view.applications, samples, "hutch++", config)

@@ -109,3 +109,78 @@ def test_invalid_arguments():
         HessianOperator(lambda t: t, loss_fn, (x, y))
     with pytest.raises(ValueError, match="shape"):
         HessianOperator(model, loss_fn, (x, y)).matmat(torch.zeros(3, 1, dtype=torch.float64))
+
+
+def forward_counter(model):
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cls", [HessianOperator, GGNOperator])
+def test_graph_reuse_equals_recompute_and_dense(dtype, cls):
+    model, x, y = small_problem(dtype)
+    data = [(x[:13], y[:13]), (x[13:], y[13:])]
+    reuse = cls(model, loss_fn, data, graph="reuse")
+    recompute = cls(model, loss_fn, data, graph="recompute")
+    calls = forward_counter(model)
+    v = torch.randn(reuse.shape[0], 3, dtype=dtype)
+    first = reuse.matmat(v)
+    assert len(calls) == 2  # one forward per batch builds the kept graphs
+    for _ in range(2):
+        torch.testing.assert_close(reuse.matmat(v), first, rtol=0, atol=0)
+        torch.testing.assert_close(reuse.matvec(v[:, 1]), first[:, 1], rtol=0, atol=0)
+    assert len(calls) == 2  # later products only back-propagate through the kept graphs
+    torch.testing.assert_close(recompute.matmat(v), first, rtol=0, atol=0)
+    recompute.matvec(v[:, 0])
+    assert len(calls) == 6
+    assert reuse.graph_mode == "reuse" and reuse.graph_nbytes > 0
+    assert recompute.graph_mode == "recompute" and recompute.graph_nbytes == 0
+    dense = dense_reference(model, x, y, reuse)[0 if cls is HessianOperator else 1]
+    tol = 1e-13 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(first.double(), dense @ v.double(), rtol=0, atol=tol)
+
+
+def test_graph_auto_respects_the_memory_bound():
+    model, x, y = small_problem()
+    data = [(x[:20], y[:20]), (x[20:], y[20:])]
+    big = HessianOperator(model, loss_fn, data)
+    v = torch.randn(big.shape[0], 1, dtype=torch.float64)
+    expected = big.matmat(v)
+    assert big.graph_policy == "auto" and big.graph_mode == "reuse"
+    one = big.graph_nbytes
+    # the size measured covers the saved activations: 20 inputs of 4 and tanh outputs of 6 per batch, in float64
+    assert one >= 2 * 8 * 20 * (4 + 6)
+    half = HessianOperator(model, loss_fn, data, graph_bytes=one - 1)  # the second batch's graph does not fit
+    calls = forward_counter(model)
+    torch.testing.assert_close(half.matmat(v), expected, rtol=0, atol=0)
+    torch.testing.assert_close(half.matmat(v), expected, rtol=0, atol=0)
+    assert half.graph_mode == "recompute" and half.graph_nbytes == 0 and len(calls) == 4
+
+
+def test_close_and_garbage_collection_free_the_graph():
+    import gc
+    import weakref
+
+    model, x, y = small_problem()
+    op = HessianOperator(model, loss_fn, (x, y), graph="reuse")
+    v = torch.randn(op.shape[0], 1, dtype=torch.float64)
+    with op:
+        expected = op.matmat(v)
+        ref = weakref.ref(op._graphs[0][0][1])
+        assert ref() is not None
+    assert ref() is None and op.graph_mode is None and op.graph_nbytes == 0
+    torch.testing.assert_close(op.matmat(v), expected, rtol=0, atol=0)  # usable after close: rebuilt
+    ref = weakref.ref(op._graphs[0][0][1])
+    del op
+    gc.collect()
+    assert ref() is None
+
+
+def test_invalid_graph_arguments():
+    model, x, y = small_problem()
+    with pytest.raises(ValueError, match="graph"):
+        HessianOperator(model, loss_fn, (x, y), graph="keep")
+    with pytest.raises(ValueError, match="graph_bytes"):
+        HessianOperator(model, loss_fn, (x, y), graph_bytes=-1)

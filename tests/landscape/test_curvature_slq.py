@@ -62,3 +62,29 @@ def test_invalid_arguments():
         slq_density(np.eye(3), steps=0)
     with pytest.raises(ValueError, match="sigma"):
         slq_density(np.eye(3), sigma=-1.0)
+
+
+def test_probes_run_together_give_the_same_quadrature(hessian):
+    op, dense = hessian
+    alone = slq_density(op, probes=5, steps=12, seed=3, block=1)
+    together = slq_density(op, probes=5, steps=12, seed=3, block=5)
+    pairs = slq_density(op, probes=5, steps=12, seed=3, block=2)
+    assert together.config["block"] == 5 and together.applications == alone.applications == 60
+    for other in (together, pairs):
+        np.testing.assert_array_equal(other.probe, alone.probe)
+        np.testing.assert_allclose(other.nodes, alone.nodes, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(other.weights, alone.weights, rtol=0, atol=1e-12)
+    # a probe that meets an invariant subspace stops early while the others go on
+    early = slq_density(np.diag([1.0, 1.0, 2.0, 2.0, 3.0]), probes=3, steps=5, seed=0, block=3)
+    assert early.applications == 9 and len(early.nodes) == 9
+
+
+def test_default_block_follows_the_operators_graph_policy(hessian):
+    op, _ = hessian
+    model, data = op.model, op.batches
+    kept = HessianOperator(model, torch.nn.functional.cross_entropy, data, graph="reuse")
+    rebuilt = HessianOperator(model, torch.nn.functional.cross_entropy, data, graph="recompute")
+    single, together = slq_density(kept, probes=3, steps=4, seed=0), slq_density(rebuilt, probes=3, steps=4, seed=0)
+    assert single.config["block"] == 1 and together.config["block"] == 3
+    np.testing.assert_allclose(single.nodes, together.nodes, rtol=0, atol=1e-12)
+    assert slq_density(np.eye(3), probes=2, steps=2, seed=0).config["block"] == 2

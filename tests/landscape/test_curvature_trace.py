@@ -81,3 +81,40 @@ def test_invalid_arguments(hessian):
         hutchinson_trace(op, min_samples=1)
     with pytest.raises(ValueError, match="sketch_size"):
         hutchpp_trace(op, max_applications=30, sketch_size=15)
+
+
+def rotated(eigenvalues):
+    q = np.linalg.qr(np.random.default_rng(0).standard_normal((len(eigenvalues),) * 2))[0]
+    return q @ np.diag(eigenvalues) @ q.T, float(np.sum(eigenvalues))
+
+
+SPECTRA = {
+    "flat": np.random.default_rng(1).uniform(1.0, 2.0, 200),
+    "decaying": 1.0 / np.arange(1, 201) ** 2,
+    "outliers": np.concatenate([np.full(10, 50.0), np.random.default_rng(2).uniform(0.0, 1.0, 190)]),
+}
+
+
+@pytest.mark.parametrize("spectrum", SPECTRA)
+def test_hutchpp_default_spends_at_most_twice_hutchinson_for_no_worse_error(spectrum):
+    matrix, exact = rotated(SPECTRA[spectrum])
+    runs = {"hutchinson": [], "hutch++": []}
+    for seed in range(60):
+        for estimator in (hutchinson_trace, hutchpp_trace):
+            result = estimator(matrix, max_applications=200, seed=seed)  # capped for speed; Hutchinson may reach it
+            runs[result.method].append((result.applications, abs(result.estimate - exact) / result.standard_error))
+            runs[result.method][-1] += (abs(result.estimate - exact),)
+    plain, pp = np.array(runs["hutchinson"]), np.array(runs["hutch++"])
+    assert pp[:, 0].mean() <= 2 * plain[:, 0].mean()
+    assert pp[:, 2].mean() <= plain[:, 2].mean()
+    # the reported standard error is honest: errors within 2 and 3 of them at about the t-distribution's rates
+    assert (pp[:, 1] <= 2).mean() >= 0.85 and (pp[:, 1] <= 3).mean() >= 0.93
+
+
+def test_hutchpp_default_on_a_flat_spectrum_is_hutchinson():
+    matrix, exact = rotated(SPECTRA["flat"])
+    pp, plain = hutchpp_trace(matrix, seed=4), hutchinson_trace(matrix, seed=4)
+    assert pp.config["sketch_size"] == 0 and pp.applications == plain.applications == 10
+    assert pp.estimate == pytest.approx(plain.estimate, rel=1e-12)
+    fixed = hutchpp_trace(matrix, max_applications=60, rtol=0.0, seed=4)  # no target: the paper's m/3 split
+    assert fixed.config["sketch_size"] == 20 and fixed.applications == 60 and len(fixed.samples) == 20

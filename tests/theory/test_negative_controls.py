@@ -249,12 +249,12 @@ def _lanczos_off(monkeypatch):
 
 
 def _hessian_operator_off(monkeypatch):
-    original = landscape.curvature.HessianOperator._batch_product
+    original = landscape.curvature.HessianOperator._graph_product
 
     def off(self, *arguments):
         return original(self, *arguments) * 1.000001
 
-    monkeypatch.setattr(landscape.curvature.HessianOperator, "_batch_product", off)
+    monkeypatch.setattr(landscape.curvature.HessianOperator, "_graph_product", off)
     return curvature.hutchinson()
 
 
