@@ -11,9 +11,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optim._checks import check_betas, check_bool, check_nonnegative, check_positive, evaluate
+from optim._foreach import buckets, pick
 from optim._state import adam_group
 
-__all__ = ["AdaM3", "adam3"]
+__all__ = ["AdaM3", "adam3", "adam3_foreach"]
 
 
 def adam3(
@@ -45,6 +46,38 @@ def adam3(
         param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
 
+def adam3_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+) -> None:
+    """:func:`adam3` on lists of tensors: one bucket per device, dtype and step count."""
+    for step, (params_, grads_, exp_avgs_, exp_avg_sqs_) in buckets([params, grads, exp_avgs, exp_avg_sqs], steps):
+        if weight_decay != 0:
+            if decoupled:
+                torch._foreach_mul_(params_, 1 - lr * weight_decay)
+            else:
+                grads_ = torch._foreach_add(grads_, params_, alpha=weight_decay)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs_, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs_, exp_avgs_, exp_avgs_, value=1 - beta2)
+        torch._foreach_add_(exp_avg_sqs_, eps)
+        denoms = torch._foreach_sqrt(exp_avg_sqs_)
+        torch._foreach_div_(denoms, math.sqrt(bias_correction2))
+        torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-lr / bias_correction1)
+
+
 class AdaM3(Optimizer):
     r"""AdaM3: "momentum the second moment"; early steps are close to :math:`γ/(1-β_1)` per coordinate.
 
@@ -64,6 +97,8 @@ class AdaM3(Optimizer):
         eps: ε. Default 1e-16 (authors' code).
         weight_decay: λ. Default 0.
         decoupled: decoupled decay. Default True (authors' code).
+        foreach: the multi-tensor path (:func:`adam3_foreach`); ``None`` (default) takes it when every parameter
+            is on a device with multi-tensor kernels (CUDA), as torch does.
 
     State per parameter: ``step``, ``exp_avg`` m, ``exp_avg_sq`` v.
 
@@ -85,13 +120,16 @@ class AdaM3(Optimizer):
         eps: float = 1e-16,
         weight_decay: float = 0,
         decoupled: bool = True,
+        foreach: bool | None = None,
     ) -> None:
         check_nonnegative("lr", lr)
         check_betas(betas)
         check_positive("eps", eps)
         check_nonnegative("weight_decay", weight_decay)
         check_bool("decoupled", decoupled)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, decoupled=decoupled)
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, decoupled=decoupled, foreach=foreach
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -101,7 +139,7 @@ class AdaM3(Optimizer):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, states = adam_group(self, group)
             beta1, beta2 = group["betas"]
-            adam3(
+            pick(adam3, adam3_foreach, group.get("foreach"), params)(
                 params,
                 grads,
                 exp_avgs,

@@ -11,9 +11,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optim._checks import check_betas, check_bool, check_choice, check_nonnegative, check_positive, evaluate
+from optim._foreach import buckets, pick
 from optim._state import adam_group
 
-__all__ = ["RAdam", "radam", "rectification"]
+__all__ = ["RAdam", "radam", "radam_foreach", "rectification"]
 
 
 def rectification(step: int, beta2: float) -> tuple[float, float]:
@@ -80,6 +81,50 @@ def radam(
     return rectified
 
 
+def radam_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    threshold: float,
+    degenerate: str,
+) -> list[bool]:
+    """:func:`radam` on lists of tensors: one bucket per device, dtype and step count (which fixes the branch)."""
+    for step, (params_, grads_, exp_avgs_, exp_avg_sqs_) in buckets([params, grads, exp_avgs, exp_avg_sqs], steps):
+        rho_t, r_t = rectification(step, beta2)
+        is_rectified = rho_t > threshold
+        skip = degenerate == "skip" and not is_rectified
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                if not skip:
+                    torch._foreach_mul_(params_, 1 - lr * weight_decay)
+            else:
+                grads_ = torch._foreach_add(grads_, params_, alpha=weight_decay)
+        torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs_, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, value=1 - beta2)
+        if skip:
+            continue
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        if is_rectified:
+            step_size = lr * r_t * bias_correction2**0.5 / bias_correction1
+            denoms = torch._foreach_sqrt(exp_avg_sqs_)
+            torch._foreach_add_(denoms, eps)
+            torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-step_size)
+        else:
+            torch._foreach_add_(params_, exp_avgs_, alpha=-lr / bias_correction1)
+    return [rectification(step, beta2)[0] > threshold for step in steps]
+
+
 class RAdam(Optimizer):
     r"""Rectified Adam; with the defaults it computes exactly what ``torch.optim.RAdam`` computes.
 
@@ -107,6 +152,8 @@ class RAdam(Optimizer):
             where r_t is defined. The authors' code uses ρ_t ≥ 5, which differs from > 5 only at ρ_t = 5 exactly.
         degenerate: ``'sgd'`` (torch, paper: momentum SGD while not rectified) or ``'skip'`` (authors' current
             code: no update at all).
+        foreach: the multi-tensor path (:func:`radam_foreach`); ``None`` (default) takes it when every parameter
+            is on a device with multi-tensor kernels (CUDA), as torch does.
 
     State per parameter: ``step`` (int), ``exp_avg`` m, ``exp_avg_sq`` v, and of the last step ``rho_t``,
     ``r_t`` (NaN when not rectified) and ``rectified`` (bool).
@@ -131,6 +178,7 @@ class RAdam(Optimizer):
         decoupled_weight_decay: bool = False,
         threshold: float = 5.0,
         degenerate: str = "sgd",
+        foreach: bool | None = None,
     ) -> None:
         check_nonnegative("lr", lr)
         check_betas(betas)
@@ -148,6 +196,7 @@ class RAdam(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay,
             threshold=threshold,
             degenerate=degenerate,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
 
@@ -159,7 +208,8 @@ class RAdam(Optimizer):
             params, grads, exp_avgs, exp_avg_sqs, states = adam_group(self, group)
             beta1, beta2 = group["betas"]
             steps = [state["step"] for state in states]
-            rectified = radam(
+            kernel = pick(radam, radam_foreach, group.get("foreach"), params)
+            rectified = kernel(
                 params,
                 grads,
                 exp_avgs,

@@ -1,7 +1,8 @@
 """Registry of every optimizer valley studies: name → class, defaults and source.
 
 torch's own optimizers are reused, not rewritten. Wrapper entries (SAM, ASAM, XGrad, extragradient) name a
-base entry; ``make`` sends each override to the wrapper if its signature has it, else to the base optimizer.
+base entry; ``make`` sends each override to the wrapper if its signature has it, else to the base optimizer;
+``foreach`` (the multi-tensor path) goes to both.
 """
 
 from __future__ import annotations
@@ -129,5 +130,5 @@ def make(name: str, params_or_model: Any, **overrides: Any) -> Optimizer:
         return found.cls(as_params(params_or_model), **kwargs)
     own = set(_inspect.signature(found.cls).parameters) - {"base_optimizer"}
     wrapper_kwargs = {k: v for k, v in kwargs.items() if k in own}
-    base_kwargs = {k: v for k, v in kwargs.items() if k not in own}
+    base_kwargs = {k: v for k, v in kwargs.items() if k not in own or k == "foreach"}
     return found.cls(make(found.base, params_or_model, **base_kwargs), **wrapper_kwargs)

@@ -10,9 +10,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optim._checks import check_bool, check_nonnegative, check_positive, check_unit_interval, evaluate
-from optim._projection import Projection, radial_view, remove_radial
+from optim._foreach import buckets, pick
+from optim._projection import Projection, radial_view, radial_views, remove_radial, with_radial_norms
 
-__all__ = ["SGDP", "sgdp"]
+__all__ = ["SGDP", "sgdp", "sgdp_foreach"]
 
 
 def sgdp(
@@ -42,13 +43,52 @@ def sgdp(
         if projection.view != "none":
             if direction is buf:
                 direction = buf.clone()
-            radial_norm = lr * remove_radial(param, direction, projection.view, eps=eps)
+            radial_norm = lr * remove_radial(param, direction, projection.view, eps=eps).item()
             projection = projection._replace(radial_norm=radial_norm)
         projections.append(projection)
         if weight_decay != 0:
             param.mul_(1 - lr * weight_decay * projection.wd_ratio / (1 - momentum))
         param.add_(direction, alpha=-lr)
     return projections
+
+
+def sgdp_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    eps: float,
+    delta: float,
+    wd_ratio: float,
+) -> list[Projection]:
+    """:func:`sgdp` on lists of tensors: one bucket per device, dtype and projected view (see :func:`adamp_foreach`)."""
+    projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps)
+    keys = [projection.view for projection in projections]
+    radial: dict[int, tuple[float, Tensor]] = {}
+    for view, (params_, grads_, buffers_, indices) in buckets(
+        [params, grads, momentum_buffers, range(len(params))], keys
+    ):
+        torch._foreach_mul_(buffers_, momentum)
+        torch._foreach_add_(buffers_, grads_, alpha=1 - dampening)
+        if nesterov:
+            directions = torch._foreach_add(grads_, buffers_, alpha=momentum)
+        elif view != "none":
+            directions = torch._foreach_clone(buffers_)  # valley projects a copy, as sgdp()
+        else:
+            directions = buffers_
+        if view != "none":
+            for index, param, direction in zip(indices, params_, directions, strict=True):
+                radial[index] = (lr, remove_radial(param, direction, view, eps=eps))
+        if weight_decay != 0:
+            ratio = 1.0 if view == "none" else wd_ratio
+            torch._foreach_mul_(params_, 1 - lr * weight_decay * ratio / (1 - momentum))
+        torch._foreach_add_(params_, directions, alpha=-lr)
+    return with_radial_norms(projections, radial)
 
 
 class SGDP(Optimizer):
@@ -76,6 +116,8 @@ class SGDP(Optimizer):
         eps: ε of the cosine and the normalisation. Default 1e-8 (official code).
         delta: δ, cosine threshold. Default 0.1 (official code).
         wd_ratio: weight-decay factor on projected tensors. Default 0.1 (official code).
+        foreach: the multi-tensor path (:func:`sgdp_foreach`); ``None`` (default) takes it when every parameter
+            is on a device with multi-tensor kernels (CUDA), as torch does.
 
     State per parameter: ``momentum_buffer`` b and of the last step ``projection``, ``max_cosine``,
     ``layer_cosine``, ``radial_norm`` (as :class:`~optim.AdamP`).
@@ -102,6 +144,7 @@ class SGDP(Optimizer):
         eps: float = 1e-8,
         delta: float = 0.1,
         wd_ratio: float = 0.1,
+        foreach: bool | None = None,
     ) -> None:
         check_nonnegative("lr", lr)
         check_unit_interval("momentum", momentum)
@@ -122,6 +165,7 @@ class SGDP(Optimizer):
             eps=eps,
             delta=delta,
             wd_ratio=wd_ratio,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
 
@@ -147,7 +191,8 @@ class SGDP(Optimizer):
         loss = evaluate(closure)
         for group in self.param_groups:
             params, grads, buffers, states = self._init_group(group)
-            projections = sgdp(
+            kernel = pick(sgdp, sgdp_foreach, group.get("foreach"), params)
+            projections = kernel(
                 params,
                 grads,
                 buffers,
