@@ -54,3 +54,14 @@ def buckets(
         for column, values in zip(bucket, lists, strict=True):
             column.append(values[index])
     return [(key[2], bucket) for key, bucket in found.items()]
+
+
+def batches(lists: Sequence[Sequence[Any]], foreach: bool) -> list[list[list[Any]]]:
+    """Parallel lists cut into the lists that ``torch._foreach_*`` ops take, original order kept.
+
+    The multi-tensor path gets one batch per device-and-dtype bucket (:func:`buckets`); the per-tensor path one
+    batch per tensor, so the same bookkeeping code serves both paths (the wrappers' perturb-and-restore).
+    """
+    if foreach:
+        return [bucket for _, bucket in buckets(lists)]
+    return [[[values[index]] for values in lists] for index in range(len(lists[0]))]

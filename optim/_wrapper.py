@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
 from torch.optim import Optimizer
+
+from optim._foreach import batches, use_foreach
 
 GLOBAL = "global"
 """Key of the wrapper's whole-model quantities in its ``state`` (next to the per-parameter entries)."""
@@ -46,6 +49,21 @@ class Wrapper(Optimizer):
         for name, default in self.defaults.items():
             param_group.setdefault(name, default)
         self._check_group(param_group)
+
+    def _batches(
+        self, switch: str, params_of: Callable[[dict[str, Any]], list[Tensor]]
+    ) -> list[tuple[dict[str, Any], list[Tensor]]]:
+        """Each group's ``params_of(group)`` as lists for ``torch._foreach_*`` ops, with their group.
+
+        Device-and-dtype buckets where the group's ``switch`` (the wrapper's ``foreach``) selects the multi-tensor
+        path, one tensor per list otherwise, so the wrapper's bookkeeping is written once for both paths.
+        """
+        found = []
+        for group in self.param_groups:
+            params = params_of(group)
+            if params:
+                found += [(group, batch[0]) for batch in batches([params], use_foreach(group.get(switch), params))]
+        return found
 
     def _check_group(self, group: dict[str, Any]) -> None:
         """Validate the wrapper's switches of one group (subclasses raise ``ValueError``)."""

@@ -35,15 +35,17 @@ class SAM(Wrapper):
     The norm is global over all parameters (with each group's T). ``step(closure)`` evaluates the closure at w
     (its loss is returned), climbs to w + ε̂, evaluates the closure there, restores w by copy (not by
     subtraction) and steps the base optimizer. ``first_step()``/``second_step()`` do the same for hand-written
-    loops (AMP, DDP). ``rho``, ``adaptive`` and ``eta`` go into every param group as ``sam_rho``,
-    ``sam_adaptive``, ``sam_eta`` (a group given its own values keeps them, e.g. ``sam_adaptive=False`` for
-    biases, as the ASAM authors apply T only to weights).
+    loops (AMP, DDP). ``rho``, ``adaptive``, ``eta`` and ``foreach`` go into every param group as ``sam_rho``,
+    ``sam_adaptive``, ``sam_eta``, ``sam_foreach`` (a group given its own values keeps them, e.g.
+    ``sam_adaptive=False`` for biases, as the ASAM authors apply T only to weights).
 
     Args:
         base_optimizer: The optimizer instance that takes the actual step.
         rho: ρ, radius of the neighbourhood. Default 0.05 (Foret et al. 2021); 0.5 for ASAM (Kwon et al. 2021).
         adaptive: ASAM's scale-invariant neighbourhood. Default False.
         eta: η of ASAM's T. Default 0.01 (Kwon et al. 2021).
+        foreach: perturb and restore with multi-tensor ops; ``None`` (default) does when every parameter is on a
+            device with multi-tensor kernels (CUDA), as torch does. The base optimizer has its own switch.
 
     State: per parameter ``point`` (w, kept only between the two half steps) and ``e_norm`` (‖ε̂‖ of the
     tensor); under ``state["global"]``: ``e_norm`` (‖ε̂‖), ``grad_norm`` (‖∇L(w)‖₂), and with a closure
@@ -64,40 +66,62 @@ class SAM(Wrapper):
     Algorithm 1; Kwon et al., "ASAM: Adaptive Sharpness-Aware Minimization", ICML 2021, Eq. (8).
     """
 
-    def __init__(self, base_optimizer: Optimizer, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01):
+    def __init__(
+        self,
+        base_optimizer: Optimizer,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        eta: float = 0.01,
+        foreach: bool | None = None,
+    ):
         check_nonnegative("rho", rho)
         check_bool("adaptive", adaptive)
         check_nonnegative("eta", eta)
-        super().__init__(base_optimizer, dict(sam_rho=rho, sam_adaptive=adaptive, sam_eta=eta))
+        super().__init__(base_optimizer, dict(sam_rho=rho, sam_adaptive=adaptive, sam_eta=eta, sam_foreach=foreach))
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_nonnegative("rho", group["sam_rho"])
         check_bool("adaptive", group["sam_adaptive"])
         check_nonnegative("eta", group["sam_eta"])
 
+    @staticmethod
+    def _scales(group: dict[str, Any], params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """ASAM's :math:`T_w = |w| + η` of each tensor."""
+        scales = torch._foreach_abs(params)
+        torch._foreach_add_(scales, group["sam_eta"])
+        return scales
+
     @torch.no_grad()
     def first_step(self) -> None:
         """Save w and move to w + ε̂ using the gradients currently in ``.grad``."""
-        with_grad = [(group, p) for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if not with_grad:
+        found = self._batches("sam_foreach", lambda group: [p for p in group["params"] if p.grad is not None])
+        if not found:
             return
-        scaled_norms = [
-            torch.linalg.vector_norm(p.grad * (p.abs() + group["sam_eta"]) if group["sam_adaptive"] else p.grad)
-            for group, p in with_grad
-        ]
-        scaled_norm = _stacked(scaled_norms).norm().item()  # one device sync for the global norm
-        e_norms, grad_norms = [], []
-        for group, p in with_grad:
-            scale = group["sam_rho"] / scaled_norm if scaled_norm > 0 else 0.0
-            self.state[p]["point"] = p.detach().clone()  # w, restored by second_step
-            e = p.grad * scale
+        scaled_norms = []
+        for group, params in found:
+            scaled = [p.grad for p in params]
             if group["sam_adaptive"]:
-                e.mul_((p.abs() + group["sam_eta"]).square_())
-            p.add_(e)
-            e_norms.append(torch.linalg.vector_norm(e))
-            grad_norms.append(torch.linalg.vector_norm(p.grad))
+                scaled = self._scales(group, params)
+                torch._foreach_mul_(scaled, [p.grad for p in params])
+            scaled_norms += torch._foreach_norm(scaled)
+        scaled_norm = _stacked(scaled_norms).norm().item()  # one device sync for the global norm
+        perturbed, e_norms, grad_norms = [], [], []
+        for group, params in found:
+            scale = group["sam_rho"] / scaled_norm if scaled_norm > 0 else 0.0
+            for p, point in zip(params, torch._foreach_clone(params), strict=True):
+                self.state[p]["point"] = point  # w, restored by second_step
+            grads = [p.grad for p in params]
+            e = torch._foreach_mul(grads, scale)
+            if group["sam_adaptive"]:
+                scales = self._scales(group, params)
+                torch._foreach_mul_(scales, scales)
+                torch._foreach_mul_(e, scales)
+            torch._foreach_add_(params, e)
+            perturbed += params
+            e_norms += torch._foreach_norm(e)
+            grad_norms += torch._foreach_norm(grads)
         e_norms_stacked, grad_norms_stacked = _stacked(e_norms), _stacked(grad_norms)
-        for (_, p), e_norm in zip(with_grad, e_norms_stacked.tolist(), strict=True):
+        for p, e_norm in zip(perturbed, e_norms_stacked.tolist(), strict=True):
             self.state[p]["e_norm"] = e_norm  # ‖ε̂‖ of this tensor
         stats = self.state[GLOBAL]
         stats["e_norm"] = e_norms_stacked.norm().item()  # ‖ε̂‖ over all parameters
@@ -106,11 +130,14 @@ class SAM(Wrapper):
     @torch.no_grad()
     def second_step(self) -> None:
         """Restore w exactly and let the base optimizer step with the gradients taken at w + ε̂."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                point = self.state[p].pop("point", None)
-                if point is not None:
-                    p.copy_(point)
+        points = {
+            p: self.state[p].pop("point")
+            for group in self.param_groups
+            for p in group["params"]
+            if "point" in self.state[p]
+        }
+        for _, params in self._batches("sam_foreach", lambda group: [p for p in group["params"] if p in points]):
+            torch._foreach_copy_(params, [points[p] for p in params])
         self.base_optimizer.step()
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
