@@ -85,20 +85,47 @@ def make(name, params, kwargs_for, foreach):
     return optim.make(name, params, **{**kwargs_for(name), "foreach": foreach})
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_foreach_equals_per_tensor(name, dtype, kwargs_for):
+# Switches the registry defaults leave off: every branch of every multi-tensor kernel is compared.
+VARIANTS = [
+    ("radam", {"weight_decay": 0.1}),
+    ("radam", {"weight_decay": 0.1, "decoupled_weight_decay": True, "degenerate": "skip"}),
+    ("adamp", {"weight_decay": 0.1}),
+    ("adamp", {"weight_decay": 0.1, "nesterov": True}),
+    ("sgdp", {"weight_decay": 0.1, "dampening": 0.2}),
+    ("sgdp", {"weight_decay": 0.1, "nesterov": True}),
+    ("adabelief", {"weight_decay": 0.1}),
+    ("adabelief", {"weight_decay": 0.1, "decoupled": False, "rectify": True}),
+    ("adam3", {"weight_decay": 0.1}),
+    ("adam3", {"weight_decay": 0.1, "decoupled": False}),
+    ("expectigrad", {"beta": 0.0}),
+    ("expectigrad", {"sparse_counter": False}),
+    ("asam", {"eta": 0.1}),
+]
+
+
+def compare_paths(name, dtype, kwargs, steps=12):
     runs = []
     for foreach in (False, True):
         torch.manual_seed(0)
         params, loss_fn = mixed_problem(dtype)
-        opt = make(name, params, kwargs_for, foreach)
-        run(opt, loss_fn, 12)
+        opt = optim.make(name, params, **{**kwargs, "foreach": foreach})
+        run(opt, loss_fn, steps)
         runs.append((params, opt))
     (reference, per_tensor), (params, multi_tensor) = runs
     for p, q in zip(params, reference, strict=True):
         assert p.dtype == q.dtype
         assert_close(p.detach(), q.detach())
     assert_same_state(multi_tensor, per_tensor)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_foreach_equals_per_tensor(name, dtype, kwargs_for):
+    compare_paths(name, dtype, kwargs_for(name))
+
+
+@pytest.mark.parametrize(("name", "overrides"), VARIANTS)
+def test_foreach_equals_per_tensor_on_every_branch(name, overrides, kwargs_for):
+    compare_paths(name, torch.float64, {**kwargs_for(name), **overrides}, steps=14)
 
 
 @pytest.mark.parametrize("first", [False, True], ids=["per_tensor_then_foreach", "foreach_then_per_tensor"])
