@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
+import torch
 from torch import Tensor
 from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
@@ -65,3 +66,82 @@ def batches(lists: Sequence[Sequence[Any]], foreach: bool) -> list[list[list[Any
     if foreach:
         return [bucket for _, bucket in buckets(lists)]
     return [[[values[index]] for values in lists] for index in range(len(lists[0]))]
+
+
+def fused_adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    step: int,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> bool:
+    r"""Run torch's fused Adam kernel on one bucket (one pass over memory); return ``False`` where it cannot run.
+
+    With t = ``step`` (already counted), it computes, after the decay :math:`g ← g + λθ` (or with ``decoupled``
+    :math:`θ ← θ(1-γλ)`, AdamW's),
+
+    .. math::
+        m ← β_1 m + (1-β_1) g,\quad v ← β_2 v + (1-β_2) g^2,\quad
+        θ ← θ - \frac{γ}{1-β_1^t}\,\frac{m}{\sqrt{v}/\sqrt{1-β_2^t} + ε},
+
+    the update of Adam-type optimizers here once their factors are folded into γ and ε (RAdam's rectified step,
+    Adam-2k after its warm-up, AdamP where nothing is projected); it agrees with their own arithmetic to rounding.
+    """
+    if params[0].dtype not in (torch.float32, torch.float64):
+        return False
+    steps = [torch.full((), float(step), device=params[0].device)] * len(params)
+    (torch._fused_adamw_ if decoupled else torch._fused_adam_)(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        [],
+        steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=weight_decay,
+        eps=eps,
+        amsgrad=False,
+        maximize=False,
+    )
+    return True
+
+
+def fused_sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+) -> bool:
+    r"""Run torch's fused momentum-SGD kernel on one bucket; return ``False`` where it cannot run.
+
+    It computes :math:`b ← μ b + (1-τ) g`, then :math:`θ ← θ - γ d` with :math:`d = g + μ b` (Nesterov) or
+    :math:`d = b` — SGDP's step where nothing is projected (its buffers start at 0, so no first-step copy).
+    """
+    if momentum == 0 or params[0].dtype not in (torch.float32, torch.float64):
+        return False
+    torch._fused_sgd_(
+        params,
+        grads,
+        momentum_buffers,
+        weight_decay=0.0,
+        momentum=momentum,
+        lr=lr,
+        dampening=dampening,
+        nesterov=nesterov,
+        maximize=False,
+        is_first_step=False,
+    )
+    return True

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optim._checks import check_betas, check_nonnegative, check_positive, evaluate
-from optim._foreach import buckets, pick
+from optim._foreach import buckets, fused_adam, pick
 from optim._state import adam_group
 
 __all__ = ["Adam2k", "adam2k", "adam2k_foreach"]
@@ -53,8 +53,16 @@ def adam2k_foreach(
     eps: float,
     freeze_steps: int,
 ) -> None:
-    """:func:`adam2k` on lists of tensors: one bucket per device, dtype and step count."""
+    """:func:`adam2k` on lists of tensors: one bucket per device, dtype and step count.
+
+    After the warm-up the step is Adam's with ε/√(1-β₂ᵗ) for ε: torch's fused Adam kernel where it runs.
+    """
     for step, (params_, grads_, exp_avgs_, exp_avg_sqs_) in buckets([params, grads, exp_avgs, exp_avg_sqs], steps):
+        fused_eps = eps / math.sqrt(1 - beta2**step)
+        if step > freeze_steps and fused_adam(
+            params_, grads_, exp_avgs_, exp_avg_sqs_, step, lr=lr, beta1=beta1, beta2=beta2, eps=fused_eps
+        ):
+            continue
         torch._foreach_mul_(exp_avg_sqs_, beta2)
         torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, value=1 - beta2)
         if step <= freeze_steps:

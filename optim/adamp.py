@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optim._checks import check_betas, check_bool, check_nonnegative, check_positive, evaluate
-from optim._foreach import buckets, pick
+from optim._foreach import buckets, fused_adam, pick
 from optim._projection import Projection, radial_view, radial_views, remove_radial, with_radial_norms
 from optim._state import adam_group
 
@@ -87,12 +87,32 @@ def adamp_foreach(
 
     All projection tests are read back in one transfer; the removal of the radial part is per tensor (it needs
     each tensor's row norms), and so is the norm of the removed part, read back in one transfer at the end.
+    Where nothing is projected (and no Nesterov) the step is AdamW's: torch's fused Adam kernel where it runs.
     """
     projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps)
     keys = [(step, projection.view) for step, projection in zip(steps, projections, strict=True)]
     columns = [params, grads, exp_avgs, exp_avg_sqs, range(len(params))]
     radial: dict[int, tuple[float, Tensor]] = {}
     for (step, view), (params_, grads_, exp_avgs_, exp_avg_sqs_, indices) in buckets(columns, keys):
+        ratio = 1.0 if view == "none" else wd_ratio
+        if (
+            view == "none"
+            and not nesterov
+            and fused_adam(
+                params_,
+                grads_,
+                exp_avgs_,
+                exp_avg_sqs_,
+                step,
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                eps=eps,
+                weight_decay=weight_decay,
+                decoupled=True,
+            )
+        ):
+            continue
         bias_correction1 = 1 - beta1**step
         sqrt_bias_correction2 = math.sqrt(1 - beta2**step)
         step_size = lr * sqrt_bias_correction2 / bias_correction1
@@ -113,7 +133,7 @@ def adamp_foreach(
             for index, param, update in zip(indices, params_, updates, strict=True):
                 radial[index] = (step_size, remove_radial(param, update, view, eps=eps))
         if weight_decay > 0:
-            torch._foreach_mul_(params_, 1 - lr * weight_decay * (1.0 if view == "none" else wd_ratio))
+            torch._foreach_mul_(params_, 1 - lr * weight_decay * ratio)
         if updates is None:
             torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-step_size)
         else:

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optim._checks import check_betas, check_bool, check_choice, check_nonnegative, check_positive, evaluate
-from optim._foreach import buckets, pick
+from optim._foreach import buckets, fused_adam, pick
 from optim._state import adam_group
 
 __all__ = ["RAdam", "radam", "radam_foreach", "rectification"]
@@ -97,24 +97,40 @@ def radam_foreach(
     threshold: float,
     degenerate: str,
 ) -> list[bool]:
-    """:func:`radam` on lists of tensors: one bucket per device, dtype and step count (which fixes the branch)."""
+    """:func:`radam` on lists of tensors: one bucket per device, dtype and step count (which fixes the branch).
+
+    The rectified step is Adam's with γ r_t for γ and ε/√(1-β₂ᵗ) for ε, so it runs as torch's fused Adam kernel
+    (:func:`optim._foreach.fused_adam`, one pass over memory) where that kernel runs.
+    """
     for step, (params_, grads_, exp_avgs_, exp_avg_sqs_) in buckets([params, grads, exp_avgs, exp_avg_sqs], steps):
         rho_t, r_t = rectification(step, beta2)
         is_rectified = rho_t > threshold
         skip = degenerate == "skip" and not is_rectified
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                if not skip:
-                    torch._foreach_mul_(params_, 1 - lr * weight_decay)
-            else:
-                grads_ = torch._foreach_add(grads_, params_, alpha=weight_decay)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        if weight_decay != 0 and decoupled_weight_decay and not skip:
+            torch._foreach_mul_(params_, 1 - lr * weight_decay)
+        coupled = 0.0 if decoupled_weight_decay else weight_decay
+        if is_rectified and fused_adam(
+            params_,
+            grads_,
+            exp_avgs_,
+            exp_avg_sqs_,
+            step,
+            lr=lr * r_t,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps / bias_correction2**0.5,
+            weight_decay=coupled,
+        ):
+            continue
+        if coupled != 0:
+            grads_ = torch._foreach_add(grads_, params_, alpha=coupled)
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs_, beta2)
         torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, value=1 - beta2)
         if skip:
             continue
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
         if is_rectified:
             step_size = lr * r_t * bias_correction2**0.5 / bias_correction1
             denoms = torch._foreach_sqrt(exp_avg_sqs_)

@@ -97,29 +97,34 @@ class SAM(Wrapper):
         found = self._batches("sam_foreach", lambda group: [p for p in group["params"] if p.grad is not None])
         if not found:
             return
-        scaled_norms = []
+        norms, scaled_norms = [], []  # ‖∇L‖ and ‖T_w ∇L‖ per tensor (the same lists for SAM)
         for group, params in found:
-            scaled = [p.grad for p in params]
+            norms.append(torch._foreach_norm([p.grad for p in params]))
             if group["sam_adaptive"]:
                 scaled = self._scales(group, params)
                 torch._foreach_mul_(scaled, [p.grad for p in params])
-            scaled_norms += torch._foreach_norm(scaled)
+                scaled_norms += torch._foreach_norm(scaled)
+            else:
+                scaled_norms += norms[-1]
         scaled_norm = _stacked(scaled_norms).norm().item()  # one device sync for the global norm
         perturbed, e_norms, grad_norms = [], [], []
-        for group, params in found:
+        for (group, params), batch_norms in zip(found, norms, strict=True):
             scale = group["sam_rho"] / scaled_norm if scaled_norm > 0 else 0.0
             for p, point in zip(params, torch._foreach_clone(params), strict=True):
                 self.state[p]["point"] = point  # w, restored by second_step
             grads = [p.grad for p in params]
-            e = torch._foreach_mul(grads, scale)
             if group["sam_adaptive"]:
+                e = torch._foreach_mul(grads, scale)
                 scales = self._scales(group, params)
                 torch._foreach_mul_(scales, scales)
                 torch._foreach_mul_(e, scales)
-            torch._foreach_add_(params, e)
+                torch._foreach_add_(params, e)
+                e_norms += torch._foreach_norm(e)
+            else:  # ε̂ = scale·g is added without being stored, and ‖ε̂‖ = scale·‖g‖ (equal to rounding)
+                torch._foreach_add_(params, grads, alpha=scale)
+                e_norms += torch._foreach_mul(batch_norms, scale)
             perturbed += params
-            e_norms += torch._foreach_norm(e)
-            grad_norms += torch._foreach_norm(grads)
+            grad_norms += batch_norms
         e_norms_stacked, grad_norms_stacked = _stacked(e_norms), _stacked(grad_norms)
         for p, e_norm in zip(perturbed, e_norms_stacked.tolist(), strict=True):
             self.state[p]["e_norm"] = e_norm  # ‖ε̂‖ of this tensor

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optim._checks import check_bool, check_nonnegative, check_positive, check_unit_interval, evaluate
-from optim._foreach import buckets, pick
+from optim._foreach import buckets, fused_sgd, pick
 from optim._projection import Projection, radial_view, radial_views, remove_radial, with_radial_norms
 
 __all__ = ["SGDP", "sgdp", "sgdp_foreach"]
@@ -66,13 +66,23 @@ def sgdp_foreach(
     delta: float,
     wd_ratio: float,
 ) -> list[Projection]:
-    """:func:`sgdp` on lists of tensors: one bucket per device, dtype and projected view (see :func:`adamp_foreach`)."""
+    """:func:`sgdp` on lists of tensors: one bucket per device, dtype and projected view (see :func:`adamp_foreach`).
+
+    Where nothing is projected the step is momentum SGD's: torch's fused SGD kernel where it runs.
+    """
     projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps)
     keys = [projection.view for projection in projections]
     radial: dict[int, tuple[float, Tensor]] = {}
     for view, (params_, grads_, buffers_, indices) in buckets(
         [params, grads, momentum_buffers, range(len(params))], keys
     ):
+        decay = 1 - lr * weight_decay * (1.0 if view == "none" else wd_ratio) / (1 - momentum)
+        if weight_decay != 0 and view == "none":  # a projection reads θ first, so there it comes later
+            torch._foreach_mul_(params_, decay)
+        if view == "none" and fused_sgd(
+            params_, grads_, buffers_, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov
+        ):
+            continue
         torch._foreach_mul_(buffers_, momentum)
         torch._foreach_add_(buffers_, grads_, alpha=1 - dampening)
         if nesterov:
@@ -84,9 +94,8 @@ def sgdp_foreach(
         if view != "none":
             for index, param, direction in zip(indices, params_, directions, strict=True):
                 radial[index] = (lr, remove_radial(param, direction, view, eps=eps))
-        if weight_decay != 0:
-            ratio = 1.0 if view == "none" else wd_ratio
-            torch._foreach_mul_(params_, 1 - lr * weight_decay * ratio / (1 - momentum))
+        if weight_decay != 0 and view != "none":
+            torch._foreach_mul_(params_, decay)
         torch._foreach_add_(params_, directions, alpha=-lr)
     return with_radial_norms(projections, radial)
 

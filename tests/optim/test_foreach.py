@@ -9,7 +9,8 @@ import torch
 import optim
 from optim._foreach import buckets, use_foreach
 
-OTHER = {torch.float64: torch.float32, torch.float32: torch.float64}
+OTHER = {torch.float64: torch.float32, torch.float32: torch.float64, torch.bfloat16: torch.float32}
+OWN = ["radam", "adam2k", "adamp", "sgdp", "adabelief", "adam3", "expectigrad"]
 
 
 def mixed_problem(dtype, seed=0):
@@ -23,7 +24,9 @@ def mixed_problem(dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     shapes = {"w": (4, 3), "v": (3, 4), "b": (3,), "e": (5,), "z": (2, 2), "o": (3,)}
     targets = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
-    params = {k: torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64) + 1.0) for k, s in shapes.items()}
+    params = {
+        k: torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64) + 1.0) for k, s in shapes.items()
+    }
     direction = torch.randn(4, 3, generator=gen, dtype=torch.float64)
     for key, p in params.items():
         p.data = p.data.to(OTHER[dtype] if key == "o" else dtype)
@@ -56,9 +59,9 @@ def run(opt, loss_fn, steps):
 
 
 def assert_close(actual, expected):
-    """Equal to 1e-12 relative in float64, to float32 rounding (a few ulps, accumulated) in float32."""
+    """Equal to 1e-12 relative in float64, to rounding (a few ulps, accumulated) in float32 and bfloat16."""
     if isinstance(expected, torch.Tensor):
-        rtol = 1e-12 if expected.dtype == torch.float64 else 1e-5
+        rtol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(expected.dtype, 4e-2)  # bfloat16: ~10 ulps
         scale = expected.detach().abs().max().item() if expected.numel() else 0.0
         torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale, equal_nan=True)
     elif isinstance(expected, float) and not math.isnan(expected):
@@ -121,6 +124,12 @@ def compare_paths(name, dtype, kwargs, steps=12):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_foreach_equals_per_tensor(name, dtype, kwargs_for):
     compare_paths(name, dtype, kwargs_for(name))
+
+
+@pytest.mark.parametrize("name", OWN)
+def test_foreach_equals_per_tensor_in_bfloat16(name, kwargs_for):
+    """bfloat16 has no fused kernels: the plain multi-tensor arithmetic runs, to bfloat16 rounding."""
+    compare_paths(name, torch.bfloat16, kwargs_for(name), steps=6)
 
 
 @pytest.mark.parametrize(("name", "overrides"), VARIANTS)
