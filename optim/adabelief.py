@@ -94,14 +94,14 @@ def adabelief_foreach(
         if rectify and rho_t < 5:
             torch._foreach_add_(params_, exp_avgs_, alpha=-lr / bias_correction1)
             continue
+        del residuals
         denoms = torch._foreach_sqrt(exp_avg_vars_)
         if rectify:
             torch._foreach_add_(denoms, eps)
             step_size = lr * r_t * math.sqrt(bias_correction2) / bias_correction1
-        else:
-            torch._foreach_div_(denoms, math.sqrt(bias_correction2))
-            torch._foreach_add_(denoms, eps)
-            step_size = lr / bias_correction1
+        else:  # m/(√s/c + ε) evaluated as c m/(√s + εc), c = √(1-β₂ᵗ): one pass less, equal to rounding
+            torch._foreach_add_(denoms, eps * math.sqrt(bias_correction2))
+            step_size = lr * math.sqrt(bias_correction2) / bias_correction1
         torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-step_size)
     return [rectify and rectification(step, beta2)[0] >= 5 for step in steps]
 

@@ -60,7 +60,11 @@ def adam3_foreach(
     weight_decay: float,
     decoupled: bool,
 ) -> None:
-    """:func:`adam3` on lists of tensors: one bucket per device, dtype and step count."""
+    r""":func:`adam3` on lists of tensors: one bucket per device, dtype and step count.
+
+    It evaluates :math:`m/(\sqrt{v}/c)` as :math:`c\,m/\sqrt{v}`, :math:`c = \sqrt{1-β_2^t}` (one pass less;
+    equal to rounding).
+    """
     for step, (params_, grads_, exp_avgs_, exp_avg_sqs_) in buckets([params, grads, exp_avgs, exp_avg_sqs], steps):
         if weight_decay != 0:
             if decoupled:
@@ -73,9 +77,8 @@ def adam3_foreach(
         torch._foreach_mul_(exp_avg_sqs_, beta2)
         torch._foreach_addcmul_(exp_avg_sqs_, exp_avgs_, exp_avgs_, value=1 - beta2)
         torch._foreach_add_(exp_avg_sqs_, eps)
-        denoms = torch._foreach_sqrt(exp_avg_sqs_)
-        torch._foreach_div_(denoms, math.sqrt(bias_correction2))
-        torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-lr / bias_correction1)
+        denoms = torch._foreach_sqrt(exp_avg_sqs_)  # √(1-β₂ᵗ) moves into the step size: one pass less
+        torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-lr * math.sqrt(bias_correction2) / bias_correction1)
 
 
 class AdaM3(Optimizer):

@@ -73,10 +73,10 @@ def expectigrad_foreach(
             mean_sqs = torch._foreach_div(sum_sqs_, step)
         else:
             # torch has no multi-tensor comparison, so 1[g ≠ 0] is taken per tensor (as in expectigrad())
-            mean_sqs = [torch.ne(g, 0, out=torch.empty_like(c)) for g, c in zip(grads_, counters_, strict=True)]
-            torch._foreach_add_(counters_, mean_sqs)
-            torch._foreach_copy_(mean_sqs, sum_sqs_)  # the indicators' buffers are reused for s / n
-            torch._foreach_div_(mean_sqs, counters_)
+            indicators = [torch.ne(g, 0, out=torch.empty_like(c)) for g, c in zip(grads_, counters_, strict=True)]
+            torch._foreach_add_(counters_, indicators)
+            del indicators
+            mean_sqs = torch._foreach_div(sum_sqs_, counters_)
         torch._foreach_sqrt_(mean_sqs)
         torch._foreach_add_(mean_sqs, eps)
         updates = torch._foreach_div(grads_, mean_sqs)
