@@ -54,7 +54,30 @@ def buckets(
         bucket = found.setdefault((first.device, first.dtype, key), [[] for _ in lists])
         for column, values in zip(bucket, lists, strict=True):
             column.append(values[index])
-    return [(key[2], bucket) for key, bucket in found.items()]
+    return [(key[2], part) for key, bucket in found.items() for part in _cpu_parts(bucket)]
+
+
+CPU_PART = 1 << 20
+"""Most elements per multi-tensor call on CPU (whole tensors; a larger tensor goes alone)."""
+
+
+def _cpu_parts(bucket: list[list[Any]]) -> list[list[list[Any]]]:
+    """A CPU bucket cut into runs of at most :data:`CPU_PART` elements (other devices: whole).
+
+    The scratch lists of a chain of multi-tensor ops then stay cache-sized, and their memory is reused from one
+    run to the next instead of being mapped afresh.
+    """
+    tensors = bucket[0]
+    if not tensors or tensors[0].device.type != "cpu":
+        return [bucket]
+    parts, start, size = [], 0, 0
+    for index, tensor in enumerate(tensors):
+        if size and size + tensor.numel() > CPU_PART:
+            parts.append([column[start:index] for column in bucket])
+            start, size = index, 0
+        size += tensor.numel()
+    parts.append([column[start:] for column in bucket])
+    return parts
 
 
 def batches(lists: Sequence[Sequence[Any]], foreach: bool) -> list[list[list[Any]]]:

@@ -70,16 +70,18 @@ def expectigrad_foreach(
     for (step, dense, plain), (params_, grads_, sum_sqs_, counters_, exp_avgs_) in buckets(columns, keys):
         torch._foreach_addcmul_(sum_sqs_, grads_, grads_)
         if dense:
-            mean_sqs = torch._foreach_div(sum_sqs_, step)
+            updates = torch._foreach_div(sum_sqs_, step)
         else:
-            # torch has no multi-tensor comparison, so 1[g ≠ 0] is taken per tensor (as in expectigrad())
-            indicators = [torch.ne(g, 0, out=torch.empty_like(c)) for g, c in zip(grads_, counters_, strict=True)]
-            torch._foreach_add_(counters_, indicators)
-            del indicators
-            mean_sqs = torch._foreach_div(sum_sqs_, counters_)
-        torch._foreach_sqrt_(mean_sqs)
-        torch._foreach_add_(mean_sqs, eps)
-        updates = torch._foreach_div(grads_, mean_sqs)
+            # torch has no multi-tensor comparison, so 1[g ≠ 0] is taken per tensor (as in expectigrad()); its
+            # buffers then hold s / n, √(s/n) + ε and the update in turn: no fresh memory after the first
+            updates = [torch.ne(g, 0, out=torch.empty_like(c)) for g, c in zip(grads_, counters_, strict=True)]
+            torch._foreach_add_(counters_, updates)
+            torch._foreach_copy_(updates, sum_sqs_)
+            torch._foreach_div_(updates, counters_)
+        torch._foreach_sqrt_(updates)
+        torch._foreach_add_(updates, eps)
+        torch._foreach_reciprocal_(updates)  # g · (1/(√a + ε)): equal to g/(√a + ε) to rounding, in place
+        torch._foreach_mul_(updates, grads_)
         if updates[0].dtype != params_[0].dtype:  # low-precision parameters keep a float32 counter
             updates = [update.to(params_[0].dtype) for update in updates]
         if plain:
