@@ -91,6 +91,11 @@ def batches(lists: Sequence[Sequence[Any]], foreach: bool) -> list[list[list[Any
     return [[[values[index]] for values in lists] for index in range(len(lists[0]))]
 
 
+def fusable(tensors: Sequence[Tensor]) -> bool:
+    """Whether torch's fused optimizer kernels run on this bucket (float32 or float64)."""
+    return tensors[0].dtype in (torch.float32, torch.float64)
+
+
 def fused_adam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -115,9 +120,10 @@ def fused_adam(
         θ ← θ - \frac{γ}{1-β_1^t}\,\frac{m}{\sqrt{v}/\sqrt{1-β_2^t} + ε},
 
     the update of Adam-type optimizers here once their factors are folded into γ and ε (RAdam's rectified step,
-    Adam-2k after its warm-up, AdamP where nothing is projected); it agrees with their own arithmetic to rounding.
+    Adam-2k after its warm-up, AdamP where nothing is projected, AdaM3 with g := m and β₁ = 0); it agrees with
+    their own arithmetic to rounding.
     """
-    if params[0].dtype not in (torch.float32, torch.float64):
+    if not fusable(params):
         return False
     steps = [torch.full((), float(step), device=params[0].device)] * len(params)
     (torch._fused_adamw_ if decoupled else torch._fused_adam_)(
@@ -153,7 +159,7 @@ def fused_sgd(
     It computes :math:`b ← μ b + (1-τ) g`, then :math:`θ ← θ - γ d` with :math:`d = g + μ b` (Nesterov) or
     :math:`d = b` — SGDP's step where nothing is projected (its buffers start at 0, so no first-step copy).
     """
-    if momentum == 0 or params[0].dtype not in (torch.float32, torch.float64):
+    if momentum == 0 or not fusable(params):
         return False
     torch._fused_sgd_(
         params,

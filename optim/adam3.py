@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optim._checks import check_betas, check_bool, check_nonnegative, check_positive, evaluate
-from optim._foreach import buckets, pick
+from optim._foreach import buckets, fusable, fused_adam, pick
 from optim._state import adam_group
 
 __all__ = ["AdaM3", "adam3", "adam3_foreach"]
@@ -62,8 +62,9 @@ def adam3_foreach(
 ) -> None:
     r""":func:`adam3` on lists of tensors: one bucket per device, dtype and step count.
 
-    It evaluates :math:`m/(\sqrt{v}/c)` as :math:`c\,m/\sqrt{v}`, :math:`c = \sqrt{1-β_2^t}` (one pass less;
-    equal to rounding).
+    With float32/float64 tensors the v update and the step run as torch's fused Adam kernel on (θ, m_t, v) with
+    g := m_t, β₁ = 0, γ/(1-β₁ᵗ) and ε = 0, after :math:`v ← v + ε/β_2`; otherwise it evaluates
+    :math:`m/(\sqrt{v}/c)` as :math:`c\,m/\sqrt{v}`, :math:`c = \sqrt{1-β_2^t}`. Both equal :func:`adam3` to rounding.
     """
     for step, (params_, grads_, exp_avgs_, exp_avg_sqs_) in buckets([params, grads, exp_avgs, exp_avg_sqs], steps):
         if weight_decay != 0:
@@ -74,6 +75,21 @@ def adam3_foreach(
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)
+        if beta2 > 0 and fusable(params_):
+            # β₂(v + ε/β₂) + (1-β₂)m² = v_t; fused Adam with g := m_t and β₁ = 0 leaves m_t and takes the step
+            torch._foreach_add_(exp_avg_sqs_, eps / beta2)
+            fused_adam(
+                params_,
+                exp_avgs_,
+                exp_avgs_,
+                exp_avg_sqs_,
+                step,
+                lr=lr / bias_correction1,
+                beta1=0.0,
+                beta2=beta2,
+                eps=0.0,
+            )
+            continue
         torch._foreach_mul_(exp_avg_sqs_, beta2)
         torch._foreach_addcmul_(exp_avg_sqs_, exp_avgs_, exp_avgs_, value=1 - beta2)
         torch._foreach_add_(exp_avg_sqs_, eps)
