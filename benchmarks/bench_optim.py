@@ -15,21 +15,26 @@ is absent; it is not a dependency). Target: valley's overhead at or below pytorc
 Part 3: a small CNN's full training step with and without XGrad around the same base.
 
 Timing: wall time, 2 intra-op threads, every case once per round in rotating order, best of the rounds (machine
-noise only ever adds time). Run: ``python benchmarks/bench_optim.py [rounds]``.
+noise only ever adds time). Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE`` unless set):
+on a machine shared with other processes a spinning thread makes two-thread runs stall several-fold.
+Run: ``python benchmarks/bench_optim.py [rounds]``.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
-import sys
-import time
-from collections.abc import Callable
 
-import torch
-from torch import nn
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads
 
-import optim
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import optim  # noqa: E402
 
 try:
     import pytorch_optimizer
@@ -244,8 +249,11 @@ def bench_xgrad(steps=20, rounds=5):
 if __name__ == "__main__":
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 15
     torch.set_num_threads(2)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, wall time, load {os.getloadavg()}")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, wall time, best of {rounds} rounds")
+    print(f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average at start: {load}")
     bench_steps(rounds)
     bench_sam(rounds)
+    print(f"load average at the end of parts 1-2: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     torch.set_num_threads(1)  # XGrad's overhead: single-thread CPU time, robust to other processes
     bench_xgrad()
