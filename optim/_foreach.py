@@ -3,7 +3,8 @@
 Every optimizer here has a per-tensor kernel (the reference) and a multi-tensor kernel beside it that applies the
 same arithmetic to lists of tensors at once. The multi-tensor kernel runs on buckets of tensors that share device,
 dtype and every per-tensor decision of the step (step count, projection, counter kind), so a decision taken for
-one tensor is never taken for its neighbours.
+one tensor is never taken for its neighbours. Where a bucket's update is Adam's or momentum SGD's with folded
+factors, it runs as torch's fused kernel (one pass over memory; :func:`fused_adam`, :func:`fused_sgd`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def use_foreach(foreach: bool | None, tensors: Sequence[Tensor]) -> bool:
     """Whether to take the multi-tensor path: ``foreach`` when given, else torch's default rule.
 
     torch's rule (``torch.optim``'s ``foreach=None``): on when every tensor lives on a device with multi-tensor
-    kernels (CUDA and the like), off on CPU, where one tensor at a time is as fast and needs no scratch lists.
+    kernels (CUDA and the like), off on CPU. (On CPU ``foreach=True`` is often the faster path here, through the
+    fused kernels; the default stays torch's so that ``foreach=None`` means the same in valley and torch.)
     """
     if foreach is not None:
         return bool(foreach)
