@@ -1,17 +1,45 @@
-"""Step time of every optimizer relative to torch.optim.Adam(foreach=True), and XGrad's overhead, on CPU.
+"""Optimizer steps against the memory-bandwidth floor on CPU: valley's two paths beside torch's Adam, and SAM's cost.
 
 Part 1: one ``step()`` on the parameter tensors of ResNet-18 (shapes written out below, 11,689,512 parameters)
-with fixed random gradients. Part 2: a small CNN's full training step (forward + backward + step) with and
-without XGrad around the same base. Run: ``python benchmarks/bench_optim.py`` (about two minutes on 2 cores).
+with fixed random gradients, for every valley optimizer on its per-tensor and its multi-tensor (``foreach``) path,
+beside ``torch.optim.Adam`` fused, foreach and for-loop. Each row reports ms per step and the bytes that must
+move per step (parameter read + written, gradient read, every state slot read + written) as a fraction of the
+memory bandwidth measured in the same run (a large copy and a large add; the faster one counts), and its time
+per byte relative to torch's fused Adam. Targets: every valley optimizer within 2x of fused Adam's time per byte
+and no slower per byte than torch's foreach Adam.
+
+Part 2: SAM's overhead over its base step (momentum SGD): ``first_step()`` + ``second_step()`` minus the base
+step alone, for valley's SAM on both paths and for ``pytorch_optimizer``'s SAM (a row skipped when that package
+is absent; it is not a dependency). Target: valley's overhead at or below pytorch_optimizer's.
+
+Part 3: a small CNN's full training step with and without XGrad around the same base.
+
+Timing: wall time, 2 intra-op threads, every case once per round in rotating order, best of the rounds (machine
+noise only ever adds time). Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE`` unless set):
+on a machine shared with other processes a spinning thread makes two-thread runs stall several-fold.
+Run: ``python benchmarks/bench_optim.py [rounds]``.
 """
 
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads
+
 import statistics
+import sys
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 import optim
+
+try:
+    import pytorch_optimizer
+except ImportError:  # benchmark-only comparison
+    pytorch_optimizer = None
 
 
 def resnet18_shapes():
@@ -28,52 +56,148 @@ def resnet18_shapes():
     return shapes
 
 
-STEP_CASES = {
-    "torch Adam foreach (reference)": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
-    "torch Adam for-loop": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=False),
-    "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
-    "torch RAdam foreach": lambda ps: torch.optim.RAdam(ps, lr=1e-3, foreach=True),
-    "torch SGD momentum foreach": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, foreach=True),
-    "optim.RAdam": lambda ps: optim.RAdam(ps, lr=1e-3),
-    "optim.Adam2k": lambda ps: optim.Adam2k(ps, lr=1e-3, freeze_steps=0),
-    "optim.AdamP": lambda ps: optim.AdamP(ps, lr=1e-3, weight_decay=1e-2),
-    "optim.SGDP": lambda ps: optim.SGDP(ps, lr=0.1, momentum=0.9, weight_decay=1e-4),
-    "optim.Expectigrad": lambda ps: optim.Expectigrad(ps, lr=1e-3),
-    "optim.AdaBelief": lambda ps: optim.AdaBelief(ps, lr=1e-3, weight_decay=1e-2),
-    "optim.AdaM3": lambda ps: optim.AdaM3(ps, lr=1e-3),
+# name -> (factory, state slots besides the parameter and the gradient)
+STEP_CASES: dict[str, tuple[Callable, int]] = {
+    "torch Adam fused": (lambda ps, fe: torch.optim.Adam(ps, lr=1e-3, fused=True), 2),
+    "torch Adam foreach": (lambda ps, fe: torch.optim.Adam(ps, lr=1e-3, foreach=True), 2),
+    "torch Adam for-loop": (lambda ps, fe: torch.optim.Adam(ps, lr=1e-3, foreach=False), 2),
+    "RAdam": (lambda ps, fe: optim.RAdam(ps, lr=1e-3, foreach=fe), 2),
+    "Adam2k": (lambda ps, fe: optim.Adam2k(ps, lr=1e-3, freeze_steps=0, foreach=fe), 2),
+    "AdamP": (lambda ps, fe: optim.AdamP(ps, lr=1e-3, weight_decay=1e-2, foreach=fe), 2),
+    "SGDP": (lambda ps, fe: optim.SGDP(ps, lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=fe), 1),
+    "AdaBelief": (lambda ps, fe: optim.AdaBelief(ps, lr=1e-3, weight_decay=1e-2, foreach=fe), 2),
+    "AdaM3": (lambda ps, fe: optim.AdaM3(ps, lr=1e-3, foreach=fe), 2),
+    "Expectigrad": (lambda ps, fe: optim.Expectigrad(ps, lr=1e-3, foreach=fe), 3),
 }
-TARGETS = {"optim.AdamP": 1.5, "optim.AdaBelief": 1.5, "optim.AdaM3": 1.5, "optim.Expectigrad": 1.5}
 
 
-def bench_steps(rounds=9, warmup=2):
-    """Time one step of every optimizer, round-robin (rotating order) so that machine noise hits all alike."""
+def parameters(values, grads):
+    params = [nn.Parameter(v.clone()) for v in values]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    return params
+
+
+def best_of(cases: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Wall and CPU seconds (all threads) of one call of each case, each the best of ``rounds`` rounds.
+
+    Every round runs every case once, in rotating order. CPU time does not count the time a case waits while
+    other processes hold the cores (idle threads sleep), so it is the steadier of the two on a shared machine.
+    """
+    wall: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
+    names = list(cases)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            cases[name]()
+            cpu[name].append(time.process_time() - start_cpu)
+            wall[name].append(time.perf_counter() - start)
+    return {n: min(v) for n, v in wall.items()}, {n: min(v) for n, v in cpu.items()}
+
+
+def bandwidth_cases(numel: int) -> tuple[dict[str, Callable[[], object]], dict[str, int]]:
+    """A copy and an add over ``numel`` float32 values each, and the bytes each moves."""
+    a, b, c = torch.rand(numel), torch.rand(numel), torch.empty(numel)
+    cases = {"copy": lambda: c.copy_(a), "add": lambda: torch.add(a, b, out=c)}
+    return cases, {"copy": 2 * 4 * numel, "add": 3 * 4 * numel}
+
+
+def bench_steps(rounds: int) -> None:
     gen = torch.Generator().manual_seed(0)
     shapes = resnet18_shapes()
     values = [torch.randn(s, generator=gen) * 0.05 for s in shapes]
-    grads = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]  # shared: no optimizer here writes to .grad
-    print(f"ResNet-18 parameter list: {len(shapes)} tensors, {sum(v.numel() for v in values):,} parameters")
-    optimizers = {}
-    for name, factory in STEP_CASES.items():
-        params = [nn.Parameter(v.clone()) for v in values]
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        optimizers[name] = factory(params)
-        for _ in range(warmup):
-            optimizers[name].step()
-    samples = {name: [] for name in optimizers}
-    names = list(optimizers)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.process_time()  # CPU time of all threads: robust to other processes sharing the cores
-            optimizers[name].step()
-            samples[name].append(time.process_time() - start)
-    times = {name: statistics.median(values) for name, values in samples.items()}
-    reference = times["torch Adam foreach (reference)"]
-    print(f"\n{'optimizer':34s} {'CPU ms':>9s} {'x torch Adam':>13s} {'target':>8s}")
-    for name, seconds in times.items():
-        target = TARGETS.get(name)
-        verdict = "" if target is None else (f"<={target} {'ok' if seconds / reference <= target else 'MISS'}")
-        print(f"{name:34s} {seconds * 1e3:9.1f} {seconds / reference:13.2f} {verdict:>8s}")
+    grads = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]
+    numel = sum(v.numel() for v in values)
+    print(f"ResNet-18 parameter list: {len(shapes)} tensors, {numel:,} parameters (float32)")
+    cases, moved = {}, {}
+    for name, (factory, slots) in STEP_CASES.items():
+        paths = [None] if name.startswith("torch") else [False, True]
+        for foreach in paths:
+            label = name if foreach is None else f"{name} {'foreach' if foreach else 'per-tensor'}"
+            opt = factory(parameters(values, grads), foreach)
+            for _ in range(2):  # state allocated, first-step branches passed
+                opt.step()
+            cases[label] = opt.step
+            moved[label] = (3 + 2 * slots) * 4 * numel
+    bw_cases, bw_bytes = bandwidth_cases(numel)  # 47 MB per array, beyond the caches
+    times, cpu = best_of({**bw_cases, **cases}, rounds)
+    bandwidth = max(bw_bytes[k] / times[k] for k in bw_cases)
+    print(
+        f"memory bandwidth (wall): copy {bw_bytes['copy'] / times['copy'] / 1e9:.1f} GB/s, "
+        f"add {bw_bytes['add'] / times['add'] / 1e9:.1f} GB/s"
+    )
+    fused, fused_cpu = (t["torch Adam fused"] / moved["torch Adam fused"] for t in (times, cpu))
+    foreach_adam, foreach_adam_cpu = (t["torch Adam foreach"] / moved["torch Adam foreach"] for t in (times, cpu))
+    print(
+        f"\n{'optimizer':24s} {'wall ms':>8s} {'CPU ms':>7s} {'MB':>5s} {'of bw':>6s} "
+        f"{'t/B:fused wall':>14s} {'CPU':>5s}  targets per byte (wall | CPU)"
+    )
+    for label in cases:
+        per_byte, per_byte_cpu = times[label] / moved[label], cpu[label] / moved[label]
+        verdict = ""
+        if not label.startswith("torch"):
+            checks = (
+                per_byte <= 2 * fused,
+                per_byte_cpu <= 2 * fused_cpu,
+                per_byte <= foreach_adam,
+                per_byte_cpu <= foreach_adam_cpu,
+            )
+            marks = ["ok" if ok else "MISS" for ok in checks]
+            verdict = f"2x fused {marks[0]} | {marks[1]}; foreach Adam {marks[2]} | {marks[3]}"
+        print(
+            f"{label:24s} {times[label] * 1e3:8.2f} {cpu[label] * 1e3:7.2f} {moved[label] / 1e6:5.0f} "
+            f"{moved[label] / times[label] / bandwidth:6.0%} {per_byte / fused:14.2f} {per_byte_cpu / fused_cpu:5.2f}  "
+            f"{verdict}"
+        )
+
+
+def bench_sam(rounds: int) -> None:
+    gen = torch.Generator().manual_seed(1)
+    values = [torch.randn(s, generator=gen) * 0.05 for s in resnet18_shapes()]
+    grads = [torch.randn(s, generator=gen) * 1e-3 for s in resnet18_shapes()]
+
+    def sgd(params, foreach=None):
+        return torch.optim.SGD(params, lr=0.01, momentum=0.9, foreach=foreach)
+
+    def two_steps(opt, **kwargs):
+        def run():
+            opt.first_step(**kwargs)
+            opt.second_step(**kwargs)
+
+        return run
+
+    cases = {}
+    for foreach in (False, True):
+        base = sgd(parameters(values, grads), foreach)
+        cases[f"base momentum SGD {'foreach' if foreach else 'for-loop'}"] = base.step
+        cases[f"valley SAM {'foreach' if foreach else 'per-tensor'}"] = two_steps(
+            optim.SAM(sgd(parameters(values, grads), foreach), rho=0.05, foreach=foreach)
+        )
+        if pytorch_optimizer is not None:
+            their = pytorch_optimizer.SAM(
+                parameters(values, grads), torch.optim.SGD, rho=0.05, lr=0.01, momentum=0.9, foreach=foreach
+            )
+            cases[f"pytorch_optimizer SAM {'foreach' if foreach else 'for-loop'}"] = two_steps(their, zero_grad=False)
+    for run in cases.values():
+        run()
+    times, cpu = best_of(cases, rounds)
+    print("\nSAM on the ResNet-18 parameter list (around momentum SGD); overhead = SAM's two half steps - base step")
+    print(f"{'case':32s} {'wall ms':>8s} {'CPU ms':>7s} {'overhead wall':>13s} {'CPU':>7s}  target (wall | CPU)")
+    for label in times:
+        kind = "foreach" if "foreach" in label else "for-loop"
+        base = f"base momentum SGD {kind}"
+        overhead, overhead_cpu = times[label] - times[base], cpu[label] - cpu[base]
+        verdict = ""
+        if label.startswith("valley") and pytorch_optimizer is not None:
+            theirs = f"pytorch_optimizer SAM {kind}"
+            wall_ok = overhead <= times[theirs] - times[base]
+            cpu_ok = overhead_cpu <= cpu[theirs] - cpu[base]
+            verdict = f"<= pytorch_optimizer: {'ok' if wall_ok else 'MISS'} | {'ok' if cpu_ok else 'MISS'}"
+        shown = "" if label.startswith("base") else f"{overhead * 1e3:13.2f} {overhead_cpu * 1e3:7.2f}"
+        print(f"{label:32s} {times[label] * 1e3:8.2f} {cpu[label] * 1e3:7.2f} {shown:>21s}  {verdict}")
+    if pytorch_optimizer is None:
+        print("(pytorch_optimizer not installed: its rows are skipped)")
 
 
 class SmallCNN(nn.Module):
@@ -140,9 +264,13 @@ def bench_xgrad(steps=20, rounds=5):
 
 
 if __name__ == "__main__":
-    # One intra-op thread and CPU time (not wall time): on a shared 2-core machine, wall time and idle OpenMP
-    # threads spinning under contention made ratios swing by 2x between runs; single-thread CPU time does not.
-    torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread, CPU time per step")
-    bench_steps()
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+    torch.set_num_threads(2)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, wall time, best of {rounds} rounds")
+    print(f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average at start: {load}")
+    bench_steps(rounds)
+    bench_sam(rounds)
+    print(f"load average at the end of parts 1-2: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    torch.set_num_threads(1)  # XGrad's overhead: single-thread CPU time, robust to other processes
     bench_xgrad()

@@ -90,6 +90,19 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def check_optional_bool(name: str, value: Any) -> bool | None:
+    """Return ``value`` if it is ``None`` or a bool (numpy's included), else raise ``ValueError``.
+
+    For three-way switches such as ``foreach``, where ``None`` picks the default rule.
+    """
+    if value is None:
+        return None
+    value = plain(value)
+    if not isinstance(value, bool):
+        raise ValueError(f"Invalid {name}: {value!r} (must be None, True or False)")
+    return value
+
+
 def check_count(name: str, value: Any) -> int:
     """Return ``value`` if it is an integer ``>= 0`` (not a bool), else raise ``ValueError``."""
     value = plain(value)
@@ -162,6 +175,7 @@ _ADAM = {
     "weight_decay": check_nonnegative,
     "amsgrad": check_bool,
     "maximize": check_bool,
+    "foreach": check_optional_bool,
     "decoupled_weight_decay": check_bool,
 }
 TORCH_HYPERPARAMETERS: dict[type, dict[str, Check]] = {
@@ -172,6 +186,7 @@ TORCH_HYPERPARAMETERS: dict[type, dict[str, Check]] = {
         "weight_decay": check_nonnegative,
         "nesterov": check_bool,
         "maximize": check_bool,
+        "foreach": check_optional_bool,
     },
     Adagrad: {
         "lr": check_nonnegative,
@@ -180,6 +195,7 @@ TORCH_HYPERPARAMETERS: dict[type, dict[str, Check]] = {
         "initial_accumulator_value": check_nonnegative,
         "eps": check_positive,
         "maximize": check_bool,
+        "foreach": check_optional_bool,
     },
     RMSprop: {
         "lr": check_nonnegative,
@@ -189,6 +205,7 @@ TORCH_HYPERPARAMETERS: dict[type, dict[str, Check]] = {
         "momentum": check_unit_interval,
         "centered": check_bool,
         "maximize": check_bool,
+        "foreach": check_optional_bool,
     },
     Adadelta: {
         "lr": check_nonnegative,
@@ -196,6 +213,7 @@ TORCH_HYPERPARAMETERS: dict[type, dict[str, Check]] = {
         "eps": check_positive,
         "weight_decay": check_nonnegative,
         "maximize": check_bool,
+        "foreach": check_optional_bool,
     },
     Adam: _ADAM,
     AdamW: _ADAM,

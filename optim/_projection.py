@@ -34,16 +34,13 @@ class Projection(NamedTuple):
         state["radial_norm"] = self.radial_norm
 
 
-def radial_view(param: Tensor, grad: Tensor, *, delta: float, wd_ratio: float, eps: float) -> Projection:
-    r"""Decide which view of ``param`` looks scale invariant for ``grad`` (no projection done yet).
+def cosines(param: Tensor, grad: Tensor, *, eps: float) -> Tensor:
+    r"""Return ``[max_cosine, layer_cosine]`` of a tensor with at least two dims, on its device (no sync).
 
-    For the views (rows = output channels, then the whole tensor as one row) with
-    :math:`c = |\cos(g, θ)|` row-wise (each norm clamped below at ε, as ``F.cosine_similarity``): the first
-    view with :math:`\max c < δ/\sqrt{\text{row length}}` is chosen. Tensors with fewer than two dims never are.
-    The layer cosine is assembled from the row sums, so it costs no extra pass.
+    With :math:`c = |\cos(g, θ)|` row-wise (rows = output channels; each norm clamped below at ε, as
+    ``F.cosine_similarity``): the max over rows, and c of the whole tensor, assembled from the row sums so that it
+    costs no extra pass.
     """
-    if param.dim() < 2:
-        return Projection("none", math.nan, math.nan, 1.0)
     rows = param.shape[0]
     param_rows = param.reshape(rows, -1)
     grad_rows = grad.reshape(rows, -1)
@@ -53,17 +50,43 @@ def radial_view(param: Tensor, grad: Tensor, *, delta: float, wd_ratio: float, e
     channel_cos = dots.abs() / (grad_norms.clamp(min=eps) * param_norms.clamp(min=eps))
     layer_grad = torch.linalg.vector_norm(grad_norms).clamp(min=eps)
     layer_param = torch.linalg.vector_norm(param_norms).clamp(min=eps)
-    max_cosine = channel_cos.max().item()
-    layer_cosine = (dots.sum().abs() / (layer_grad * layer_param)).item()
-    if max_cosine < delta / math.sqrt(param_rows.shape[1]):
+    return torch.stack([channel_cos.max(), dots.sum().abs() / (layer_grad * layer_param)])
+
+
+def decide(param: Tensor, max_cosine: float, layer_cosine: float, *, delta: float, wd_ratio: float) -> Projection:
+    r"""The first view with :math:`\max c < δ/\sqrt{\text{row length}}`: channels, then the whole tensor, else none."""
+    if max_cosine < delta / math.sqrt(param[0].numel()):
         return Projection("channel", max_cosine, layer_cosine, wd_ratio)
     if layer_cosine < delta / math.sqrt(param.numel()):
         return Projection("layer", max_cosine, layer_cosine, wd_ratio)
     return Projection("none", max_cosine, layer_cosine, 1.0)
 
 
-def remove_radial(param: Tensor, update: Tensor, view: str, *, eps: float) -> float:
-    r"""Remove the radial part of ``update`` in place for ``view``; return the norm of the removed part.
+def radial_views(
+    params: list[Tensor], grads: list[Tensor], *, delta: float, wd_ratio: float, eps: float
+) -> list[Projection]:
+    """Decide which view of each parameter looks scale invariant for its gradient (no projection done yet).
+
+    Tensors with fewer than two dims are never projected; the cosines of all others are read back to the host
+    in one transfer (see :func:`cosines` and :func:`decide`).
+    """
+    measured = [param.dim() >= 2 for param in params]
+    values = [cosines(p, g, eps=eps) for p, g, m in zip(params, grads, measured, strict=True) if m]
+    stacked = torch.stack([v.to(values[0].device, torch.float64) for v in values]) if values else None
+    read = iter([] if stacked is None else stacked.tolist())
+    return [
+        decide(p, *next(read), delta=delta, wd_ratio=wd_ratio) if m else Projection("none", math.nan, math.nan, 1.0)
+        for p, m in zip(params, measured, strict=True)
+    ]
+
+
+def radial_view(param: Tensor, grad: Tensor, *, delta: float, wd_ratio: float, eps: float) -> Projection:
+    """:func:`radial_views` of one tensor."""
+    return radial_views([param], [grad], delta=delta, wd_ratio=wd_ratio, eps=eps)[0]
+
+
+def remove_radial(param: Tensor, update: Tensor, view: str, *, eps: float) -> Tensor:
+    r"""Remove the radial part of ``update`` in place for ``view``; return the norm of the removed part (0-dim).
 
     .. math::
         \hat θ = θ/(\lVert θ\rVert_{row} + ε),\qquad u ← u - \hat θ \textstyle\sum_{row}(\hat θ ⊙ u).
@@ -82,4 +105,16 @@ def remove_radial(param: Tensor, update: Tensor, view: str, *, eps: float) -> fl
         coefficients = torch.linalg.vecdot(unit.flatten(), update_rows.flatten()).expand(rows, 1)
     radial = unit.mul_(coefficients)
     update_rows.sub_(radial)
-    return torch.linalg.vector_norm(radial).item()
+    return torch.linalg.vector_norm(radial)
+
+
+def with_radial_norms(projections: list[Projection], radial: dict[int, tuple[float, Tensor]]) -> list[Projection]:
+    """``projections`` with ``radial_norm = scale * norm`` at each index of ``radial`` (norms read back at once)."""
+    if not radial:
+        return projections
+    device = next(iter(radial.values()))[1].device
+    norms = torch.stack([norm.to(device, torch.float64) for _, norm in radial.values()]).tolist()
+    filled = list(projections)
+    for (index, (scale, _)), norm in zip(radial.items(), norms, strict=True):
+        filled[index] = filled[index]._replace(radial_norm=scale * norm)
+    return filled

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from torch import Tensor
 from torch.optim import Optimizer
 
 from optim._checks import Check, check_group
+from optim._foreach import batches, use_foreach
 
 GLOBAL = "global"
 """Key of the wrapper's whole-model quantities in its ``state`` (next to the per-parameter entries)."""
@@ -53,6 +54,21 @@ class Wrapper(Optimizer):
             self.base_optimizer.add_param_group(param_group)
         for name, default in self.defaults.items():
             param_group.setdefault(name, default)
+
+    def _batches(
+        self, switch: str, params_of: Callable[[dict[str, Any]], list[Tensor]]
+    ) -> list[tuple[dict[str, Any], list[Tensor]]]:
+        """Each group's ``params_of(group)`` as lists for ``torch._foreach_*`` ops, with their group.
+
+        Device-and-dtype buckets where the group's ``switch`` (the wrapper's ``foreach``) selects the multi-tensor
+        path, one tensor per list otherwise, so the wrapper's bookkeeping is written once for both paths.
+        """
+        found = []
+        for group in self.param_groups:
+            params = params_of(group)
+            if params:
+                found += [(group, batch[0]) for batch in batches([params], use_foreach(group.get(switch), params))]
+        return found
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)

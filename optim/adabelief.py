@@ -9,11 +9,21 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from optim._checks import Check, Checked, check_betas, check_bool, check_nonnegative, check_positive, evaluate
+from optim._checks import (
+    Check,
+    Checked,
+    check_betas,
+    check_bool,
+    check_nonnegative,
+    check_optional_bool,
+    check_positive,
+    evaluate,
+)
+from optim._foreach import buckets, pick
 from optim._state import adam_group
 from optim.radam import rectification
 
-__all__ = ["AdaBelief", "adabelief"]
+__all__ = ["AdaBelief", "adabelief", "adabelief_foreach"]
 
 
 def adabelief(
@@ -59,6 +69,51 @@ def adabelief(
     return rectified
 
 
+def adabelief_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_vars: list[Tensor],
+    steps: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    rectify: bool,
+) -> list[bool]:
+    """:func:`adabelief` on lists of tensors: one bucket per device, dtype and step count (which fixes the branch)."""
+    for step, (params_, grads_, exp_avgs_, exp_avg_vars_) in buckets([params, grads, exp_avgs, exp_avg_vars], steps):
+        if weight_decay != 0:
+            if decoupled:
+                torch._foreach_mul_(params_, 1 - lr * weight_decay)
+            else:
+                grads_ = torch._foreach_add(grads_, params_, alpha=weight_decay)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)
+        residuals = torch._foreach_sub(grads_, exp_avgs_)
+        torch._foreach_mul_(exp_avg_vars_, beta2)
+        torch._foreach_addcmul_(exp_avg_vars_, residuals, residuals, value=1 - beta2)
+        torch._foreach_add_(exp_avg_vars_, eps)
+        rho_t, r_t = rectification(step, beta2)
+        if rectify and rho_t < 5:
+            torch._foreach_add_(params_, exp_avgs_, alpha=-lr / bias_correction1)
+            continue
+        del residuals
+        denoms = torch._foreach_sqrt(exp_avg_vars_)
+        if rectify:
+            torch._foreach_add_(denoms, eps)
+            step_size = lr * r_t * math.sqrt(bias_correction2) / bias_correction1
+        else:  # m/(√s/c + ε) evaluated as c m/(√s + εc), c = √(1-β₂ᵗ): one pass less, equal to rounding
+            torch._foreach_add_(denoms, eps * math.sqrt(bias_correction2))
+            step_size = lr * math.sqrt(bias_correction2) / bias_correction1
+        torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-step_size)
+    return [rectify and rectification(step, beta2)[0] >= 5 for step in steps]
+
+
 class AdaBelief(Checked):
     r"""AdaBelief: the step is large where the gradient agrees with its prediction m, small where it does not.
 
@@ -82,6 +137,8 @@ class AdaBelief(Checked):
         weight_decay: λ. Default 0.
         decoupled: decoupled (AdamW-style) decay. Default True (authors' package).
         rectify: RAdam-style rectification. Default False, the paper's Algorithm 2 (the package defaults to True).
+        foreach: the multi-tensor path (:func:`adabelief_foreach`); ``None`` (default) takes it when every
+            parameter is on a device with multi-tensor kernels (CUDA), as torch does.
 
     State per parameter: ``step``, ``exp_avg`` m, ``exp_avg_var`` s; with ``rectify`` also ``rho_t``, ``r_t``
     (NaN when not rectified) and ``rectified`` of the last step.
@@ -103,6 +160,7 @@ class AdaBelief(Checked):
         "weight_decay": check_nonnegative,
         "decoupled": check_bool,
         "rectify": check_bool,
+        "foreach": check_optional_bool,
     }
 
     def __init__(
@@ -114,9 +172,16 @@ class AdaBelief(Checked):
         weight_decay: float = 0,
         decoupled: bool = True,
         rectify: bool = False,
+        foreach: bool | None = None,
     ) -> None:
         defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, decoupled=decoupled, rectify=rectify
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled=decoupled,
+            rectify=rectify,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
 
@@ -127,7 +192,8 @@ class AdaBelief(Checked):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_vars, states = adam_group(self, group, "exp_avg_var")
             beta1, beta2 = group["betas"]
-            rectified = adabelief(
+            kernel = pick(adabelief, adabelief_foreach, group.get("foreach"), params)
+            rectified = kernel(
                 params,
                 grads,
                 exp_avgs,

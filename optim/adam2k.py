@@ -9,10 +9,20 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from optim._checks import Check, Checked, check_betas, check_count, check_nonnegative, check_positive, evaluate
+from optim._checks import (
+    Check,
+    Checked,
+    check_betas,
+    check_count,
+    check_nonnegative,
+    check_optional_bool,
+    check_positive,
+    evaluate,
+)
+from optim._foreach import buckets, fused_adam, pick
 from optim._state import adam_group
 
-__all__ = ["Adam2k", "adam2k"]
+__all__ = ["Adam2k", "adam2k", "adam2k_foreach"]
 
 
 def adam2k(
@@ -38,6 +48,40 @@ def adam2k(
         param.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(eps), value=-step_size)
 
 
+def adam2k_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    freeze_steps: int,
+) -> None:
+    """:func:`adam2k` on lists of tensors: one bucket per device, dtype and step count.
+
+    After the warm-up the step is Adam's with ε/√(1-β₂ᵗ) for ε: torch's fused Adam kernel where it runs.
+    """
+    for step, (params_, grads_, exp_avgs_, exp_avg_sqs_) in buckets([params, grads, exp_avgs, exp_avg_sqs], steps):
+        fused_eps = eps / math.sqrt(1 - beta2**step)
+        if step > freeze_steps and fused_adam(
+            params_, grads_, exp_avgs_, exp_avg_sqs_, step, lr=lr, beta1=beta1, beta2=beta2, eps=fused_eps
+        ):
+            continue
+        torch._foreach_mul_(exp_avg_sqs_, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, value=1 - beta2)
+        if step <= freeze_steps:
+            continue
+        torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)
+        step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+        denoms = torch._foreach_sqrt(exp_avg_sqs_)
+        torch._foreach_add_(denoms, eps)
+        torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-step_size)
+
+
 class Adam2k(Checked):
     r"""Adam-2k: v is warmed up for k steps before m and θ move.
 
@@ -58,6 +102,8 @@ class Adam2k(Checked):
         betas: (β₁, β₂). Default (0.9, 0.999).
         eps: ε. Default 1e-8.
         freeze_steps: k. Default 2000 (Liu et al. 2020, Sec. 3).
+        foreach: the multi-tensor path (:func:`adam2k_foreach`); ``None`` (default) takes it when every parameter
+            is on a device with multi-tensor kernels (CUDA), as torch does.
 
     State per parameter: ``step``, ``exp_avg`` m, ``exp_avg_sq`` v and ``frozen`` (the last step only
     updated v).
@@ -76,6 +122,7 @@ class Adam2k(Checked):
         "betas": check_betas,
         "eps": check_positive,
         "freeze_steps": check_count,
+        "foreach": check_optional_bool,
     }
 
     def __init__(
@@ -85,8 +132,9 @@ class Adam2k(Checked):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         freeze_steps: int = 2000,
+        foreach: bool | None = None,
     ) -> None:
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, freeze_steps=freeze_steps))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, freeze_steps=freeze_steps, foreach=foreach))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -95,7 +143,7 @@ class Adam2k(Checked):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, states = adam_group(self, group)
             beta1, beta2 = group["betas"]
-            adam2k(
+            pick(adam2k, adam2k_foreach, group.get("foreach"), params)(
                 params,
                 grads,
                 exp_avgs,

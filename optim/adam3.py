@@ -9,10 +9,20 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from optim._checks import Check, Checked, check_betas, check_bool, check_nonnegative, check_positive, evaluate
+from optim._checks import (
+    Check,
+    Checked,
+    check_betas,
+    check_bool,
+    check_nonnegative,
+    check_optional_bool,
+    check_positive,
+    evaluate,
+)
+from optim._foreach import buckets, fusable, fused_adam, pick
 from optim._state import adam_group
 
-__all__ = ["AdaM3", "adam3"]
+__all__ = ["AdaM3", "adam3", "adam3_foreach"]
 
 
 def adam3(
@@ -44,6 +54,57 @@ def adam3(
         param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
 
+def adam3_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+) -> None:
+    r""":func:`adam3` on lists of tensors: one bucket per device, dtype and step count.
+
+    With float32/float64 tensors the v update and the step run as torch's fused Adam kernel on (θ, m_t, v) with
+    g := m_t, β₁ = 0, γ/(1-β₁ᵗ) and ε = 0, after :math:`v ← v + ε/β_2`; otherwise it evaluates
+    :math:`m/(\sqrt{v}/c)` as :math:`c\,m/\sqrt{v}`, :math:`c = \sqrt{1-β_2^t}`. Both equal :func:`adam3` to rounding.
+    """
+    for step, (params_, grads_, exp_avgs_, exp_avg_sqs_) in buckets([params, grads, exp_avgs, exp_avg_sqs], steps):
+        if weight_decay != 0:
+            if decoupled:
+                torch._foreach_mul_(params_, 1 - lr * weight_decay)
+            else:
+                grads_ = torch._foreach_add(grads_, params_, alpha=weight_decay)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)
+        if beta2 > 0 and fusable(params_):
+            # β₂(v + ε/β₂) + (1-β₂)m² = v_t; fused Adam with g := m_t and β₁ = 0 leaves m_t and takes the step
+            torch._foreach_add_(exp_avg_sqs_, eps / beta2)
+            fused_adam(
+                params_,
+                exp_avgs_,
+                exp_avgs_,
+                exp_avg_sqs_,
+                step,
+                lr=lr / bias_correction1,
+                beta1=0.0,
+                beta2=beta2,
+                eps=0.0,
+            )
+            continue
+        torch._foreach_mul_(exp_avg_sqs_, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs_, exp_avgs_, exp_avgs_, value=1 - beta2)
+        torch._foreach_add_(exp_avg_sqs_, eps)
+        denoms = torch._foreach_sqrt(exp_avg_sqs_)  # √(1-β₂ᵗ) moves into the step size: one pass less
+        torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-lr * math.sqrt(bias_correction2) / bias_correction1)
+
+
 class AdaM3(Checked):
     r"""AdaM3: "momentum the second moment"; early steps are close to :math:`γ/(1-β_1)` per coordinate.
 
@@ -63,6 +124,8 @@ class AdaM3(Checked):
         eps: ε. Default 1e-16 (authors' code).
         weight_decay: λ. Default 0.
         decoupled: decoupled decay. Default True (authors' code).
+        foreach: the multi-tensor path (:func:`adam3_foreach`); ``None`` (default) takes it when every parameter
+            is on a device with multi-tensor kernels (CUDA), as torch does.
 
     State per parameter: ``step``, ``exp_avg`` m, ``exp_avg_sq`` v.
 
@@ -82,6 +145,7 @@ class AdaM3(Checked):
         "eps": check_positive,
         "weight_decay": check_nonnegative,
         "decoupled": check_bool,
+        "foreach": check_optional_bool,
     }
 
     def __init__(
@@ -92,8 +156,11 @@ class AdaM3(Checked):
         eps: float = 1e-16,
         weight_decay: float = 0,
         decoupled: bool = True,
+        foreach: bool | None = None,
     ) -> None:
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, decoupled=decoupled)
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, decoupled=decoupled, foreach=foreach
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -103,7 +170,7 @@ class AdaM3(Checked):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, states = adam_group(self, group)
             beta1, beta2 = group["betas"]
-            adam3(
+            pick(adam3, adam3_foreach, group.get("foreach"), params)(
                 params,
                 grads,
                 exp_avgs,

@@ -9,11 +9,21 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from optim._checks import Check, Checked, check_betas, check_bool, check_nonnegative, check_positive, evaluate
-from optim._projection import Projection, radial_view, remove_radial
+from optim._checks import (
+    Check,
+    Checked,
+    check_betas,
+    check_bool,
+    check_nonnegative,
+    check_optional_bool,
+    check_positive,
+    evaluate,
+)
+from optim._foreach import buckets, fused_adam, pick
+from optim._projection import Projection, radial_view, radial_views, remove_radial, with_radial_norms
 from optim._state import adam_group
 
-__all__ = ["AdamP", "adamp"]
+__all__ = ["AdamP", "adamp", "adamp_foreach"]
 
 
 def adamp(
@@ -53,7 +63,7 @@ def adamp(
         else:
             update = torch.div(exp_avg, denom, out=denom)
         if projection.view != "none":
-            radial_norm = step_size * remove_radial(param, update, projection.view, eps=eps)
+            radial_norm = step_size * remove_radial(param, update, projection.view, eps=eps).item()
             projection = projection._replace(radial_norm=radial_norm)
         projections.append(projection)
         if weight_decay > 0:
@@ -63,6 +73,80 @@ def adamp(
         else:
             param.add_(update, alpha=-step_size)
     return projections
+
+
+def adamp_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    delta: float,
+    wd_ratio: float,
+    nesterov: bool,
+) -> list[Projection]:
+    """:func:`adamp` on lists of tensors: one bucket per device, dtype, step count and projected view.
+
+    All projection tests are read back in one transfer; the removal of the radial part is per tensor (it needs
+    each tensor's row norms), and so is the norm of the removed part, read back in one transfer at the end.
+    Where nothing is projected (and no Nesterov) the step is AdamW's: torch's fused Adam kernel where it runs.
+    """
+    projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps)
+    keys = [(step, projection.view) for step, projection in zip(steps, projections, strict=True)]
+    columns = [params, grads, exp_avgs, exp_avg_sqs, range(len(params))]
+    radial: dict[int, tuple[float, Tensor]] = {}
+    for (step, view), (params_, grads_, exp_avgs_, exp_avg_sqs_, indices) in buckets(columns, keys):
+        ratio = 1.0 if view == "none" else wd_ratio
+        if (
+            view == "none"
+            and not nesterov
+            and fused_adam(
+                params_,
+                grads_,
+                exp_avgs_,
+                exp_avg_sqs_,
+                step,
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                eps=eps,
+                weight_decay=weight_decay,
+                decoupled=True,
+            )
+        ):
+            continue
+        bias_correction1 = 1 - beta1**step
+        sqrt_bias_correction2 = math.sqrt(1 - beta2**step)
+        step_size = lr * sqrt_bias_correction2 / bias_correction1
+        torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs_, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, value=1 - beta2)
+        denoms = torch._foreach_sqrt(exp_avg_sqs_)
+        torch._foreach_add_(denoms, eps * sqrt_bias_correction2)
+        if view == "none" and not nesterov:
+            updates = None
+        elif nesterov:
+            updates = torch._foreach_mul(exp_avgs_, beta1)
+            torch._foreach_add_(updates, grads_, alpha=1 - beta1)
+            torch._foreach_div_(updates, denoms)
+        else:
+            updates = torch._foreach_div(exp_avgs_, denoms)
+        if view != "none":
+            for index, param, update in zip(indices, params_, updates, strict=True):
+                radial[index] = (step_size, remove_radial(param, update, view, eps=eps))
+        if weight_decay > 0:
+            torch._foreach_mul_(params_, 1 - lr * weight_decay * ratio)
+        if updates is None:
+            torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-step_size)
+        else:
+            torch._foreach_add_(params_, updates, alpha=-step_size)
+    return with_radial_norms(projections, radial)
 
 
 class AdamP(Checked):
@@ -94,6 +178,8 @@ class AdamP(Checked):
         delta: δ, cosine threshold. Default 0.1 (official code).
         wd_ratio: weight-decay factor on projected tensors. Default 0.1 (official code).
         nesterov: Nesterov momentum in u. Default False.
+        foreach: the multi-tensor path (:func:`adamp_foreach`); ``None`` (default) takes it when every parameter
+            is on a device with multi-tensor kernels (CUDA), as torch does.
 
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq`` and of the last step ``projection``
     ("none" | "channel" | "layer"), ``max_cosine`` (max channel |cos|), ``layer_cosine`` and ``radial_norm``
@@ -118,6 +204,7 @@ class AdamP(Checked):
         "delta": check_positive,
         "wd_ratio": check_nonnegative,
         "nesterov": check_bool,
+        "foreach": check_optional_bool,
     }
 
     def __init__(
@@ -130,6 +217,7 @@ class AdamP(Checked):
         delta: float = 0.1,
         wd_ratio: float = 0.1,
         nesterov: bool = False,
+        foreach: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -139,6 +227,7 @@ class AdamP(Checked):
             delta=delta,
             wd_ratio=wd_ratio,
             nesterov=nesterov,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
 
@@ -149,7 +238,8 @@ class AdamP(Checked):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, states = adam_group(self, group)
             beta1, beta2 = group["betas"]
-            projections = adamp(
+            kernel = pick(adamp, adamp_foreach, group.get("foreach"), params)
+            projections = kernel(
                 params,
                 grads,
                 exp_avgs,

@@ -8,9 +8,19 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from optim._checks import Check, Checked, check_bool, check_nonnegative, check_positive, check_unit_interval, evaluate
+from optim._checks import (
+    Check,
+    Checked,
+    check_bool,
+    check_nonnegative,
+    check_optional_bool,
+    check_positive,
+    check_unit_interval,
+    evaluate,
+)
+from optim._foreach import buckets, pick
 
-__all__ = ["Expectigrad", "expectigrad"]
+__all__ = ["Expectigrad", "expectigrad", "expectigrad_foreach"]
 
 
 def expectigrad(
@@ -50,6 +60,45 @@ def expectigrad(
             param.add_(exp_avg, alpha=-lr / (1 - beta**step))
 
 
+def expectigrad_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    sum_sqs: list[Tensor],
+    counters: list[Tensor | None],
+    exp_avgs: list[Tensor | None],
+    steps: list[int],
+    *,
+    lr: float,
+    beta: float,
+    eps: float,
+) -> None:
+    """:func:`expectigrad` on lists of tensors: one bucket per device, dtype, step count and kind of state."""
+    keys = [(step, c is None, m is None) for step, c, m in zip(steps, counters, exp_avgs, strict=True)]
+    columns = [params, grads, sum_sqs, counters, exp_avgs]
+    for (step, dense, plain), (params_, grads_, sum_sqs_, counters_, exp_avgs_) in buckets(columns, keys):
+        torch._foreach_addcmul_(sum_sqs_, grads_, grads_)
+        if dense:
+            updates = torch._foreach_div(sum_sqs_, step)
+        else:
+            # torch has no multi-tensor comparison, so 1[g ≠ 0] is taken per tensor (as in expectigrad()); its
+            # buffers then hold s / n, √(s/n) + ε and the update in turn: no fresh memory after the first
+            updates = [torch.ne(g, 0, out=torch.empty_like(c)) for g, c in zip(grads_, counters_, strict=True)]
+            torch._foreach_add_(counters_, updates)
+            torch._foreach_copy_(updates, sum_sqs_)
+            torch._foreach_div_(updates, counters_)
+        torch._foreach_sqrt_(updates)
+        torch._foreach_add_(updates, eps)
+        torch._foreach_reciprocal_(updates)  # g · (1/(√a + ε)): equal to g/(√a + ε) to rounding, in place
+        torch._foreach_mul_(updates, grads_)
+        if updates[0].dtype != params_[0].dtype:  # low-precision parameters keep a float32 counter
+            updates = [update.to(params_[0].dtype) for update in updates]
+        if plain:
+            torch._foreach_add_(params_, updates, alpha=-lr)
+        else:
+            torch._foreach_lerp_(exp_avgs_, updates, 1 - beta)
+            torch._foreach_add_(params_, exp_avgs_, alpha=-lr / (1 - beta**step))
+
+
 class Expectigrad(Checked):
     r"""Expectigrad: the denominator is the mean of all squared gradients seen where the coordinate was active.
 
@@ -71,6 +120,8 @@ class Expectigrad(Checked):
         beta: β in [0, 1). Default 0.9.
         eps: ε. Default 1e-8.
         sparse_counter: count only nonzero gradients (``True``, authors' default) or every step.
+        foreach: the multi-tensor path (:func:`expectigrad_foreach`); ``None`` (default) takes it when every
+            parameter is on a device with multi-tensor kernels (CUDA), as torch does.
 
     State per parameter: ``step``, ``sum_sq`` s, ``counter`` n (sparse only; stored as n + the smallest normal
     float, which equals n exactly for n ≥ 1), ``exp_avg`` m (β > 0 only).
@@ -90,6 +141,7 @@ class Expectigrad(Checked):
         "beta": check_unit_interval,
         "eps": check_positive,
         "sparse_counter": check_bool,
+        "foreach": check_optional_bool,
     }
 
     def __init__(
@@ -99,8 +151,9 @@ class Expectigrad(Checked):
         beta: float = 0.9,
         eps: float = 1e-8,
         sparse_counter: bool = True,
+        foreach: bool | None = None,
     ) -> None:
-        super().__init__(params, dict(lr=lr, beta=beta, eps=eps, sparse_counter=sparse_counter))
+        super().__init__(params, dict(lr=lr, beta=beta, eps=eps, sparse_counter=sparse_counter, foreach=foreach))
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:
         params, grads, sum_sqs, counters, exp_avgs, states = [], [], [], [], [], []
@@ -134,7 +187,7 @@ class Expectigrad(Checked):
         loss = evaluate(closure)
         for group in self.param_groups:
             params, grads, sum_sqs, counters, exp_avgs, states = self._init_group(group)
-            expectigrad(
+            pick(expectigrad, expectigrad_foreach, group.get("foreach"), params)(
                 params,
                 grads,
                 sum_sqs,

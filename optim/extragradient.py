@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch.optim import Optimizer
 
-from optim._checks import evaluate
+from optim._checks import Check, check_optional_bool, evaluate
 from optim._wrapper import Wrapper
 
 __all__ = ["ExtraGradient"]
@@ -31,6 +31,8 @@ class ExtraGradient(Wrapper):
 
     Args:
         base_optimizer: The optimizer instance whose update is used for both half steps.
+        foreach: save and restore θ with multi-tensor ops (each group's ``extragradient_foreach``); ``None``
+            (default) does when every parameter is on a device with multi-tensor kernels (CUDA), as torch does.
 
     State per parameter: ``point`` (θ, kept between ``extrapolate()`` and ``step()``; it is optimizer state, so
     a checkpoint taken in between resumes exactly).
@@ -49,15 +51,17 @@ class ExtraGradient(Wrapper):
     Gidel et al., "A Variational Inequality Perspective on Generative Adversarial Networks", ICLR 2019, Alg. 2-3.
     """
 
-    def __init__(self, base_optimizer: Optimizer) -> None:
-        super().__init__(base_optimizer, {})
+    HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {"extragradient_foreach": check_optional_bool}
+
+    def __init__(self, base_optimizer: Optimizer, foreach: bool | None = None) -> None:
+        super().__init__(base_optimizer, {"extragradient_foreach": foreach})
 
     @torch.no_grad()
     def extrapolate(self) -> None:
         """Save θ and take the base step with the current gradients (to θ̃)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                self.state[p]["point"] = p.detach().clone()  # θ, restored by step()
+        for _, params in self._batches("extragradient_foreach", lambda group: group["params"]):
+            for p, point in zip(params, torch._foreach_clone(params), strict=True):
+                self.state[p]["point"] = point  # θ, restored by step()
         self.base_optimizer.step()
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -84,9 +88,10 @@ class ExtraGradient(Wrapper):
 
     @torch.no_grad()
     def _restore(self) -> bool:
-        """Put back θ saved by ``extrapolate()``; return whether anything was saved."""
-        points = [(p, self.state[p].pop("point", None)) for group in self.param_groups for p in group["params"]]
-        for p, point in points:
-            if point is not None:
-                p.copy_(point)
-        return any(point is not None for _, point in points)
+        """Put back θ saved by ``extrapolate()`` bit for bit (on either path); return whether anything was saved."""
+        points = {p: self.state[p].pop("point", None) for group in self.param_groups for p in group["params"]}
+        for _, params in self._batches(
+            "extragradient_foreach", lambda group: [p for p in group["params"] if points[p] is not None]
+        ):
+            torch._foreach_copy_(params, [points[p] for p in params])
+        return any(point is not None for point in points.values())

@@ -17,12 +17,14 @@ from optim._checks import (
     check_bool,
     check_choice,
     check_nonnegative,
+    check_optional_bool,
     check_positive,
     evaluate,
 )
+from optim._foreach import buckets, fused_adam, pick
 from optim._state import adam_group
 
-__all__ = ["RAdam", "radam", "rectification"]
+__all__ = ["RAdam", "radam", "radam_foreach", "rectification"]
 
 
 def rectification(step: int, beta2: float) -> tuple[float, float]:
@@ -89,6 +91,66 @@ def radam(
     return rectified
 
 
+def radam_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    threshold: float,
+    degenerate: str,
+) -> list[bool]:
+    """:func:`radam` on lists of tensors: one bucket per device, dtype and step count (which fixes the branch).
+
+    The rectified step is Adam's with γ r_t for γ and ε/√(1-β₂ᵗ) for ε, so it runs as torch's fused Adam kernel
+    (:func:`optim._foreach.fused_adam`, one pass over memory) where that kernel runs.
+    """
+    for step, (params_, grads_, exp_avgs_, exp_avg_sqs_) in buckets([params, grads, exp_avgs, exp_avg_sqs], steps):
+        rho_t, r_t = rectification(step, beta2)
+        is_rectified = rho_t > threshold
+        skip = degenerate == "skip" and not is_rectified
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        if weight_decay != 0 and decoupled_weight_decay and not skip:
+            torch._foreach_mul_(params_, 1 - lr * weight_decay)
+        coupled = 0.0 if decoupled_weight_decay else weight_decay
+        if is_rectified and fused_adam(
+            params_,
+            grads_,
+            exp_avgs_,
+            exp_avg_sqs_,
+            step,
+            lr=lr * r_t,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps / bias_correction2**0.5,
+            weight_decay=coupled,
+        ):
+            continue
+        if coupled != 0:
+            grads_ = torch._foreach_add(grads_, params_, alpha=coupled)
+        torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs_, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs_, grads_, grads_, value=1 - beta2)
+        if skip:
+            continue
+        if is_rectified:
+            step_size = lr * r_t * bias_correction2**0.5 / bias_correction1
+            denoms = torch._foreach_sqrt(exp_avg_sqs_)
+            torch._foreach_add_(denoms, eps)
+            torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-step_size)
+        else:
+            torch._foreach_add_(params_, exp_avgs_, alpha=-lr / bias_correction1)
+    return [rectification(step, beta2)[0] > threshold for step in steps]
+
+
 class RAdam(Checked):
     r"""Rectified Adam; with the defaults it computes exactly what ``torch.optim.RAdam`` computes.
 
@@ -116,6 +178,8 @@ class RAdam(Checked):
             where r_t is defined. The authors' code uses ρ_t ≥ 5, which differs from > 5 only at ρ_t = 5 exactly.
         degenerate: ``'sgd'`` (torch, paper: momentum SGD while not rectified) or ``'skip'`` (authors' current
             code: no update at all).
+        foreach: the multi-tensor path (:func:`radam_foreach`); ``None`` (default) takes it when every parameter
+            is on a device with multi-tensor kernels (CUDA), as torch does.
 
     State per parameter: ``step`` (int), ``exp_avg`` m, ``exp_avg_sq`` v, and of the last step ``rho_t``,
     ``r_t`` (NaN when not rectified) and ``rectified`` (bool).
@@ -138,6 +202,7 @@ class RAdam(Checked):
         "decoupled_weight_decay": check_bool,
         "threshold": check_at_least(4.0, "where r_t is defined"),
         "degenerate": check_choice(("sgd", "skip")),
+        "foreach": check_optional_bool,
     }
 
     def __init__(
@@ -150,6 +215,7 @@ class RAdam(Checked):
         decoupled_weight_decay: bool = False,
         threshold: float = 5.0,
         degenerate: str = "sgd",
+        foreach: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -159,6 +225,7 @@ class RAdam(Checked):
             decoupled_weight_decay=decoupled_weight_decay,
             threshold=threshold,
             degenerate=degenerate,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
 
@@ -170,7 +237,8 @@ class RAdam(Checked):
             params, grads, exp_avgs, exp_avg_sqs, states = adam_group(self, group)
             beta1, beta2 = group["betas"]
             steps = [state["step"] for state in states]
-            rectified = radam(
+            kernel = pick(radam, radam_foreach, group.get("foreach"), params)
+            rectified = kernel(
                 params,
                 grads,
                 exp_avgs,

@@ -1,10 +1,10 @@
 """Registry of every optimizer valley studies: name → class, defaults and source.
 
 torch's own optimizers are reused, not rewritten. Wrapper entries (SAM, ASAM, XGrad, extragradient) name a
-base entry; ``make`` sends each override to the wrapper if its signature has it, else to the base optimizer.
-Every optimizer ``make`` builds refuses invalid hyperparameters with a ``ValueError`` naming the value, in its
-defaults and in every param group, also groups added later (see :mod:`optim._checks`); numpy scalars and
-one-element tensors are taken as the numbers they hold.
+base entry; ``make`` sends each override to the wrapper if its signature has it, else to the base optimizer;
+``foreach`` (the multi-tensor path) goes to both. Every optimizer ``make`` builds refuses invalid hyperparameters
+with a ``ValueError`` naming the value, in its defaults and in every param group, also groups added later (see
+:mod:`optim._checks`); numpy scalars and one-element tensors are taken as the numbers they hold.
 """
 
 from __future__ import annotations
@@ -142,5 +142,5 @@ def make(name: str, params_or_model: Any, **overrides: Any) -> Optimizer:
     wrapper_kwargs = {k: v for k, v in kwargs.items() if k in own}
     if "model" in own and isinstance(params_or_model, nn.Module):
         wrapper_kwargs.setdefault("model", params_or_model)  # SAM: BatchNorm statistics kept at the perturbed point
-    base_kwargs = {k: v for k, v in kwargs.items() if k not in own}
+    base_kwargs = {k: v for k, v in kwargs.items() if k not in own or k == "foreach"}
     return found.cls(make(found.base, params_or_model, **base_kwargs), **wrapper_kwargs)

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optim._checks import as_params, check_nonnegative, check_positive
+from optim._checks import as_params, check_nonnegative, check_optional_bool, check_positive
+from optim._foreach import batches, use_foreach
 
 __all__ = ["CheckpointRepulsion"]
 
@@ -32,6 +33,9 @@ class CheckpointRepulsion:
         params: The parameters to track (an iterable of tensors or an ``nn.Module``).
         sigma: σ > 0, kernel width. Default 1.0.
         strength: s ≥ 0. Default 1.0.
+        foreach: store checkpoints and measure d with multi-tensor ops (one device-and-dtype bucket at a time);
+            ``None`` (default) does when every parameter is on a device with multi-tensor kernels (CUDA), as
+            torch does. The multi-tensor d is :math:`\sum \lVert θ - θ_c\rVert^2` over buckets, equal to rounding.
 
     Example:
         >>> w = torch.nn.Parameter(torch.zeros(2))
@@ -40,26 +44,41 @@ class CheckpointRepulsion:
         (2.0, [0.0])
     """
 
-    def __init__(self, params: Iterable[Tensor] | Any, sigma: float = 1.0, strength: float = 1.0) -> None:
+    def __init__(
+        self, params: Iterable[Tensor] | Any, sigma: float = 1.0, strength: float = 1.0, foreach: bool | None = None
+    ) -> None:
         sigma, strength = check_positive("sigma", sigma), check_nonnegative("strength", strength)
+        foreach = check_optional_bool("foreach", foreach)
         self.params = list(as_params(params))
         if not self.params or not all(isinstance(p, Tensor) for p in self.params):
             raise TypeError("params must be a non-empty iterable of tensors or an nn.Module")
         self.sigma = float(sigma)
         self.strength = float(strength)
         self.checkpoints: list[list[Tensor]] = []
+        self.foreach = use_foreach(foreach, self.params)
+
+    def _batches(self, checkpoint: list[Any]) -> list[list[list[Any]]]:
+        """(parameters, ``checkpoint`` entries, indices) cut into lists for the multi-tensor ops."""
+        return batches([self.params, checkpoint, range(len(self.params))], self.foreach)
 
     @torch.no_grad()
     def add_checkpoint(self) -> None:
         """Store a detached copy of the current parameters."""
-        self.checkpoints.append([p.detach().clone() for p in self.params])
+        copies: list[Any] = [None] * len(self.params)
+        for params, _, indices in self._batches(copies):
+            for index, copy in zip(indices, torch._foreach_clone(params), strict=True):
+                copies[index] = copy
+        self.checkpoints.append(copies)
 
     def clear(self) -> None:
         """Forget all checkpoints."""
         self.checkpoints = []
 
     def _squared_distance(self, checkpoint: list[Tensor]) -> Tensor:
-        return sum((p - c).square().sum() for p, c in zip(self.params, checkpoint, strict=True))
+        if not self.foreach:
+            return sum((p - c).square().sum() for p, c in zip(self.params, checkpoint, strict=True))
+        norms = [torch.stack(torch._foreach_norm(torch._foreach_sub(p, c))) for p, c, _ in self._batches(checkpoint)]
+        return sum(n.square().sum() for n in norms)
 
     def penalty(self) -> Tensor:
         r"""Return :math:`s \sum_c \exp(-d(θ, θ_c)/(2σ^2))`, differentiable in θ (0 without checkpoints)."""

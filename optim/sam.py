@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from optim._checks import Check, check_bool, check_nonnegative, evaluate
+from optim._checks import Check, check_bool, check_nonnegative, check_optional_bool, evaluate
 from optim._wrapper import GLOBAL, Wrapper
 
 __all__ = ["SAM", "frozen_bn"]
@@ -71,7 +71,8 @@ class SAM(Wrapper):
     (its loss is returned), climbs to w + ε̂, evaluates the closure there, restores w by copy (not by
     subtraction) and steps the base optimizer; if the closure raises at w + ε̂, w is restored bit for bit before
     the exception propagates (the base optimizer has not stepped). ``first_step()``/``second_step()`` do the same
-    for hand-written loops (AMP, DDP).
+    for hand-written loops (AMP, DDP). Both paths (per tensor and multi-tensor, ``foreach``) save, perturb and
+    restore the same way.
 
     BatchNorm: given ``model``, ``step(closure)`` runs the pass at w + ε̂ inside :func:`frozen_bn`, so the running
     statistics are those of the pass at w only, as users of the reference implementation expect (they set the
@@ -79,8 +80,8 @@ class SAM(Wrapper):
     it cannot know the BatchNorm layers and the second pass updates the statistics too; ``optim.make("sam", model)``
     passes the model. Hand-written loops wrap their second forward in ``with frozen_bn(model):``.
 
-    ``rho``, ``adaptive`` and ``eta`` go into every param group as ``sam_rho``,
-    ``sam_adaptive``, ``sam_eta`` (a group given its own values keeps them, e.g. ``sam_adaptive=False`` for
+    ``rho``, ``adaptive``, ``eta`` and ``foreach`` go into every param group as ``sam_rho``, ``sam_adaptive``,
+    ``sam_eta``, ``sam_foreach`` (a group given its own values keeps them, e.g. ``sam_adaptive=False`` for
     biases, as the ASAM authors apply T only to weights).
 
     Args:
@@ -88,6 +89,8 @@ class SAM(Wrapper):
         rho: ρ, radius of the neighbourhood. Default 0.05 (Foret et al. 2021); 0.5 for ASAM (Kwon et al. 2021).
         adaptive: ASAM's scale-invariant neighbourhood. Default False.
         eta: η of ASAM's T. Default 0.01 (Kwon et al. 2021).
+        foreach: perturb and restore with multi-tensor ops; ``None`` (default) does when every parameter is on a
+            device with multi-tensor kernels (CUDA), as torch does. The base optimizer has its own switch.
         model: the network whose parameters are optimised; its BatchNorm running statistics are kept unchanged
             by the pass at w + ε̂ in ``step(closure)``. Default ``None`` (no BatchNorm handling).
 
@@ -114,6 +117,7 @@ class SAM(Wrapper):
         "sam_rho": check_nonnegative,
         "sam_adaptive": check_bool,
         "sam_eta": check_nonnegative,
+        "sam_foreach": check_optional_bool,
     }
 
     def __init__(
@@ -122,36 +126,57 @@ class SAM(Wrapper):
         rho: float = 0.05,
         adaptive: bool = False,
         eta: float = 0.01,
+        foreach: bool | None = None,
         model: nn.Module | None = None,
     ) -> None:
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
-        super().__init__(base_optimizer, dict(sam_rho=rho, sam_adaptive=adaptive, sam_eta=eta))
+        super().__init__(base_optimizer, dict(sam_rho=rho, sam_adaptive=adaptive, sam_eta=eta, sam_foreach=foreach))
         self.model = model
+
+    @staticmethod
+    def _scales(group: dict[str, Any], params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """ASAM's :math:`T_w = |w| + η` of each tensor."""
+        scales = torch._foreach_abs(params)
+        torch._foreach_add_(scales, group["sam_eta"])
+        return scales
 
     @torch.no_grad()
     def first_step(self) -> None:
         """Save w and move to w + ε̂ using the gradients currently in ``.grad``."""
-        with_grad = [(group, p) for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if not with_grad:
+        found = self._batches("sam_foreach", lambda group: [p for p in group["params"] if p.grad is not None])
+        if not found:
             return
-        scaled_norms = [
-            torch.linalg.vector_norm(p.grad * (p.abs() + group["sam_eta"]) if group["sam_adaptive"] else p.grad)
-            for group, p in with_grad
-        ]
-        scaled_norm = _stacked(scaled_norms).norm().item()  # one device sync for the global norm
-        e_norms, grad_norms = [], []
-        for group, p in with_grad:
-            scale = group["sam_rho"] / scaled_norm if scaled_norm > 0 else 0.0
-            self.state[p]["point"] = p.detach().clone()  # w, restored by second_step
-            e = p.grad * scale
+        norms, scaled_norms = [], []  # ‖∇L‖ and ‖T_w ∇L‖ per tensor (the same lists for SAM)
+        for group, params in found:
+            norms.append(torch._foreach_norm([p.grad for p in params]))
             if group["sam_adaptive"]:
-                e.mul_((p.abs() + group["sam_eta"]).square_())
-            p.add_(e)
-            e_norms.append(torch.linalg.vector_norm(e))
-            grad_norms.append(torch.linalg.vector_norm(p.grad))
+                scaled = self._scales(group, params)
+                torch._foreach_mul_(scaled, [p.grad for p in params])
+                scaled_norms += torch._foreach_norm(scaled)
+            else:
+                scaled_norms += norms[-1]
+        scaled_norm = _stacked(scaled_norms).norm().item()  # one device sync for the global norm
+        perturbed, e_norms, grad_norms = [], [], []
+        for (group, params), batch_norms in zip(found, norms, strict=True):
+            scale = group["sam_rho"] / scaled_norm if scaled_norm > 0 else 0.0
+            for p, point in zip(params, torch._foreach_clone(params), strict=True):
+                self.state[p]["point"] = point  # w, restored by second_step
+            grads = [p.grad for p in params]
+            if group["sam_adaptive"]:
+                e = torch._foreach_mul(grads, scale)
+                scales = self._scales(group, params)
+                torch._foreach_mul_(scales, scales)
+                torch._foreach_mul_(e, scales)
+                torch._foreach_add_(params, e)
+                e_norms += torch._foreach_norm(e)
+            else:  # ε̂ = scale·g is added without being stored, and ‖ε̂‖ = scale·‖g‖ (equal to rounding)
+                torch._foreach_add_(params, grads, alpha=scale)
+                e_norms += torch._foreach_mul(batch_norms, scale)
+            perturbed += params
+            grad_norms += batch_norms
         e_norms_stacked, grad_norms_stacked = _stacked(e_norms), _stacked(grad_norms)
-        for (_, p), e_norm in zip(with_grad, e_norms_stacked.tolist(), strict=True):
+        for p, e_norm in zip(perturbed, e_norms_stacked.tolist(), strict=True):
             self.state[p]["e_norm"] = e_norm  # ‖ε̂‖ of this tensor
         stats = self.state[GLOBAL]
         stats["e_norm"] = e_norms_stacked.norm().item()  # ‖ε̂‖ over all parameters
@@ -159,12 +184,15 @@ class SAM(Wrapper):
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Put back w saved by ``first_step()`` exactly (a no-op when nothing is saved)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                point = self.state[p].pop("point", None)
-                if point is not None:
-                    p.copy_(point)
+        """Put back w saved by ``first_step()`` exactly, on either path (a no-op when nothing is saved)."""
+        points = {
+            p: self.state[p].pop("point")
+            for group in self.param_groups
+            for p in group["params"]
+            if "point" in self.state[p]
+        }
+        for _, params in self._batches("sam_foreach", lambda group: [p for p in group["params"] if p in points]):
+            torch._foreach_copy_(params, [points[p] for p in params])
 
     @torch.no_grad()
     def second_step(self) -> None:

@@ -14,13 +14,15 @@ from optim._checks import (
     check_bool,
     check_closed_unit_interval,
     check_nonnegative,
+    check_optional_bool,
     check_positive,
     check_unit_interval,
     evaluate,
 )
-from optim._projection import Projection, radial_view, remove_radial
+from optim._foreach import buckets, fused_sgd, pick
+from optim._projection import Projection, radial_view, radial_views, remove_radial, with_radial_norms
 
-__all__ = ["SGDP", "sgdp"]
+__all__ = ["SGDP", "sgdp", "sgdp_foreach"]
 
 
 def sgdp(
@@ -50,13 +52,61 @@ def sgdp(
         if projection.view != "none":
             if direction is buf:
                 direction = buf.clone()
-            radial_norm = lr * remove_radial(param, direction, projection.view, eps=eps)
+            radial_norm = lr * remove_radial(param, direction, projection.view, eps=eps).item()
             projection = projection._replace(radial_norm=radial_norm)
         projections.append(projection)
         if weight_decay != 0:
             param.mul_(1 - lr * weight_decay * projection.wd_ratio / (1 - momentum))
         param.add_(direction, alpha=-lr)
     return projections
+
+
+def sgdp_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    eps: float,
+    delta: float,
+    wd_ratio: float,
+) -> list[Projection]:
+    """:func:`sgdp` on lists of tensors: one bucket per device, dtype and projected view (see :func:`adamp_foreach`).
+
+    Where nothing is projected the step is momentum SGD's: torch's fused SGD kernel where it runs.
+    """
+    projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps)
+    keys = [projection.view for projection in projections]
+    radial: dict[int, tuple[float, Tensor]] = {}
+    for view, (params_, grads_, buffers_, indices) in buckets(
+        [params, grads, momentum_buffers, range(len(params))], keys
+    ):
+        decay = 1 - lr * weight_decay * (1.0 if view == "none" else wd_ratio) / (1 - momentum)
+        if weight_decay != 0 and view == "none":  # a projection reads θ first, so there it comes later
+            torch._foreach_mul_(params_, decay)
+        if view == "none" and fused_sgd(
+            params_, grads_, buffers_, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov
+        ):
+            continue
+        torch._foreach_mul_(buffers_, momentum)
+        torch._foreach_add_(buffers_, grads_, alpha=1 - dampening)
+        if nesterov:
+            directions = torch._foreach_add(grads_, buffers_, alpha=momentum)
+        elif view != "none":
+            directions = torch._foreach_clone(buffers_)  # valley projects a copy, as sgdp()
+        else:
+            directions = buffers_
+        if view != "none":
+            for index, param, direction in zip(indices, params_, directions, strict=True):
+                radial[index] = (lr, remove_radial(param, direction, view, eps=eps))
+        if weight_decay != 0 and view != "none":
+            torch._foreach_mul_(params_, decay)
+        torch._foreach_add_(params_, directions, alpha=-lr)
+    return with_radial_norms(projections, radial)
 
 
 class SGDP(Checked):
@@ -84,6 +134,8 @@ class SGDP(Checked):
         eps: ε of the cosine and the normalisation. Default 1e-8 (official code).
         delta: δ, cosine threshold. Default 0.1 (official code).
         wd_ratio: weight-decay factor on projected tensors. Default 0.1 (official code).
+        foreach: the multi-tensor path (:func:`sgdp_foreach`); ``None`` (default) takes it when every parameter
+            is on a device with multi-tensor kernels (CUDA), as torch does.
 
     State per parameter: ``momentum_buffer`` b and of the last step ``projection``, ``max_cosine``,
     ``layer_cosine``, ``radial_norm`` (as :class:`~optim.AdamP`).
@@ -108,6 +160,7 @@ class SGDP(Checked):
         "eps": check_positive,
         "delta": check_positive,
         "wd_ratio": check_nonnegative,
+        "foreach": check_optional_bool,
     }
 
     def check_relations(self, group: Mapping[str, Any]) -> None:
@@ -126,6 +179,7 @@ class SGDP(Checked):
         eps: float = 1e-8,
         delta: float = 0.1,
         wd_ratio: float = 0.1,
+        foreach: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -136,6 +190,7 @@ class SGDP(Checked):
             eps=eps,
             delta=delta,
             wd_ratio=wd_ratio,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
 
@@ -161,7 +216,8 @@ class SGDP(Checked):
         loss = evaluate(closure)
         for group in self.param_groups:
             params, grads, buffers, states = self._init_group(group)
-            projections = sgdp(
+            kernel = pick(sgdp, sgdp_foreach, group.get("foreach"), params)
+            projections = kernel(
                 params,
                 grads,
                 buffers,

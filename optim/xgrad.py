@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 
-from optim._checks import Check, check_count, evaluate
+from optim._checks import Check, check_count, check_optional_bool, evaluate
 from optim._directions import direction
 from optim._wrapper import GLOBAL, Wrapper
 from optim.adabelief import AdaBelief
@@ -44,12 +44,14 @@ class XGrad(Wrapper):
     optimizer; ``predicted()`` does the same for hand-written loops. Before the base optimizer has state the
     prediction is a no-op, and ``steps=0`` gives the base optimizer's trajectory bitwise. For SGD and RMSprop
     without momentum, and Nesterov SGD (Δ = g + μb), the last gradient is kept in the wrapper's state
-    (``grad``) so that resuming from a ``state_dict`` predicts exactly as the uninterrupted run. ``steps``
-    lives in each group as ``xgrad_steps``.
+    (``grad``) so that resuming from a ``state_dict`` predicts exactly as the uninterrupted run. ``steps`` and
+    ``foreach`` live in each group as ``xgrad_steps`` and ``xgrad_foreach``.
 
     Args:
         base_optimizer: A ``torch.optim`` SGD, RMSprop, Adam or AdamW, or valley's AdaBelief, AdaM3 or RAdam.
         steps: s, how many steps ahead to predict. Default 1 (Guan et al.).
+        foreach: move to θ̂ and back with multi-tensor ops; ``None`` (default) does when every parameter is on a
+            device with multi-tensor kernels (CUDA), as torch does. Δ itself is read per tensor.
 
     State: ``state["global"]["displacement_norm"]`` = ‖θ̂ − θ_t‖ of the last prediction; per parameter ``grad``
     where needed (see above).
@@ -69,49 +71,54 @@ class XGrad(Wrapper):
     Algorithm 1.
     """
 
-    HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {"xgrad_steps": check_count}
+    HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {"xgrad_steps": check_count, "xgrad_foreach": check_optional_bool}
 
-    def __init__(self, base_optimizer: Optimizer, steps: int = 1) -> None:
+    def __init__(self, base_optimizer: Optimizer, steps: int = 1, foreach: bool | None = None) -> None:
         if type(base_optimizer) not in SUPPORTED:
             names = ", ".join(cls.__name__ for cls in SUPPORTED)
             raise TypeError(f"XGrad cannot predict for {type(base_optimizer).__name__}; supported: {names}")
-        super().__init__(base_optimizer, dict(xgrad_steps=steps))
+        super().__init__(base_optimizer, dict(xgrad_steps=steps, xgrad_foreach=foreach))
 
     @contextmanager
     def predicted(self) -> Iterator[None]:
         """Within the block the parameters are at θ̂; on exit they are restored bit-exactly."""
         cached, displacements = [], []
         with torch.no_grad():
-            for group in self.param_groups:
-                if group["xgrad_steps"] == 0:
+            for group, batch in self._batches(
+                "xgrad_foreach", lambda group: group["params"] if group["xgrad_steps"] else []
+            ):
+                found = [
+                    (p, direction(self.base_optimizer, group, p, self.state.get(p, {}).get("grad"))) for p in batch
+                ]
+                params = [p for p, delta in found if delta is not None]
+                if not params:
                     continue
-                for p in group["params"]:
-                    state = self.state.get(p, {})
-                    found = direction(self.base_optimizer, group, p, state.get("grad"))
-                    if found is None:
-                        continue
-                    delta = found[0].mul_(float(group["lr"]) * group["xgrad_steps"])
-                    cached.append((p, p.detach().clone()))
-                    p.sub_(delta)
-                    displacements.append(torch.linalg.vector_norm(delta).to(torch.float64))
+                deltas = [delta[0] for _, delta in found if delta is not None]
+                torch._foreach_mul_(deltas, float(group["lr"]) * group["xgrad_steps"])
+                cached.append((params, torch._foreach_clone(params)))
+                torch._foreach_sub_(params, deltas)
+                displacements += [norm.to(torch.float64) for norm in torch._foreach_norm(deltas)]
         norm = torch.stack(displacements).norm().item() if displacements else 0.0  # one device sync
         self.state[GLOBAL]["displacement_norm"] = norm  # ‖θ̂ − θ_t‖
         try:
             yield
         finally:
             with torch.no_grad():
-                for p, point in cached:
-                    p.copy_(point)
+                for params, points in cached:
+                    torch._foreach_copy_(params, points)
 
     @torch.no_grad()
     def _base_step(self) -> None:
         self.base_optimizer.step()
-        for group in self.param_groups:
+
+        def with_grad(group: dict[str, Any]) -> list[torch.Tensor]:
             if group["xgrad_steps"] == 0 or not _needs_last_grad(self.base_optimizer, group):
-                continue
-            for p in group["params"]:
-                if p.grad is not None:
-                    self.state[p]["grad"] = p.grad.detach().clone()  # last gradient, for Δ
+                return []
+            return [p for p in group["params"] if p.grad is not None]
+
+        for _, params in self._batches("xgrad_foreach", with_grad):
+            for p, grad in zip(params, torch._foreach_clone([p.grad for p in params]), strict=True):
+                self.state[p]["grad"] = grad  # last gradient, for Δ
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Run the closure at the predicted weights (if given), then step the base optimizer; return the loss.

@@ -1,4 +1,5 @@
-"""Generic tests every registry entry passes (modelled on torch's common_optimizers)."""
+"""Generic tests every registry entry passes on both paths, per tensor and multi-tensor (modelled on torch's
+common_optimizers)."""
 
 import copy
 
@@ -8,6 +9,12 @@ import torch
 import optim
 
 DT = torch.float64
+
+
+@pytest.fixture(params=[False, True], ids=["per_tensor", "foreach"])
+def kwargs_for(request, kwargs_for):
+    """The shared overrides with ``foreach`` set, so that every test here runs both paths."""
+    return lambda name, problem="quadratic": {**kwargs_for(name, problem), "foreach": request.param}
 
 
 def quadratic_problem(dtype=DT, seed=0):

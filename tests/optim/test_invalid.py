@@ -138,9 +138,10 @@ for _flag in (
     "maximize",
 ):
     INVALID_VALUES[_flag] = ["yes", None]
+INVALID_VALUES["foreach"] = ["yes", 1, 0.0]  # None is valid here (torch's rule picks the path)
 # torch's messages where torch checks; the group key of a wrapper's own switch
 TORCH_WORDS = {"lr": "learning rate", "eps": "epsilon", "betas": "beta"}
-PREFIX = {optim.SAM: "sam_", optim.XGrad: "xgrad_"}
+PREFIX = {optim.SAM: "sam_", optim.XGrad: "xgrad_", optim.ExtraGradient: "extragradient_"}
 
 
 def _keywords(name):
@@ -184,6 +185,9 @@ def test_every_entry_refuses_every_invalid_value_in_kwargs_groups_and_added_grou
 def test_registry_cases_cover_every_entry_and_torch_gaps():
     covered = {name for name, *_ in REGISTRY_CASES}
     assert covered == set(optim.names())
+    assert {name for name, keyword, *_ in REGISTRY_CASES if keyword == "foreach"} == set(optim.names())
+    assert ("sam", "foreach", "sam_foreach", "yes") in REGISTRY_CASES  # a wrapper's own switch, in its groups
+    assert ("extragradient", "foreach", "extragradient_foreach", 1) in REGISTRY_CASES
     assert ("momentum", "momentum", "momentum", 1.0) in REGISTRY_CASES  # torch's SGD lets momentum = 1 through
     assert ("adam", "eps", "eps", 0.0) in REGISTRY_CASES  # torch's Adam lets eps = 0 through
     assert len(REGISTRY_CASES) > 300
@@ -211,3 +215,21 @@ def test_torch_checks_keep_torch_messages():
         optim.make("adam", [w], lr=-1.0)
     with pytest.raises(ValueError, match=r"Invalid lr: inf \(must be a finite number >= 0\)"):
         optim.make("adam", [w], lr=float("inf"))  # torch lets inf through
+
+
+@pytest.mark.parametrize("name", optim.names())
+@pytest.mark.parametrize(("value", "expected"), [(None, None), (True, True), (False, False), (np.bool_(True), True)])
+def test_foreach_accepts_none_and_bools_in_every_group_key(name, value, expected):
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = optim.make(name, [w], foreach=value)
+    keys = [k for k in opt.param_groups[0] if k == "foreach" or k.endswith("_foreach")]
+    assert "foreach" in keys
+    assert optim.registry.entry(name).base is None or len(keys) == 2  # a wrapper's switch and its base's
+    assert all(opt.param_groups[0][k] is expected for k in keys)
+
+
+def test_repulsion_refuses_a_foreach_that_is_not_a_switch():
+    w = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match=r"Invalid foreach: 'yes' \(must be None, True or False\)"):
+        optim.CheckpointRepulsion([w], foreach="yes")
+    assert optim.CheckpointRepulsion([w], foreach=np.bool_(False)).foreach is False

@@ -6,10 +6,11 @@ import torch
 import optim
 
 
-def test_penalty_gradient_and_distances_match_the_formula():
+@pytest.mark.parametrize("foreach", [False, True], ids=["per_tensor", "foreach"])
+def test_penalty_gradient_and_distances_match_the_formula(foreach):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2).double()
-    rep = optim.CheckpointRepulsion(model, sigma=0.7, strength=2.0)
+    rep = optim.CheckpointRepulsion(model, sigma=0.7, strength=2.0, foreach=foreach)
     assert rep.penalty().item() == 0.0
     rep.add_checkpoint()
     checkpoint_a = [p.detach().clone() for p in model.parameters()]

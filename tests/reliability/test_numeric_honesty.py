@@ -45,10 +45,15 @@ def shifted_stats(model):
 # --- SAM, ASAM, ExtraGradient: weights restored when the closure raises at the perturbed point ---------------------
 
 
+# both paths of the wrappers (per tensor, multi-tensor) save, perturb and restore
+FOREACH = pytest.mark.parametrize("foreach", [False, True], ids=["per_tensor", "foreach"])
+
+
+@FOREACH
 @pytest.mark.parametrize(("entry", "raise_at"), [("sam", 2), ("asam", 2), ("extragradient", 2), ("extra_adam", 2)])
-def test_weights_bit_identical_after_closure_raises_at_perturbed_point(entry, raise_at):
+def test_weights_bit_identical_after_closure_raises_at_perturbed_point(entry, raise_at, foreach):
     model = nn.Linear(3, 3)
-    opt = optim.make(entry, model, lr=0.1)
+    opt = optim.make(entry, model, lr=0.1, foreach=foreach)
     before = [p.detach().clone() for p in model.parameters()]
     calls = []
 
@@ -83,12 +88,13 @@ def _sam_step(opt, model):
     opt.step(closure)
 
 
+@FOREACH
 @pytest.mark.parametrize("entry", ["sam", "asam"])
-def test_sam_step_updates_batchnorm_statistics_only_at_the_unperturbed_point(entry):
+def test_sam_step_updates_batchnorm_statistics_only_at_the_unperturbed_point(entry, foreach):
     model, reference = bn_net().train(), bn_net().train()
     with torch.no_grad():
         reference(X)  # one plain forward at w
-    opt = optim.make(entry, model, lr=0.1)  # make passes the model to SAM
+    opt = optim.make(entry, model, lr=0.1, foreach=foreach)  # make passes the model to SAM
     assert opt.model is model
     _sam_step(opt, model)
     bn, ref = model[1], reference[1]
@@ -97,11 +103,12 @@ def test_sam_step_updates_batchnorm_statistics_only_at_the_unperturbed_point(ent
     assert int(bn.num_batches_tracked) == 1
 
 
-def test_sam_without_model_updates_batchnorm_twice_as_documented():
+@FOREACH
+def test_sam_without_model_updates_batchnorm_twice_as_documented(foreach):
     model, reference = bn_net().train(), bn_net().train()
     with torch.no_grad():
         reference(X)
-    opt = optim.make("sam", list(model.parameters()), lr=0.1)  # parameters only: SAM cannot know the layers
+    opt = optim.make("sam", list(model.parameters()), lr=0.1, foreach=foreach)  # SAM cannot know the layers
     _sam_step(opt, model)
     assert int(model[1].num_batches_tracked) == 2
     assert not torch.equal(model[1].running_mean, reference[1].running_mean)

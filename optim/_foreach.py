@@ -1,0 +1,178 @@
+"""Multi-tensor (``torch._foreach_*``) plumbing shared by valley's optimizers: which path to take, and buckets.
+
+Every optimizer here has a per-tensor kernel (the reference) and a multi-tensor kernel beside it that applies the
+same arithmetic to lists of tensors at once. The multi-tensor kernel runs on buckets of tensors that share device,
+dtype and every per-tensor decision of the step (step count, projection, counter kind), so a decision taken for
+one tensor is never taken for its neighbours. Where a bucket's update is Adam's or momentum SGD's with folded
+factors, it runs as torch's fused kernel (one pass over memory; :func:`fused_adam`, :func:`fused_sgd`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
+
+Kernel = TypeVar("Kernel", bound=Callable[..., Any])
+
+
+def use_foreach(foreach: bool | None, tensors: Sequence[Tensor]) -> bool:
+    """Whether to take the multi-tensor path: ``foreach`` when given, else torch's default rule.
+
+    torch's rule (``torch.optim``'s ``foreach=None``): on when every tensor lives on a device with multi-tensor
+    kernels (CUDA and the like), off on CPU. (On CPU ``foreach=True`` is often the faster path here, through the
+    fused kernels; the default stays torch's so that ``foreach=None`` means the same in valley and torch.)
+    """
+    if foreach is not None:
+        return bool(foreach)
+    devices = _get_foreach_kernels_supported_devices()
+    return bool(tensors) and all(t.device.type in devices for t in tensors)
+
+
+def pick(per_tensor: Kernel, multi_tensor: Kernel, foreach: bool | None, tensors: Sequence[Tensor]) -> Kernel:
+    """Return ``multi_tensor`` when :func:`use_foreach` says so, else ``per_tensor`` (same signature)."""
+    return multi_tensor if use_foreach(foreach, tensors) else per_tensor
+
+
+def buckets(
+    lists: Sequence[Sequence[Any]], keys: Sequence[Hashable] | None = None
+) -> list[tuple[Hashable, list[list[Any]]]]:
+    """Split parallel lists into buckets whose first-list tensors share device, dtype and ``keys[i]``.
+
+    Returns ``(key, lists)`` pairs, buckets in order of first appearance and the original order inside each.
+
+    Example:
+        >>> import torch
+        >>> a, b, c = torch.zeros(1), torch.zeros(1, dtype=torch.float64), torch.ones(2)
+        >>> [(key, len(bucket[0])) for key, bucket in buckets([[a, b, c], [1, 2, 3]], keys=[5, 5, 5])]
+        [(5, 2), (5, 1)]
+    """
+    found: dict[Hashable, list[list[Any]]] = {}
+    for index, first in enumerate(lists[0]):
+        key = None if keys is None else keys[index]
+        bucket = found.setdefault((first.device, first.dtype, key), [[] for _ in lists])
+        for column, values in zip(bucket, lists, strict=True):
+            column.append(values[index])
+    return [(key[2], part) for key, bucket in found.items() for part in _cpu_parts(bucket)]
+
+
+CPU_PART = 1 << 20
+"""Most elements per multi-tensor call on CPU (whole tensors; a larger tensor goes alone)."""
+
+
+def _cpu_parts(bucket: list[list[Any]]) -> list[list[list[Any]]]:
+    """A CPU bucket cut into runs of at most :data:`CPU_PART` elements (other devices: whole).
+
+    The scratch lists of a chain of multi-tensor ops then stay cache-sized, and their memory is reused from one
+    run to the next instead of being mapped afresh.
+    """
+    tensors = bucket[0]
+    if not tensors or tensors[0].device.type != "cpu":
+        return [bucket]
+    parts, start, size = [], 0, 0
+    for index, tensor in enumerate(tensors):
+        if size and size + tensor.numel() > CPU_PART:
+            parts.append([column[start:index] for column in bucket])
+            start, size = index, 0
+        size += tensor.numel()
+    parts.append([column[start:] for column in bucket])
+    return parts
+
+
+def batches(lists: Sequence[Sequence[Any]], foreach: bool) -> list[list[list[Any]]]:
+    """Parallel lists cut into the lists that ``torch._foreach_*`` ops take, original order kept.
+
+    The multi-tensor path gets one batch per device-and-dtype bucket (:func:`buckets`); the per-tensor path one
+    batch per tensor, so the same bookkeeping code serves both paths (the wrappers' perturb-and-restore).
+    """
+    if foreach:
+        return [bucket for _, bucket in buckets(lists)]
+    return [[[values[index]] for values in lists] for index in range(len(lists[0]))]
+
+
+def fusable(tensors: Sequence[Tensor]) -> bool:
+    """Whether torch's fused optimizer kernels run on this bucket (float32 or float64)."""
+    return tensors[0].dtype in (torch.float32, torch.float64)
+
+
+def fused_adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    step: int,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> bool:
+    r"""Run torch's fused Adam kernel on one bucket (one pass over memory); return ``False`` where it cannot run.
+
+    With t = ``step`` (already counted), it computes, after the decay :math:`g ← g + λθ` (or with ``decoupled``
+    :math:`θ ← θ(1-γλ)`, AdamW's),
+
+    .. math::
+        m ← β_1 m + (1-β_1) g,\quad v ← β_2 v + (1-β_2) g^2,\quad
+        θ ← θ - \frac{γ}{1-β_1^t}\,\frac{m}{\sqrt{v}/\sqrt{1-β_2^t} + ε},
+
+    the update of Adam-type optimizers here once their factors are folded into γ and ε (RAdam's rectified step,
+    Adam-2k after its warm-up, AdamP where nothing is projected, AdaM3 with g := m and β₁ = 0); it agrees with
+    their own arithmetic to rounding.
+    """
+    if not fusable(params):
+        return False
+    steps = [torch.full((), float(step), device=params[0].device)] * len(params)
+    (torch._fused_adamw_ if decoupled else torch._fused_adam_)(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        [],
+        steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=weight_decay,
+        eps=eps,
+        amsgrad=False,
+        maximize=False,
+    )
+    return True
+
+
+def fused_sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+) -> bool:
+    r"""Run torch's fused momentum-SGD kernel on one bucket; return ``False`` where it cannot run.
+
+    It computes :math:`b ← μ b + (1-τ) g`, then :math:`θ ← θ - γ d` with :math:`d = g + μ b` (Nesterov) or
+    :math:`d = b` — SGDP's step where nothing is projected (its buffers start at 0, so no first-step copy).
+    """
+    if momentum == 0 or not fusable(params):
+        return False
+    torch._fused_sgd_(
+        params,
+        grads,
+        momentum_buffers,
+        weight_decay=0.0,
+        momentum=momentum,
+        lr=lr,
+        dampening=dampening,
+        nesterov=nesterov,
+        maximize=False,
+        is_first_step=False,
+    )
+    return True

@@ -1,0 +1,193 @@
+"""The multi-tensor path of every registry entry equals its per-tensor path, state included."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+import optim
+from optim._foreach import buckets, use_foreach
+
+OTHER = {torch.float64: torch.float32, torch.float32: torch.float64, torch.bfloat16: torch.float32}
+OWN = ["radam", "adam2k", "adamp", "sgdp", "adabelief", "adam3", "expectigrad"]
+
+
+def mixed_problem(dtype, seed=0):
+    """Tensors that take different per-tensor decisions within one param group.
+
+    ``w`` enters only through its row directions (scale invariant: AdamP/SGDP project it), ``v`` and ``b`` are
+    plain quadratics, ``e`` has a gradient only in its first two coordinates (Expectigrad's sparse counter),
+    ``z`` gets a gradient only on every other call (its step count falls behind), and ``o`` has the other
+    floating dtype (a second device-and-dtype bucket).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {"w": (4, 3), "v": (3, 4), "b": (3,), "e": (5,), "z": (2, 2), "o": (3,)}
+    targets = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
+    params = {
+        k: torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64) + 1.0) for k, s in shapes.items()
+    }
+    direction = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    for key, p in params.items():
+        p.data = p.data.to(OTHER[dtype] if key == "o" else dtype)
+    calls = [0]
+
+    def loss_fn():
+        calls[0] += 1
+        w, v, b, e, z, o = params.values()
+        loss = (direction.to(w.dtype) * w / w.norm(dim=1, keepdim=True)).sum()
+        loss = loss + 0.5 * ((v - targets["v"].to(dtype)) ** 2).sum() + 0.5 * ((b - targets["b"].to(dtype)) ** 2).sum()
+        loss = loss + 0.5 * ((e[:2] - targets["e"][:2].to(dtype)) ** 2).sum()
+        loss = loss + 0.5 * ((o - targets["o"].to(o.dtype)) ** 2).sum().to(dtype)
+        if calls[0] % 2:
+            loss = loss + 0.5 * ((z - targets["z"].to(dtype)) ** 2).sum()
+        return loss
+
+    loss_fn.calls = calls
+    return list(params.values()), loss_fn
+
+
+def run(opt, loss_fn, steps):
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
+
+
+def assert_close(actual, expected, scalar_tol=(1e-5, 1e-12)):
+    """Equal to 1e-12 relative in float64, to rounding (a few ulps, accumulated) in float32 and bfloat16."""
+    if isinstance(expected, torch.Tensor):
+        rtol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(expected.dtype, 4e-2)  # bfloat16: ~10 ulps
+        scale = expected.detach().abs().max().item() if expected.numel() else 0.0
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale, equal_nan=True)
+    elif isinstance(expected, float) and not math.isnan(expected):
+        assert actual == pytest.approx(expected, rel=scalar_tol[0], abs=scalar_tol[1])
+    elif isinstance(expected, float):
+        assert math.isnan(actual)
+    else:
+        assert actual == expected
+
+
+def assert_same_state(actual, expected, scalar_tol=(1e-5, 1e-12)):
+    """Both optimizers (and their bases) hold the same state entries, with close values."""
+    while expected is not None:
+        assert len(actual.state) == len(expected.state)
+        for (key_a, state_a), (key_e, state_e) in zip(actual.state.items(), expected.state.items(), strict=True):
+            assert isinstance(key_a, str) == isinstance(key_e, str)
+            assert set(state_a) == set(state_e)
+            for name in state_e:
+                assert_close(state_a[name], state_e[name], scalar_tol)
+        actual, expected = getattr(actual, "base_optimizer", None), getattr(expected, "base_optimizer", None)
+
+
+def make(name, params, kwargs_for, foreach):
+    return optim.make(name, params, **{**kwargs_for(name), "foreach": foreach})
+
+
+# Switches the registry defaults leave off: every branch of every multi-tensor kernel is compared.
+VARIANTS = [
+    ("radam", {"weight_decay": 0.1}),
+    ("radam", {"weight_decay": 0.1, "decoupled_weight_decay": True, "degenerate": "skip"}),
+    ("adamp", {"weight_decay": 0.1}),
+    ("adamp", {"weight_decay": 0.1, "nesterov": True}),
+    ("sgdp", {"weight_decay": 0.1, "dampening": 0.2}),
+    ("sgdp", {"weight_decay": 0.1, "nesterov": True}),
+    ("adabelief", {"weight_decay": 0.1}),
+    ("adabelief", {"weight_decay": 0.1, "decoupled": False, "rectify": True}),
+    ("adam3", {"weight_decay": 0.1}),
+    ("adam3", {"weight_decay": 0.1, "decoupled": False}),
+    ("expectigrad", {"beta": 0.0}),
+    ("expectigrad", {"sparse_counter": False}),
+    ("asam", {"eta": 0.1}),
+]
+
+
+def compare_paths(name, dtype, kwargs, steps=12):
+    runs = []
+    for foreach in (False, True):
+        torch.manual_seed(0)
+        params, loss_fn = mixed_problem(dtype)
+        opt = optim.make(name, params, **{**kwargs, "foreach": foreach})
+        run(opt, loss_fn, steps)
+        runs.append((params, opt))
+    (reference, per_tensor), (params, multi_tensor) = runs
+    for p, q in zip(params, reference, strict=True):
+        assert p.dtype == q.dtype
+        assert_close(p.detach(), q.detach())
+    assert_same_state(multi_tensor, per_tensor, (4e-2, 1e-2) if dtype == torch.bfloat16 else (1e-5, 1e-12))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_foreach_equals_per_tensor(name, dtype, kwargs_for):
+    compare_paths(name, dtype, kwargs_for(name))
+
+
+@pytest.mark.parametrize("name", OWN)
+def test_foreach_equals_per_tensor_in_bfloat16(name, kwargs_for):
+    """bfloat16 has no fused kernels: the plain multi-tensor arithmetic runs, to bfloat16 rounding."""
+    compare_paths(name, torch.bfloat16, kwargs_for(name), steps=6)
+
+
+@pytest.mark.parametrize(("name", "overrides"), VARIANTS)
+def test_foreach_equals_per_tensor_on_every_branch(name, overrides, kwargs_for):
+    compare_paths(name, torch.float64, {**kwargs_for(name), **overrides}, steps=14)
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["per_tensor_then_foreach", "foreach_then_per_tensor"])
+def test_state_dict_moves_between_paths(name, first, kwargs_for):
+    torch.manual_seed(0)
+    params, loss_fn = mixed_problem(torch.float64)
+    opt = make(name, params, kwargs_for, first)
+    run(opt, loss_fn, 5)
+    saved_state = copy.deepcopy(opt.state_dict())
+    saved_params = [p.detach().clone() for p in params]
+    calls_at_save = loss_fn.calls[0]
+    run(opt, loss_fn, 7)
+
+    torch.manual_seed(0)
+    resumed_params, resumed_loss_fn = mixed_problem(torch.float64)
+    resumed_loss_fn.calls[0] = calls_at_save
+    with torch.no_grad():
+        for p, saved in zip(resumed_params, saved_params, strict=True):
+            p.copy_(saved)
+    resumed = make(name, resumed_params, kwargs_for, not first)
+    resumed.load_state_dict(saved_state)
+    for group in resumed.param_groups:  # a state_dict carries each group's switches, as torch's do
+        for key in [k for k in group if k == "foreach" or k.endswith("_foreach")]:
+            group[key] = not first
+    run(resumed, resumed_loss_fn, 7)
+    for p, q in zip(resumed_params, params, strict=True):
+        assert_close(p.detach(), q.detach())
+    assert_same_state(resumed, opt)
+
+
+def test_problem_takes_different_decisions_per_tensor(kwargs_for):
+    params, loss_fn = mixed_problem(torch.float64)
+    w, v, b, e, z, o = params
+    opts = {name: make(name, params, kwargs_for, True) for name in ("adamp", "radam", "expectigrad")}
+    for opt in opts.values():
+        run(opt, loss_fn, 3)
+    state = opts["adamp"].state
+    assert (state[w]["projection"], state[v]["projection"]) == ("channel", "none")
+    assert opts["radam"].state[z]["step"] < opts["radam"].state[v]["step"]
+    assert (opts["expectigrad"].state[e]["counter"] < 1).tolist() == [False, False, True, True, True]
+
+
+def test_default_rule_is_torchs():
+    cpu = [torch.zeros(1)]
+    assert not use_foreach(None, cpu)
+    assert use_foreach(True, cpu)
+    assert not use_foreach(False, cpu)
+    assert not use_foreach(None, [])
+    opt = optim.RAdam(cpu)
+    assert opt.param_groups[0]["foreach"] is None
+
+
+def test_buckets_keep_order_and_split_by_dtype_and_key():
+    a, b, c, d = torch.zeros(1), torch.zeros(1, dtype=torch.float64), torch.zeros(2), torch.zeros(3)
+    found = buckets([[a, b, c, d], ["a", "b", "c", "d"]], keys=[1, 1, 2, 1])
+    assert [(key, names) for key, (_, names) in found] == [(1, ["a", "d"]), (1, ["b"]), (2, ["c"])]
