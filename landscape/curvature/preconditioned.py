@@ -58,6 +58,20 @@ class PreconditionedOperator(CurvatureOperator):
         self.applications = 0
         LinearOperator.__init__(self, dtype=inner.dtype, shape=inner.shape)
 
+    @property
+    def graph_policy(self) -> str:
+        """The graph policy of ``inner`` (its products are the ones made)."""
+        return self.inner.graph_policy
+
+    @property
+    def graph_mode(self) -> str | None:
+        """Whether ``inner`` keeps its first-order graphs (``None`` before its first product)."""
+        return self.inner.graph_mode
+
+    def close(self) -> None:
+        """Free the graphs ``inner`` keeps."""
+        self.inner.close()
+
     def unflatten(self, vector: Tensor) -> list[Tensor]:
         """Split a flat vector into tensors shaped like the parameters (as ``inner`` does)."""
         return self.inner.unflatten(vector)

@@ -170,3 +170,18 @@ def test_unsupported_optimizer_fails_before_training():
             callbacks=[tracker],
             progress=False,
         )
+
+
+def test_preconditioned_operator_follows_and_frees_the_inner_graphs():
+    from landscape.curvature import HessianOperator, PreconditionedOperator
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    data = (torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    inner = HessianOperator(model, torch.nn.functional.cross_entropy, data, dtype=torch.float64, graph="reuse")
+    op = PreconditionedOperator(inner, torch.full((inner.shape[0],), 4.0))
+    assert op.graph_policy == "reuse" and op.graph_mode is None and op.mode == "eval"
+    v = torch.randn(inner.shape[0], 1, dtype=torch.float64)
+    torch.testing.assert_close(op.apply(v), inner.apply(v / 2) / 2)  # P^-1/2 = 1/2
+    assert op.graph_mode == "reuse" and inner.graph_nbytes > 0
+    op.close()
+    assert inner.graph_mode is None and inner.graph_nbytes == 0

@@ -137,7 +137,9 @@ def test_surface_of_an_own_cnn_equals_the_api_and_a_forward_pass(user, checkpoin
     grid = make_grid(-1, 1, 5)
     directions = [random_direction(model, seed=s) for s in (2, 3)]
     expected = surface_2d(model, (x, y), directions, grid, grid, progress=False).frame()
-    pd.testing.assert_frame_equal(written, expected, check_exact=False, rtol=1e-10)
+    # a CNN's evaluation path is chosen by timing the first points (vmap or channels-last loop), so the CLI and this
+    # call may take different float32 paths: equal to float32 rounding (measured differences ~5e-7)
+    pd.testing.assert_frame_equal(written, expected, check_exact=False, rtol=2e-6, atol=1e-7)
     centre = written[(written["alpha"] == 0) & (written["beta"] == 0)].iloc[0]
     with torch.no_grad():
         logits = model(x)
