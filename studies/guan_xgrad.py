@@ -208,6 +208,7 @@ def run(config: dict[str, Any], ctx: Context) -> pd.DataFrame:
         callbacks=[_StepCpuTime()],
         progress=ctx.progress,
         desc=f"{config['base']} s={config['steps']}",
+        channels_last=True,
     )
     x = data.x_train[: config["batch_size"]].to(ctx.device)
     y = data.y_train[: config["batch_size"]].to(ctx.device)

@@ -215,3 +215,23 @@ def test_hot_loop_reads_the_device_once_per_epoch_with_amp_and_a_regularizer(sma
         return {name: reads.count(name) for name in set(reads)}
 
     assert count(100) == count(10)  # 2 steps vs 20 steps
+
+
+def test_channels_last_trains_the_same_cnn_up_to_rounding(small_digits):
+    data = dataclasses.replace(
+        small_digits, x_train=small_digits.x_train.reshape(-1, 1, 8, 8), x_test=small_digits.x_test.reshape(-1, 1, 8, 8)
+    )
+
+    def run(channels_last: bool):
+        return train(
+            lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(64, 10)),
+            lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9),
+            data, epochs=2, batch_size=32, progress=False, channels_last=channels_last,
+        )  # fmt: skip
+
+    plain, last = run(False), run(True)
+    assert last.state_dict["2.weight"].is_contiguous(memory_format=torch.channels_last)
+    for key, value in plain.state_dict.items():
+        torch.testing.assert_close(last.state_dict[key], value, rtol=1e-4, atol=1e-5)
+    a, b = _without_timing(plain.metrics), _without_timing(last.metrics)
+    np.testing.assert_allclose(b["value"], a["value"], rtol=1e-4, atol=1e-5)
