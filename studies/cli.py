@@ -230,7 +230,9 @@ def _cmd_figures(args: argparse.Namespace) -> int:
             progress=args.progress,
             amp=args.amp,
         )
-        output = figure.make_figure(figure.load_data(root, args.scale), args.out / name)
+        frame = figure.load_data(root, args.scale)
+        output = figure.make_figure(frame, args.out / name)
+        output.notes.append(_provenance(name, args.scale, frame))
         outputs.append(output)
         timings.append(f"{name}: {time.perf_counter() - start:.1f} s")
         print(f"{name}: {', '.join(str(p) for p in output.images)}")
@@ -241,6 +243,13 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     md, page = write_report(outputs, args.out, theory, header)
     print(f"report: {md} and {page}")
     return 0 if theory is None or bool(theory["passed"].all()) else 1
+
+
+def _provenance(name: str, scale: str, frame: pd.DataFrame) -> str:
+    """The report's line under a figure: the scale and data it was made from, and the command that remakes it."""
+    datasets = sorted(frame["dataset"].dropna().astype(str).unique()) if "dataset" in frame.columns else []
+    data = ", ".join(datasets) if datasets else "synthetic problems (no data set)"
+    return f"Made at the {scale} scale on {data}. Regenerate: `valley figures --only {name} --scale {scale}`."
 
 
 def _theory_table(out_dir: Path, root: Path, force: bool) -> pd.DataFrame:

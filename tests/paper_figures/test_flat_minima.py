@@ -114,6 +114,15 @@ def test_paper_comparison_ratio_of_large_to_small_batch():
     assert (eps["SB mean"], eps["LB mean"], eps["LB/SB"]) == (3.0, 45.0, 15.0)
     assert eps["SB std"] == pytest.approx(np.std([2.0, 4.0], ddof=1)) and eps["seeds"] == 2
     assert eps["paper LB/SB"] == pytest.approx(205.14 / 1.23)
+    assert eps["verdict"] == "agrees: LB larger on every seed"
     lam = table.loc["Hessian λ_max"]
     assert lam["LB/SB"] == 15.0 and np.isnan(lam["paper LB/SB"])
     assert "ε-sharpness ε=5e-4" not in table.index  # not measured in this frame: no row
+
+
+def test_batch_verdict_checks_keskars_claim_per_seed():
+    sb = pd.Series([2.0, 4.0])
+    assert figure.batch_verdict(sb, pd.Series([30.0, 60.0])) == "agrees: LB larger on every seed"
+    assert figure.batch_verdict(sb, pd.Series([3.0, 5.0])) == "agrees in the mean; seeds overlap"
+    assert figure.batch_verdict(sb, pd.Series([1.0, 3.0])) == "contradicts: LB not larger"
+    assert figure.batch_verdict(sb, pd.Series([np.nan, 3.0])) == "not computable (NaN)"

@@ -38,7 +38,10 @@ def _synthetic_frame():
     for (base, s, seed), acc in best.items():
         run = f"{base}-{s}-{seed}"
         for epoch, (accuracy, seconds) in enumerate([(acc - 0.1, 9.0), (acc, 2.0 + s), (acc - 0.01, 2.5 + s)]):
-            for quantity, value in (("test_accuracy", accuracy), ("seconds", seconds)):
+            quantities = [("test_accuracy", accuracy), ("seconds", seconds)]
+            if epoch:  # three steps per epoch, each 10 ms of CPU time without and 12 ms with prediction
+                quantities += [("train_loss", 1.0)] * 3 + [("cpu_seconds_per_step", 0.010 + 0.002 * s)]
+            for quantity, value in quantities:
                 rows.append(dict(base=base, steps=s, seed=seed, epoch=epoch, quantity=quantity, value=value, run=run))
     return pd.DataFrame(rows)
 
@@ -54,6 +57,16 @@ def test_paper_comparison_from_the_runs(tmp_path):
     assert table.loc["Adam", "time overhead %"] == pytest.approx(50.0)
     assert table.loc["Adam", "paper gain (points)"] == 0.71 and np.isnan(table.loc["SGDM", "paper gain (points)"])
     assert table.loc["SGDM", "paper time %"] == 5.67 and table.loc["Adam", "seeds"] == 2
+    assert table.loc["Adam", "spread s=0"] == pytest.approx(1.0) and table.loc["Adam", "spread s=1"] == pytest.approx(0.75)
+    assert table.loc["Adam", "CPU s/epoch s=0"] == pytest.approx(0.030)
+    assert table.loc["Adam", "CPU time overhead %"] == pytest.approx(20.0)
+    assert table.loc["Adam", "verdict"] == "agrees: prediction helps" and table.loc["SGDM", "verdict"] == ""
+
+
+def test_verdict_against_the_papers_gain():
+    assert figure.verdict(-0.8, 0.3, 0.71) == "contradicts: prediction hurts"
+    assert figure.verdict(0.2, 0.3, 0.71) == "inconclusive: within the seeds' spread"
+    assert figure.verdict(0.5, 0.3, 0.71) == "agrees: prediction helps"
 
 
 def test_side_by_side_joins_the_committed_reference():

@@ -20,6 +20,8 @@ def test_tiny_study_and_figure_end_to_end(tmp_path):
     assert "seconds_per_epoch" in summary and "lowest_train_loss" in summary
     report = (out / "report.md").read_text()
     assert "kingma2015adam/loss_curves.png" in report
+    made = "Made at the tiny scale on digits. Regenerate: `valley figures --only kingma2015adam --scale tiny`."
+    assert made in report
     assert "data:image/png;base64" in (out / "report.html").read_text()
 
 
