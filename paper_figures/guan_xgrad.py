@@ -94,13 +94,14 @@ def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def verdict(gain: float, spread: float, paper_gain: float) -> str:
+def verdict(gain: float, spread: float, paper_gain: float, seeds: int) -> str:
     """Whether our mean gain from prediction agrees with the paper's (positive) gain, beyond the seeds' spread."""
     if np.isnan(paper_gain) or np.isnan(gain):
         return ""
-    if abs(gain) <= spread:
+    if seeds > 1 and abs(gain) <= spread:
         return "inconclusive: within the seeds' spread"
-    return "agrees: prediction helps" if (gain > 0) == (paper_gain > 0) else "contradicts: prediction hurts"
+    outcome = "agrees: prediction helps" if (gain > 0) == (paper_gain > 0) else "contradicts: prediction hurts"
+    return outcome if seeds > 1 else f"{outcome} (one seed: no spread)"
 
 
 def paper_comparison(frame: pd.DataFrame) -> pd.DataFrame:
@@ -133,7 +134,7 @@ def paper_comparison(frame: pd.DataFrame) -> pd.DataFrame:
                 "gain (points)": gain.mean(),
                 "gain spread (points)": spread,
                 "paper gain (points)": paper_gain,
-                "verdict": verdict(gain.mean(), spread, paper_gain),
+                "verdict": verdict(gain.mean(), spread, paper_gain, len(gain)),
                 "seconds/epoch s=0": wall[0].mean(),
                 "seconds/epoch s=1": wall[1].mean(),
                 "time overhead %": 100 * (wall[1] / wall[0] - 1).dropna().mean(),

@@ -104,13 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m paper_figures.reference", description=__doc__.split("\n")[0])
     parser.add_argument("study", help="a study whose figure defines paper_comparison, e.g. guan_xgrad")
     parser.add_argument("--runs-dir", default=os.environ.get("VALLEY_RUNS", "runs"))
+    parser.add_argument("--command", help="the command that made the runs (default: valley study STUDY --paper)")
     args = parser.parse_args(argv)
     figure = importlib.import_module(f"paper_figures.{args.study}")
     if not hasattr(figure, "paper_comparison"):
         print(f"error: paper_figures.{args.study} defines no paper_comparison", file=sys.stderr)
         return 2
     frame = figure.load_data(args.runs_dir, "paper")
-    command = f"valley study {args.study} --paper"
+    command = args.command or f"valley study {args.study} --paper"
     device = run_devices(args.runs_dir, args.study)
     table = with_provenance(figure.paper_comparison(frame), frame, command, "paper", device)
     path = atomic_write(reference_path(args.study), table.to_csv(index=False))

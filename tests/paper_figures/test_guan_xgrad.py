@@ -65,9 +65,10 @@ def test_paper_comparison_from_the_runs(tmp_path):
 
 
 def test_verdict_against_the_papers_gain():
-    assert figure.verdict(-0.8, 0.3, 0.71) == "contradicts: prediction hurts"
-    assert figure.verdict(0.2, 0.3, 0.71) == "inconclusive: within the seeds' spread"
-    assert figure.verdict(0.5, 0.3, 0.71) == "agrees: prediction helps"
+    assert figure.verdict(-0.8, 0.3, 0.71, 2) == "contradicts: prediction hurts"
+    assert figure.verdict(0.2, 0.3, 0.71, 2) == "inconclusive: within the seeds' spread"
+    assert figure.verdict(0.5, 0.3, 0.71, 2) == "agrees: prediction helps"
+    assert figure.verdict(0.2, 0.0, 0.71, 1) == "agrees: prediction helps (one seed: no spread)"
 
 
 def test_side_by_side_joins_the_committed_reference():
@@ -98,4 +99,7 @@ def test_reference_table_is_written_with_provenance(tmp_path, monkeypatch):
     assert set(reference.PROVENANCE) <= set(table.columns)
     assert table["runs"].iloc[0] == 8 and table["device"].iloc[0] == "cpu" and table["scale"].iloc[0] == "paper"
     assert table.set_index("base").loc["Adam", "gain (points)"] == pytest.approx(0.75)
+    command = "torchrun --nproc-per-node 2 -m studies.cli study guan_xgrad --paper"
+    assert reference.main([figure.STUDY, "--runs-dir", str(tmp_path / "runs"), "--command", command]) == 0
+    assert reference.read_reference(figure.STUDY)["command"].iloc[0] == command
     assert reference.main(["kingma2015adam", "--runs-dir", str(tmp_path / "runs")]) == 2
