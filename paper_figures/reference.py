@@ -3,7 +3,7 @@
 A paper-scale run takes hours on a CPU, so its summary (a few rows per configuration) is committed under
 ``paper_figures/reference/<study>.csv`` and every report shows it beside the paper's numbers and the scale that was
 just run. Each table carries its provenance in columns: the command that produced the runs, valley's and torch's
-versions, the device, the number of finished runs and the date.
+versions, the device, the number of finished runs, their summed compute seconds and the date.
 
 Regenerate one after ``valley study guan_xgrad --paper`` with::
 
@@ -16,6 +16,7 @@ import argparse
 import datetime
 import importlib
 import json
+import math
 import os
 import sys
 from importlib import metadata
@@ -29,7 +30,7 @@ from landscape.files import atomic_write
 #: Where the committed reference tables live.
 REFERENCE_DIR = Path(__file__).parent / "reference"
 #: Provenance columns every reference table carries.
-PROVENANCE = ("scale", "command", "valley_version", "torch_version", "device", "runs", "date")
+PROVENANCE = ("scale", "command", "valley_version", "torch_version", "device", "runs", "run_seconds", "date")
 
 
 def reference_path(study: str) -> Path:
@@ -72,14 +73,18 @@ def reference_note(study: str, reference: pd.DataFrame | None) -> str:
         )
     first = reference.iloc[0]
     return (
-        f"Paper-scale reference: {first['runs']} runs of `{first['command']}` on {first['device']}, valley "
+        f"Paper-scale reference: {first['runs']} runs of `{first['command']}` on {first['device']} "
+        f"({first['run_seconds'] / 3600:.1f} h of runs), valley "
         f"{first['valley_version']}, torch {first['torch_version']}, {first['date']} "
         f"(paper_figures/reference/{study}.csv)."
     )
 
 
-def with_provenance(table: pd.DataFrame, frame: pd.DataFrame, command: str, scale: str, device: str) -> pd.DataFrame:
-    """``table`` with the provenance columns: ``command``, ``scale``, ``device``, versions, finished runs, date."""
+def with_provenance(
+    table: pd.DataFrame, frame: pd.DataFrame, command: str, scale: str, runs: tuple[str, float]
+) -> pd.DataFrame:
+    """``table`` with the provenance columns: command, scale, versions, device, finished runs, their time, date."""
+    device, seconds = runs
     return table.assign(
         scale=scale,
         command=command,
@@ -87,16 +92,23 @@ def with_provenance(table: pd.DataFrame, frame: pd.DataFrame, command: str, scal
         torch_version=torch.__version__,
         device=device,
         runs=int(frame["run"].nunique()),
+        run_seconds=round(seconds),
         date=datetime.date.today().isoformat(),
     )
 
 
-def run_devices(root: str | os.PathLike, study: str) -> str:
-    """The devices recorded in the run folders of ``study`` under ``root`` (their ``meta.json``), comma-separated."""
-    devices = set()
-    for meta in Path(root, study).glob("*/meta.json"):
-        devices.add(str(json.loads(meta.read_text()).get("device", "unknown")))
-    return ",".join(sorted(devices)) or "unknown"
+def run_records(root: str | os.PathLike, study: str, runs: set[str]) -> tuple[str, float]:
+    """The devices (comma-separated) and the summed seconds recorded in the ``meta.json`` of the given run folders.
+
+    A run folder without its record counts as device ``unknown`` and makes the sum NaN.
+    """
+    devices, seconds = set(), 0.0
+    for run in sorted(runs):
+        path = Path(root, study, run, "meta.json")
+        meta = json.loads(path.read_text()) if path.is_file() else {}
+        devices.add(str(meta.get("environment", {}).get("device", "unknown")))
+        seconds += float(meta.get("seconds", math.nan))
+    return ",".join(sorted(devices)) or "unknown", seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     frame = figure.load_data(args.runs_dir, "paper")
     command = args.command or f"valley study {args.study} --paper"
-    device = run_devices(args.runs_dir, args.study)
-    table = with_provenance(figure.paper_comparison(frame), frame, command, "paper", device)
+    records = run_records(args.runs_dir, args.study, set(frame["run"]))
+    table = with_provenance(figure.paper_comparison(frame), frame, command, "paper", records)
     path = atomic_write(reference_path(args.study), table.to_csv(index=False))
     print(f"{path}: {len(table)} rows from {table['runs'].iloc[0]} runs")
     return 0

@@ -126,3 +126,5 @@ def test_batch_verdict_checks_keskars_claim_per_seed():
     assert figure.batch_verdict(sb, pd.Series([3.0, 5.0])) == "agrees in the mean; seeds overlap"
     assert figure.batch_verdict(sb, pd.Series([1.0, 3.0])) == "contradicts: LB not larger"
     assert figure.batch_verdict(sb, pd.Series([np.nan, 3.0])) == "not computable (NaN)"
+    assert figure.batch_verdict(pd.Series([2.0]), pd.Series([3.0])) == "agrees (one seed)"
+    assert figure.batch_verdict(pd.Series([2.0]), pd.Series([1.0])) == "contradicts: LB not larger (one seed)"

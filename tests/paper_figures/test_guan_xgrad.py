@@ -91,13 +91,15 @@ def test_reference_table_is_written_with_provenance(tmp_path, monkeypatch):
     runs.mkdir(parents=True)
     frame = _synthetic_frame().assign(dataset="fashion_mnist", epochs=3)
     frame.to_csv(runs / "paper.csv", index=False)
-    (runs / "abc").mkdir()
-    (runs / "abc" / "meta.json").write_text('{"device": "cpu"}')
+    for run in frame["run"].unique():
+        (runs / run).mkdir()
+        (runs / run / "meta.json").write_text('{"environment": {"device": "cpu"}, "seconds": 100.0}')
     monkeypatch.setattr(reference, "REFERENCE_DIR", tmp_path / "reference")
     assert reference.main([figure.STUDY, "--runs-dir", str(tmp_path / "runs")]) == 0
     table = reference.read_reference(figure.STUDY)
     assert set(reference.PROVENANCE) <= set(table.columns)
     assert table["runs"].iloc[0] == 8 and table["device"].iloc[0] == "cpu" and table["scale"].iloc[0] == "paper"
+    assert table["run_seconds"].iloc[0] == 800
     assert table.set_index("base").loc["Adam", "gain (points)"] == pytest.approx(0.75)
     command = "torchrun --nproc-per-node 2 -m studies.cli study guan_xgrad --paper"
     assert reference.main([figure.STUDY, "--runs-dir", str(tmp_path / "runs"), "--command", command]) == 0
