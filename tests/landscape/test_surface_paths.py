@@ -12,6 +12,8 @@ from landscape.directions import random_direction
 from landscape.surfaces import make_grid, surface_2d
 from studies.models import ResNet
 
+WHOLE = _fast.PIECE_BYTES  # the default: the test batches are small enough to go through whole
+
 
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
@@ -42,7 +44,10 @@ def problem(make, n=24):
 
 @pytest.mark.parametrize("make", [small_cnn, resnet])
 @pytest.mark.parametrize("strategy", ["vmap", "loop", "auto"])
-def test_every_way_equals_the_reference_loop(make, strategy):
+@pytest.mark.parametrize("piece_bytes", [WHOLE, 8000])
+def test_every_way_equals_the_reference_loop(make, strategy, piece_bytes, monkeypatch):
+    """Each way, with batches whole or (``piece_bytes=8000``) cut into pieces of a few examples, equals the loop."""
+    monkeypatch.setattr(_fast, "PIECE_BYTES", piece_bytes)
     model, origin, directions, batches, coords = problem(make)
     args = (model, origin, directions, batches, cross_entropy, top1_accuracy)
     reference = LoopEvaluator(*args)(coords)
@@ -50,9 +55,14 @@ def test_every_way_equals_the_reference_loop(make, strategy):
     loss, acc = fast(coords)
     np.testing.assert_allclose(loss.numpy(), reference[0].numpy(), rtol=0, atol=2e-6)
     np.testing.assert_allclose(acc.numpy(), reference[1].numpy(), rtol=0, atol=1e-12)
-    expected = {"vmap": ("vmap+first_layer",), "loop": ("loop+channels_last",)}
+    loop = "loop+channels_last+first_layer" + ("" if piece_bytes == WHOLE else f"+pieces_of_{fast.piece}")
+    expected = {"vmap": ("vmap+first_layer",), "loop": (loop,)}
     expected["auto"] = expected["vmap"] + expected["loop"]
     assert fast.name in expected[strategy]
+    if strategy != "vmap":
+        assert (fast.piece is None) == (piece_bytes == WHOLE)
+        if fast.piece is not None:
+            assert 1 < fast.piece < 24
     if strategy == "auto":
         assert set(fast.calibration) == {"vmap", "loop"} and fast.strategy in ("vmap", "loop")
         # the way chosen is the one measured faster
@@ -62,17 +72,17 @@ def test_every_way_equals_the_reference_loop(make, strategy):
 def test_calibration_is_recorded_and_mlps_keep_vmap(monkeypatch):
     model, origin, directions, batches, _ = problem(small_cnn)
     ticks = iter([0.0, 5.0, 5.0, 6.0])
-    monkeypatch.setattr(_fast, "_clock", lambda _device: next(ticks))  # vmap 5 s, loop 1 s for 3 points
+    monkeypatch.setattr(_fast, "_clock", lambda _device: next(ticks))  # vmap 5 s, loop 1 s for 2 points
     grid = make_grid(-1, 1, 3)
     data = batches[0]
     surface = surface_2d(model, data, directions, grid, grid, progress=False)
-    assert surface.config["evaluator"] == "loop+channels_last"
-    assert surface.config["evaluator_calibration"] == pytest.approx({"vmap": 5 / 3, "loop": 1 / 3})
+    assert surface.config["evaluator"] == "loop+channels_last+first_layer"
+    assert surface.config["evaluator_calibration"] == pytest.approx({"vmap": 5 / 2, "loop": 1 / 2})
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
     x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
     flat = surface_2d(mlp, (x, y), [random_direction(mlp, seed=s) for s in (1, 2)], grid, grid, progress=False)
-    assert flat.config["evaluator"] == "vmap+first_layer" and flat.config["evaluator_calibration"] == {}
+    assert flat.config["evaluator"] == "chain+first_layer" and flat.config["evaluator_calibration"] == {}
 
 
 def test_invalid_strategy():
