@@ -10,20 +10,33 @@ receives only parameter-free transforms of the input, its output is linear in th
     = f(x; W_0, b_0) + \alpha f(x; D_1, e_1) + \beta f(x; D_2, e_2),
 
 so the three products on the right are computed once per batch (and kept across chunks up to
-``PARTS_CACHE_BYTES``), combined for all points of a chunk by one matrix product with the rows
-:math:`(1, \alpha_g, \beta_g)`, and only the rest of the network runs per point. The trick is checked against the
-plain batched call on a few examples before use. Points go through ``vmap`` a few at a time (``PASS_BYTES`` of
-first-layer output per pass, written into one reused buffer), and each point's loss and accuracy are computed outside
-``vmap`` by the same calls the loop makes.
+``PARTS_CACHE_BYTES``) and only the rest of the network runs per point. Every shortcut below is checked against the
+plain evaluation on a few examples before use, and refused when it does not agree.
 
-What pays depends on the model. Under ``vmap`` a convolution whose weights differ per point becomes a grouped
-convolution, which CPU libraries run far below the speed of one dense convolution; for such models one point per
-forward pass, with images and convolution weights in the channels-last layout (oneDNN's fast path), can be faster.
-So for a model with a parameter of three or more dimensions the evaluator times both ways on the first points it is
-given (``CALIBRATION_POINTS``, whose values it keeps from the way chosen, so nothing is computed twice by the winner)
-and goes on with the faster; :attr:`FastEvaluator.name` says which (``"vmap+first_layer"``, ``"vmap"`` or
-``"loop+channels_last"``) and :attr:`FastEvaluator.calibration` holds the measured seconds per point. Models without
-such parameters (MLPs) always take the ``vmap`` path, which wins there by far.
+Three ways of running the rest:
+
+- ``"chain+first_layer"``: when the model after its first (linear) layer is a chain of linear layers and element-wise
+  functions (traced with ``torch.fx``: each node takes the previous node's output only), activations are kept
+  examples-last, :math:`Z^{(g)} \in \mathbb{R}^{h \times B}`, and each linear layer runs for the points of a pass as
+  one ``baddbmm`` :math:`W^{(g)} Z^{(g)} + b^{(g)}` (the orientation in which BLAS libraries handle few output
+  features well), with :math:`W^{(g)} = W_0 + \sum_k c_{gk} D_k` built by one small matrix product; buffers are
+  reused across passes (fresh large allocations cost page faults on CPU). This serves MLPs.
+- ``"vmap"`` / ``"vmap+first_layer"``: ``vmap(functional_call)`` over the points of a pass (``PASS_BYTES`` of
+  first-layer output per pass, written into one reused buffer), for any other model ``vmap`` can run.
+- ``"loop+..."``: one point per forward pass by ``functional_call``, with images and 4-D weights in the channels-last
+  layout (oneDNN's fast path; a one-channel batch gets channels-last strides so that the first convolution keeps the
+  layout), the first-layer trick where it agrees, and each batch cut into pieces whose largest activation is about
+  ``PIECE_BYTES`` so activations stay in cache (only when the probe shows the model treats examples independently:
+  evaluated in pieces of two it gives the same outputs). Under ``vmap`` a convolution whose weights differ per point
+  becomes a grouped convolution, which CPU libraries run far below the speed of one dense convolution, so this way
+  can win for convolutional models.
+
+For a model with a parameter of three or more dimensions the evaluator times ``vmap`` and the loop on a sample (the
+first ``CALIBRATION_POINTS`` points on the first ``CALIBRATION_EXAMPLES`` examples of the first batch) and goes on
+with the faster; :attr:`FastEvaluator.name` says which way ran and :attr:`FastEvaluator.calibration` holds the
+measured seconds per point of the sample. Other models take the chain or ``vmap``. The default loss and accuracy of
+all points of a pass are computed in one call (:func:`stacked_scores`); other loss functions are called point by
+point.
 """
 
 from __future__ import annotations
@@ -159,9 +172,10 @@ class FastEvaluator:
         accuracy_fn: mean accuracy of a batch.
         first_layer_trick: use the first-affine-layer shortcut when it applies (default True).
         forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` (default: the model on the batch's inputs).
-        strategy: ``"auto"`` (default: time both ways on the first points for models with convolution-like
-            parameters, else ``vmap``), ``"vmap"`` or ``"loop"`` (one point per forward pass, channels-last for
-            image models).
+        strategy: ``"auto"`` (default: for models with convolution-like parameters, time ``vmap`` and the loop on
+            a sample and keep the faster; for others the layer chain or ``vmap``), ``"vmap"`` (the chain where it
+            applies, else ``vmap``) or ``"loop"`` (one point per forward pass, channels-last for image models, in
+            cache-sized pieces).
     """
 
     def __init__(
