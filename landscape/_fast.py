@@ -482,7 +482,7 @@ class FastEvaluator:
                 final = torch.empty((len(coords), *z.shape[1:]), dtype=z.dtype, device=z.device)
             if z.data_ptr() != final[i : i + step].data_ptr():
                 final[i : i + step].copy_(z)
-        return self._score(final.transpose(1, 2), batch[1].expand(len(coords), -1))
+        return self._score(final.transpose(1, 2), batch[1].expand(len(coords), *batch[1].shape))
 
     def _scratch(self, slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """A reused buffer of ``shape`` (contents undefined) for intermediate ``slot`` of the chain."""
