@@ -1,6 +1,7 @@
 """Benchmark of landscape.curvature on an MLP 784-128-10 with 1000 Gaussian samples and random labels (CPU).
 
-(a) the issue's table, as ratios measured side by side in one run (best CPU time of --repeats, interleaved):
+(a) the issue's table, as ratios measured side by side in one run (best CPU time of --product-repeats in (a1) and
+    --repeats - 1 in (a2), interleaved):
     (a1) one Hessian-vector product in gradients, float32 and float64, rebuilding the first-order graph for every
          product (graph="recompute") and keeping it (graph="reuse"), a 10-column matmat, and PyHessian's product
          (it keeps the gradient's graph) when pyhessian is installed; equality of reuse and recompute, and of reuse
@@ -28,7 +29,8 @@
 pyhessian is an optional, benchmark-only install (pip install --no-deps pyhessian); its columns say "not installed"
 without it.
 
-Usage: python benchmarks/bench_curvature.py [--threads 1] [--repeats 3] [--seeds 3] [--eigen-seeds 5] [--parts a b c]
+Usage: python benchmarks/bench_curvature.py [--threads 1] [--product-repeats 15] [--repeats 3] [--seeds 3]
+    [--eigen-seeds 5] [--parts a b c]
 """
 
 from __future__ import annotations
@@ -403,7 +405,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per trace estimator and budget in (c)")
     parser.add_argument("--eigen-seeds", type=int, default=5, help="start-vector seeds per eigen method in (b)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method in (a), best shown")
+    parser.add_argument("--repeats", type=int, default=3, help="(a2) times each method repeats - 1 times")
+    parser.add_argument(
+        "--product-repeats", type=int, default=15, help="timed products per column in (a1), interleaved, best shown"
+    )
     parser.add_argument("--hutch-seeds", type=int, default=50, help="seeds per estimator in (a3)")
     parser.add_argument(
         "--parts",
@@ -421,7 +426,7 @@ def main() -> None:
     if "a" in args.parts:
         args.parts += ["a1", "a2", "a3"]
     if "a1" in args.parts:
-        bench_products(args.repeats)
+        bench_products(args.product_repeats)
     if "a2" in args.parts:
         bench_slq(max(1, args.repeats - 1))
     if "a3" in args.parts:
