@@ -73,8 +73,9 @@ class CurvatureOperator(LinearOperator):
             rank; each keeps its shard and every application all-reduces. Every rank must make the same
             applications (estimators with the same seed do). No effect in a single process.
         mode: ``"eval"`` (default: BatchNorm running statistics, no dropout) or ``"train"`` (batch statistics,
-            dropout): the mode the model is in during every application, whatever its own mode; the estimators
-            record it in their results' config.
+            dropout): the mode the model is in during every forward pass of an application, whatever its own mode
+            (an application through kept graphs runs none and leaves the model alone); the estimators record it in
+            their results' config.
         forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` for models with their own calling convention
             (default: ``model(inputs)``, ``model(*inputs)`` or ``model(**inputs)``, see :mod:`landscape._data`).
         graph: ``"reuse"`` keep every batch's first-order graph across products, ``"recompute"`` rebuild it for every
