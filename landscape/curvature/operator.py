@@ -28,6 +28,7 @@ same policy).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import numpy as np
@@ -72,8 +73,9 @@ class CurvatureOperator(LinearOperator):
             rank; each keeps its shard and every application all-reduces. Every rank must make the same
             applications (estimators with the same seed do). No effect in a single process.
         mode: ``"eval"`` (default: BatchNorm running statistics, no dropout) or ``"train"`` (batch statistics,
-            dropout): the mode the model is in during every application, whatever its own mode; the estimators
-            record it in their results' config.
+            dropout): the mode the model is in during every forward pass of an application, whatever its own mode
+            (an application through kept graphs runs none and leaves the model alone); the estimators record it in
+            their results' config.
         forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` for models with their own calling convention
             (default: ``model(inputs)``, ``model(*inputs)`` or ``model(**inputs)``, see :mod:`landscape._data`).
         graph: ``"reuse"`` keep every batch's first-order graph across products, ``"recompute"`` rebuild it for every
@@ -161,7 +163,7 @@ class CurvatureOperator(LinearOperator):
         Args:
             vectors: ``(n, k)`` tensor of ``k`` flat vectors, in the operator's dtype and device.
         """
-        total = torch.zeros_like(vectors)
+        total = None
         keep = self.graph_mode != "recompute" and self.graph_policy != "recompute"
         for index, (batch, size) in enumerate(zip(self.batches, self.sizes, strict=True)):
             if index < len(self._graphs):
@@ -170,7 +172,11 @@ class CurvatureOperator(LinearOperator):
                 graph = self._build_graph(batch)
                 if keep:
                     keep = self._keep(graph)
-            total += size * self._graph_product(graph, vectors)
+            product = self._graph_product(graph, vectors)
+            if total is None:  # laid out as ``vectors`` (one allocation, no zero fill)
+                total = torch.mul(product, size, out=torch.empty_like(vectors))
+            else:
+                total += product.mul_(size)  # a new tensor: scaled in place
         if self.graph_mode is None:
             self.graph_mode = "reuse" if keep else "recompute"
         return total, self.num_data
@@ -205,7 +211,7 @@ class CurvatureOperator(LinearOperator):
         raise NotImplementedError
 
     def _graph_product(self, graph: Any, vectors: Tensor) -> Tensor:
-        """:math:`C_b V` for one batch's graph (from :meth:`_build_graph`), keeping the graph intact."""
+        """:math:`C_b V` for one batch's graph (from :meth:`_build_graph`), keeping the graph intact; a new tensor."""
         raise NotImplementedError
 
     def apply(self, vectors: Tensor) -> Tensor:
@@ -213,15 +219,16 @@ class CurvatureOperator(LinearOperator):
         if vectors.ndim != 2 or vectors.shape[0] != self.shape[0]:
             raise ValueError(f"vectors must have shape ({self.shape[0]}, k), got {tuple(vectors.shape)}")
         vectors = vectors.to(device=self.device, dtype=self.torch_dtype)
+        forward = len(self._graphs) < len(self.batches)  # some batch's graph is to be built: a forward pass runs
         with (
             torch.autocast(self.device.type, enabled=False),  # never mixed precision, even inside a caller's autocast
-            evaluation_mode(self.model, self.mode),
+            evaluation_mode(self.model, self.mode) if forward else nullcontext(),  # kept graphs need no mode
         ):
             total, count = self.shard_sum(vectors)
         if self.distributed:
             total, count = all_reduce_sum(total, count)
         self.applications += vectors.shape[1]
-        return total / count
+        return total.div_(count)  # total is this application's own tensor
 
     def matvec(self, x: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """Return :math:`Cx`; a torch tensor stays a torch tensor (on the operator's device), else NumPy as scipy."""
@@ -301,17 +308,17 @@ class HessianOperator(CurvatureOperator):
         return tuple((i, g) for i, g in enumerate(grads) if g.requires_grad)
 
     def _graph_product(self, graph: tuple[tuple[int, Tensor], ...], vectors: Tensor) -> Tensor:
-        result = torch.zeros_like(vectors.T)  # one contiguous row per column, returned transposed
         if not graph:
-            return result.T
+            return torch.zeros_like(vectors)
+        result = vectors.new_empty(vectors.shape[::-1])  # one contiguous row per column, returned transposed
         index, grads = zip(*graph, strict=True)
         params = list(self.params.values())
-        for column, v in enumerate(vectors.T.contiguous()):
+        for column, v in enumerate(vectors.T.contiguous()):  # no copy for one column
             parts = self.unflatten(v)
             products = torch.autograd.grad(
                 grads, params, grad_outputs=[parts[i] for i in index], retain_graph=True, materialize_grads=True
             )
-            result[column] = _flat(products)
+            torch.cat([p.reshape(-1) for p in products], out=result[column])  # straight into the row
         return result.T
 
 

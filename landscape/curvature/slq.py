@@ -88,8 +88,8 @@ def lanczos_tridiagonal(view: TorchOperator, start: torch.Tensor, steps: int) ->
     active = list(range(k))
     for j in range(steps):
         rows = torch.tensor(active, device=start.device)
-        current = basis[rows, j]  # (a, n)
-        w = view.apply(current.T.contiguous()).T  # (a, n)
+        current = basis[:, j] if len(active) == k else basis[rows, j]  # (a, n); a view while all columns run
+        w = view.apply(current.T.contiguous()).T  # (a, n); no copy for one column
         for c, alpha in zip(active, (current * w).sum(dim=1).tolist(), strict=True):
             alphas[c].append(alpha)
         if j == steps - 1:
@@ -106,7 +106,7 @@ def lanczos_tridiagonal(view: TorchOperator, start: torch.Tensor, steps: int) ->
             if beta <= 1e-10 * max(abs(a) for a in alphas[c]) or beta == 0.0:
                 continue
             betas[c].append(beta)
-            basis[c, j + 1] = w[i] / beta
+            torch.div(w[i], beta, out=basis[c, j + 1])
             still.append(c)
         active = still
         if not active:

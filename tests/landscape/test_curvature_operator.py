@@ -184,3 +184,38 @@ def test_invalid_graph_arguments():
         HessianOperator(model, loss_fn, (x, y), graph="keep")
     with pytest.raises(ValueError, match="graph_bytes"):
         HessianOperator(model, loss_fn, (x, y), graph_bytes=-1)
+
+
+@pytest.mark.parametrize("graph", ["reuse", "recompute"])
+@pytest.mark.parametrize("cls", [HessianOperator, GGNOperator])
+def test_products_leave_the_vectors_alone_and_keep_their_layout(cls, graph):
+    model, x, y = small_problem()
+    op = cls(model, loss_fn, [(x[:13], y[:13]), (x[13:], y[13:])], graph=graph)
+    v = torch.randn(op.shape[0], 3, dtype=torch.float64)
+    copy = v.clone()
+    for _ in range(2):  # the first product builds any kept graph, the second reuses it
+        result = op.matmat(v)
+        assert result.is_contiguous() and torch.equal(v, copy)
+        column = op.matvec(v[:, 2])
+        assert torch.equal(v, copy)
+        torch.testing.assert_close(column, result[:, 2], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_kept_graph_products_follow_the_operators_mode_not_the_models(mode):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Dropout(0.5), torch.nn.Linear(6, 3))
+    model = model.double().train(mode == "eval")  # the model's own mode is the other one
+    x, y = torch.randn(40, 4, dtype=torch.float64), torch.randint(0, 3, (40,))
+    op = HessianOperator(model, loss_fn, (x, y), mode=mode, graph="reuse")
+    v = torch.randn(op.shape[0], 1, dtype=torch.float64)
+    first = op.matmat(v)
+    model.train(mode == "eval")
+    torch.testing.assert_close(op.matmat(v), first, rtol=0, atol=0)  # the kept graph, dropout masks included
+    assert model.training == (mode == "eval")  # never changed
+    if mode == "eval":  # no dropout: the same as a rebuilt graph
+        rebuilt = HessianOperator(model, loss_fn, (x, y), mode="eval", graph="recompute")
+        torch.testing.assert_close(rebuilt.matmat(v), first, rtol=0, atol=0)
+    else:  # a rebuilt graph draws other dropout masks
+        rebuilt = HessianOperator(model, loss_fn, (x, y), mode="train", graph="recompute")
+        assert not torch.allclose(rebuilt.matmat(v), first)
