@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from optim._foreach import buckets
+
 
 class Projection(NamedTuple):
     """Outcome of the projection test for one tensor, and the removed part.
@@ -34,23 +36,38 @@ class Projection(NamedTuple):
         state["radial_norm"] = self.radial_norm
 
 
-def cosines(param: Tensor, grad: Tensor, *, eps: float) -> Tensor:
-    r"""Return ``[max_cosine, layer_cosine]`` of a tensor with at least two dims, on its device (no sync).
+ROW_BLOCK = 1 << 17
+"""Elements per block of rows in :func:`cosines`: the product of a block stays in cache while it is summed."""
+
+
+def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float) -> Tensor:
+    r"""``[max_cosine, layer_cosine]`` of each tensor (at least two dims; one device and dtype) as rows, no sync.
 
     With :math:`c = |\cos(g, θ)|` row-wise (rows = output channels; each norm clamped below at ε, as
     ``F.cosine_similarity``): the max over rows, and c of the whole tensor, assembled from the row sums so that it
-    costs no extra pass.
+    costs no extra pass. Each tensor is read in blocks of rows whose product :math:`g ⊙ θ` stays in cache, and
+    the per-row results of all tensors are combined at once (zero padding changes neither maxima nor sums).
     """
-    rows = param.shape[0]
-    param_rows = param.reshape(rows, -1)
-    grad_rows = grad.reshape(rows, -1)
-    dots = torch.linalg.vecdot(grad_rows, param_rows)
-    grad_norms = torch.linalg.vector_norm(grad_rows, dim=1)
-    param_norms = torch.linalg.vector_norm(param_rows, dim=1)
+    counts = [param.shape[0] for param in params]
+    widths = [param.numel() // count for param, count in zip(params, counts, strict=True)]
+    blocks = [max(1, ROW_BLOCK // width) for width in widths]
+    stats = params[0].new_zeros(3, len(params), max(counts))  # row dot, ‖g_row‖, ‖θ_row‖
+    scratch = params[0].new_empty(max(min(b, c) * w for b, c, w in zip(blocks, counts, widths, strict=True)))
+    for index, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        count, width, block = counts[index], widths[index], blocks[index]
+        param_rows, grad_rows = param.reshape(count, width), grad.reshape(count, width)
+        for start in range(0, count, block):
+            grad_block, param_block = grad_rows[start : start + block], param_rows[start : start + block]
+            out = stats[:, index, start : start + len(grad_block)]
+            product = torch.mul(grad_block, param_block, out=scratch[: grad_block.numel()].view(grad_block.shape))
+            torch.sum(product, dim=1, out=out[0])
+            torch.linalg.vector_norm(grad_block, dim=1, out=out[1])
+            torch.linalg.vector_norm(param_block, dim=1, out=out[2])
+    dots, grad_norms, param_norms = stats
     channel_cos = dots.abs() / (grad_norms.clamp(min=eps) * param_norms.clamp(min=eps))
-    layer_grad = torch.linalg.vector_norm(grad_norms).clamp(min=eps)
-    layer_param = torch.linalg.vector_norm(param_norms).clamp(min=eps)
-    return torch.stack([channel_cos.max(), dots.sum().abs() / (layer_grad * layer_param)])
+    layer_grad = torch.linalg.vector_norm(grad_norms, dim=1).clamp(min=eps)
+    layer_param = torch.linalg.vector_norm(param_norms, dim=1).clamp(min=eps)
+    return torch.stack([channel_cos.amax(dim=1), dots.sum(dim=1).abs() / (layer_grad * layer_param)], dim=1)
 
 
 def decide(param: Tensor, max_cosine: float, layer_cosine: float, *, delta: float, wd_ratio: float) -> Projection:
@@ -67,16 +84,22 @@ def radial_views(
 ) -> list[Projection]:
     """Decide which view of each parameter looks scale invariant for its gradient (no projection done yet).
 
-    Tensors with fewer than two dims are never projected; the cosines of all others are read back to the host
-    in one transfer (see :func:`cosines` and :func:`decide`).
+    Tensors with fewer than two dims are never projected; the cosines of all others are computed per device and
+    dtype (:func:`cosines`) and read back to the host in one transfer (see :func:`decide`).
     """
-    measured = [param.dim() >= 2 for param in params]
-    values = [cosines(p, g, eps=eps) for p, g, m in zip(params, grads, measured, strict=True) if m]
-    stacked = torch.stack([v.to(values[0].device, torch.float64) for v in values]) if values else None
-    read = iter([] if stacked is None else stacked.tolist())
+    measured = [index for index, param in enumerate(params) if param.dim() >= 2]
+    parts = buckets([[params[i] for i in measured], [grads[i] for i in measured], measured])
+    found: dict[int, list[float]] = {}
+    if parts:
+        values = [cosines(params_, grads_, eps=eps) for _, (params_, grads_, _) in parts]
+        device = values[0].device
+        read = torch.cat([v.to(device, torch.float64) for v in values]).tolist()
+        found = dict(zip([i for _, (_, _, indices) in parts for i in indices], read, strict=True))
     return [
-        decide(p, *next(read), delta=delta, wd_ratio=wd_ratio) if m else Projection("none", math.nan, math.nan, 1.0)
-        for p, m in zip(params, measured, strict=True)
+        decide(param, *found[index], delta=delta, wd_ratio=wd_ratio)
+        if index in found
+        else Projection("none", math.nan, math.nan, 1.0)
+        for index, param in enumerate(params)
     ]
 
 
