@@ -40,6 +40,7 @@ ROW_BLOCK = 1 << 17
 """Elements per block of rows in :func:`cosines`: the product of a block stays in cache while it is summed."""
 
 
+@torch.no_grad()
 def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float) -> Tensor:
     r"""``[max_cosine, layer_cosine]`` of each tensor (at least two dims; one device and dtype) as rows, no sync.
 
