@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from optim._foreach import buckets
+from optim._foreach import Workspace, buckets
 
 
 class Projection(NamedTuple):
@@ -36,34 +36,24 @@ class Projection(NamedTuple):
         state["radial_norm"] = self.radial_norm
 
 
-ROW_BLOCK = 1 << 17
-"""Elements per block of rows in :func:`cosines`: the product of a block stays in cache while it is summed."""
-
-
 @torch.no_grad()
-def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float) -> Tensor:
+def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float, work: Workspace | None = None) -> Tensor:
     r"""``[max_cosine, layer_cosine]`` of each tensor (at least two dims; one device and dtype) as rows, no sync.
 
     With :math:`c = |\cos(g, θ)|` row-wise (rows = output channels; each norm clamped below at ε, as
     ``F.cosine_similarity``): the max over rows, and c of the whole tensor, assembled from the row sums so that it
-    costs no extra pass. Each tensor is read in blocks of rows whose product :math:`g ⊙ θ` stays in cache, and
+    costs no extra pass. The product :math:`g ⊙ θ` goes into one buffer of ``work`` reused for every tensor, and
     the per-row results of all tensors are combined at once (zero padding changes neither maxima nor sums).
     """
     counts = [param.shape[0] for param in params]
-    widths = [param.numel() // count for param, count in zip(params, counts, strict=True)]
-    blocks = [max(1, ROW_BLOCK // width) for width in widths]
     stats = params[0].new_zeros(3, len(params), max(counts))  # row dot, ‖g_row‖, ‖θ_row‖
-    scratch = params[0].new_empty(max(min(b, c) * w for b, c, w in zip(blocks, counts, widths, strict=True)))
-    for index, (param, grad) in enumerate(zip(params, grads, strict=True)):
-        count, width, block = counts[index], widths[index], blocks[index]
-        param_rows, grad_rows = param.reshape(count, width), grad.reshape(count, width)
-        for start in range(0, count, block):
-            grad_block, param_block = grad_rows[start : start + block], param_rows[start : start + block]
-            out = stats[:, index, start : start + len(grad_block)]
-            product = torch.mul(grad_block, param_block, out=scratch[: grad_block.numel()].view(grad_block.shape))
-            torch.sum(product, dim=1, out=out[0])
-            torch.linalg.vector_norm(grad_block, dim=1, out=out[1])
-            torch.linalg.vector_norm(param_block, dim=1, out=out[2])
+    scratch = (work or Workspace()).flat(params[0], max(param.numel() for param in params))
+    for index, (param, grad, count) in enumerate(zip(params, grads, counts, strict=True)):
+        param_rows, grad_rows = param.reshape(count, -1), grad.reshape(count, -1)
+        product = torch.mul(grad_rows, param_rows, out=scratch[: param.numel()].view(grad_rows.shape))
+        torch.sum(product, dim=1, out=stats[0, index, :count])
+        torch.linalg.vector_norm(grad_rows, dim=1, out=stats[1, index, :count])
+        torch.linalg.vector_norm(param_rows, dim=1, out=stats[2, index, :count])
     dots, grad_norms, param_norms = stats
     channel_cos = dots.abs() / (grad_norms.clamp(min=eps) * param_norms.clamp(min=eps))
     layer_grad = torch.linalg.vector_norm(grad_norms, dim=1).clamp(min=eps)
@@ -81,7 +71,13 @@ def decide(param: Tensor, max_cosine: float, layer_cosine: float, *, delta: floa
 
 
 def radial_views(
-    params: list[Tensor], grads: list[Tensor], *, delta: float, wd_ratio: float, eps: float
+    params: list[Tensor],
+    grads: list[Tensor],
+    *,
+    delta: float,
+    wd_ratio: float,
+    eps: float,
+    work: Workspace | None = None,
 ) -> list[Projection]:
     """Decide which view of each parameter looks scale invariant for its gradient (no projection done yet).
 
@@ -92,7 +88,7 @@ def radial_views(
     parts = buckets([[params[i] for i in measured], [grads[i] for i in measured], measured])
     found: dict[int, list[float]] = {}
     if parts:
-        values = [cosines(params_, grads_, eps=eps) for _, (params_, grads_, _) in parts]
+        values = [cosines(params_, grads_, eps=eps, work=work) for _, (params_, grads_, _) in parts]
         device = values[0].device
         read = torch.cat([v.to(device, torch.float64) for v in values]).tolist()
         found = dict(zip([i for _, (_, _, indices) in parts for i in indices], read, strict=True))
@@ -104,9 +100,11 @@ def radial_views(
     ]
 
 
-def radial_view(param: Tensor, grad: Tensor, *, delta: float, wd_ratio: float, eps: float) -> Projection:
+def radial_view(
+    param: Tensor, grad: Tensor, *, delta: float, wd_ratio: float, eps: float, work: Workspace | None = None
+) -> Projection:
     """:func:`radial_views` of one tensor."""
-    return radial_views([param], [grad], delta=delta, wd_ratio=wd_ratio, eps=eps)[0]
+    return radial_views([param], [grad], delta=delta, wd_ratio=wd_ratio, eps=eps, work=work)[0]
 
 
 def remove_radial(param: Tensor, update: Tensor, view: str, *, eps: float) -> Tensor:

@@ -18,7 +18,7 @@ from optim._checks import (
     check_unit_interval,
     evaluate,
 )
-from optim._foreach import Workspace, buckets, fused_sgd, pick, workspace, written
+from optim._foreach import Workspace, buckets, pick, workspace, written
 
 __all__ = ["Expectigrad", "expectigrad", "expectigrad_foreach"]
 
@@ -79,10 +79,9 @@ def expectigrad_foreach(
     eps: float,
     work: Workspace | None = None,
 ) -> None:
-    r""":func:`expectigrad` on lists of tensors: one bucket per device, dtype, step count and kind of state.
+    """:func:`expectigrad` on lists of tensors: one bucket per device, dtype, step count and kind of state.
 
-    With momentum (float32/float64) the last two lines run as torch's fused momentum-SGD kernel: with momentum
-    and dampening β, :math:`m ← βm + (1-β)u,\ θ ← θ - γ/(1-β^t)\,m` in one pass.
+    ``work`` keeps one buffer per tensor between steps, as in :func:`expectigrad`.
     """
     work = work or Workspace()
     keys = [(step, c is None, m is None) for step, c, m in zip(steps, counters, exp_avgs, strict=True)]
@@ -104,9 +103,7 @@ def expectigrad_foreach(
             updates = [update.to(params_[0].dtype) for update in updates]
         if plain:
             torch._foreach_add_(params_, updates, alpha=-lr)
-        elif not fused_sgd(
-            params_, updates, exp_avgs_, lr=lr / (1 - beta**step), momentum=beta, dampening=beta, nesterov=False
-        ):
+        else:
             torch._foreach_lerp_(exp_avgs_, updates, 1 - beta)
             torch._foreach_add_(params_, exp_avgs_, alpha=-lr / (1 - beta**step))
 
