@@ -98,6 +98,7 @@ def adamp_foreach(
     All projection tests are read back in one transfer; the removal of the radial part is per tensor (it needs
     each tensor's row norms), and so is the norm of the removed part, read back in one transfer at the end.
     Where nothing is projected (and no Nesterov) the step is AdamW's: torch's fused Adam kernel where it runs.
+    ``work`` keeps the buffer of the projection test (:func:`optim._projection.cosines`) between steps.
     """
     projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps, work=work)
     keys = [(step, projection.view) for step, projection in zip(steps, projections, strict=True)]

@@ -80,6 +80,7 @@ def sgdp_foreach(
     """:func:`sgdp` on lists of tensors: one bucket per device, dtype and projected view (see :func:`adamp_foreach`).
 
     Where nothing is projected the step is momentum SGD's: torch's fused SGD kernel where it runs.
+    ``work`` keeps the buffer of the projection test (:func:`optim._projection.cosines`) between steps.
     """
     projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps, work=work)
     keys = [projection.view for projection in projections]
