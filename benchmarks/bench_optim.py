@@ -17,7 +17,7 @@ Part 3: a small CNN's full training step with and without XGrad around the same 
 Timing: wall time, 2 intra-op threads, every case once per round in rotating order, best of the rounds (machine
 noise only ever adds time). Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE`` unless set):
 on a machine shared with other processes a spinning thread makes two-thread runs stall several-fold.
-Run: ``python benchmarks/bench_optim.py [rounds]``.
+Run: ``python benchmarks/bench_optim.py [rounds] [parts]``, e.g. ``5 12`` for parts 1 and 2 only (default all).
 """
 
 from __future__ import annotations
@@ -265,12 +265,18 @@ def bench_xgrad(steps=20, rounds=5):
 
 if __name__ == "__main__":
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+    parts = sys.argv[2] if len(sys.argv) > 2 else "123"
+    if not parts or set(parts) - set("123"):
+        sys.exit(f"bench_optim: parts must be digits among 1, 2, 3 (got {parts!r})")
     torch.set_num_threads(2)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, wall time, best of {rounds} rounds")
     print(f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average at start: {load}")
-    bench_steps(rounds)
-    bench_sam(rounds)
+    if "1" in parts:
+        bench_steps(rounds)
+    if "2" in parts:
+        bench_sam(rounds)
     print(f"load average at the end of parts 1-2: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    torch.set_num_threads(1)  # XGrad's overhead: single-thread CPU time, robust to other processes
-    bench_xgrad()
+    if "3" in parts:
+        torch.set_num_threads(1)  # XGrad's overhead: single-thread CPU time, robust to other processes
+        bench_xgrad()

@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
+from torch.optim import Optimizer
 from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
+from torch.utils.weak import WeakIdKeyDictionary
 
 Kernel = TypeVar("Kernel", bound=Callable[..., Any])
 
@@ -91,6 +93,69 @@ def batches(lists: Sequence[Sequence[Any]], foreach: bool) -> list[list[list[Any
     if foreach:
         return [bucket for _, bucket in buckets(lists)]
     return [[[values[index]] for values in lists] for index in range(len(lists[0]))]
+
+
+class Workspace:
+    """Work tensors shaped like the parameters, kept from one step to the next (not part of any optimizer state).
+
+    A chain of multi-tensor ops needs temporaries as large as the parameters. Allocated afresh every step on CPU,
+    they cost several times the arithmetic: memory that large is mapped and zeroed by the system on each
+    allocation. A workspace keeps one buffer per CPU tensor instead; on other devices it keeps nothing (torch's
+    caching allocator already reuses memory there) and the kernels take their multi-tensor ops' fresh results.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._flat: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def flat(self, like: Tensor, numel: int) -> Tensor:
+        """A contiguous 1-d buffer of ``numel`` elements on ``like``'s device and dtype (one kept per pair, grown)."""
+        key = (like.device, like.dtype)
+        buffer = self._flat.get(key)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self._flat[key] = like.new_empty(numel)
+        return buffer[:numel]
+
+    def like(self, tensors: Sequence[Tensor], dtype: torch.dtype | None = None) -> list[Tensor] | None:
+        """One uninitialised buffer per tensor, same shape and device (``dtype`` if given); ``None`` off CPU."""
+        if not tensors or tensors[0].device.type != "cpu":
+            return None
+        found = []
+        for tensor in tensors:
+            buffer = self._buffers.get(tensor)
+            if buffer is None or buffer.shape != tensor.shape or buffer.dtype != (dtype or tensor.dtype):
+                buffer = torch.empty_like(tensor, dtype=dtype, memory_format=torch.preserve_format)
+                self._buffers[tensor] = buffer
+            found.append(buffer)
+        return found
+
+
+def workspace(optimizer: Optimizer) -> Workspace:
+    """The :class:`Workspace` of ``optimizer``, made on first use (it is not saved with the optimizer)."""
+    found = optimizer.__dict__.get("_workspace")
+    if found is None:
+        found = optimizer.__dict__["_workspace"] = Workspace()
+    return found
+
+
+def written(
+    work: list[Tensor] | None,
+    foreach_op: Callable[..., list[Tensor]],
+    op: Callable[..., Tensor],
+    *lists: Any,
+    **kwargs: Any,
+) -> list[Tensor]:
+    """``op`` applied element-wise to parallel lists (tensors or scalars), its results written into ``work``.
+
+    On CPU (``work`` given) each result goes into its buffer in one pass (``op(..., out=buffer)``; a buffer may
+    also be an operand). Without ``work`` the multi-tensor ``foreach_op`` returns fresh tensors.
+    """
+    if work is None:
+        return foreach_op(*lists, **kwargs)
+    columns = [values if isinstance(values, (list, tuple)) else [values] * len(work) for values in lists]
+    for buffer, *operands in zip(work, *columns, strict=True):
+        op(*operands, out=buffer, **kwargs)
+    return work
 
 
 def fusable(tensors: Sequence[Tensor]) -> bool:

@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from optim._foreach import Workspace, buckets
+
 
 class Projection(NamedTuple):
     """Outcome of the projection test for one tensor, and the removed part.
@@ -34,23 +36,29 @@ class Projection(NamedTuple):
         state["radial_norm"] = self.radial_norm
 
 
-def cosines(param: Tensor, grad: Tensor, *, eps: float) -> Tensor:
-    r"""Return ``[max_cosine, layer_cosine]`` of a tensor with at least two dims, on its device (no sync).
+@torch.no_grad()
+def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float, work: Workspace | None = None) -> Tensor:
+    r"""``[max_cosine, layer_cosine]`` of each tensor (at least two dims; one device and dtype) as rows, no sync.
 
     With :math:`c = |\cos(g, θ)|` row-wise (rows = output channels; each norm clamped below at ε, as
     ``F.cosine_similarity``): the max over rows, and c of the whole tensor, assembled from the row sums so that it
-    costs no extra pass.
+    costs no extra pass. The product :math:`g ⊙ θ` goes into one buffer of ``work`` reused for every tensor, and
+    the per-row results of all tensors are combined at once (zero padding changes neither maxima nor sums).
     """
-    rows = param.shape[0]
-    param_rows = param.reshape(rows, -1)
-    grad_rows = grad.reshape(rows, -1)
-    dots = torch.linalg.vecdot(grad_rows, param_rows)
-    grad_norms = torch.linalg.vector_norm(grad_rows, dim=1)
-    param_norms = torch.linalg.vector_norm(param_rows, dim=1)
+    counts = [param.shape[0] for param in params]
+    stats = params[0].new_zeros(3, len(params), max(counts))  # row dot, ‖g_row‖, ‖θ_row‖
+    scratch = (work or Workspace()).flat(params[0], max(param.numel() for param in params))
+    for index, (param, grad, count) in enumerate(zip(params, grads, counts, strict=True)):
+        param_rows, grad_rows = param.reshape(count, -1), grad.reshape(count, -1)
+        product = torch.mul(grad_rows, param_rows, out=scratch[: param.numel()].view(grad_rows.shape))
+        torch.sum(product, dim=1, out=stats[0, index, :count])
+        torch.linalg.vector_norm(grad_rows, dim=1, out=stats[1, index, :count])
+        torch.linalg.vector_norm(param_rows, dim=1, out=stats[2, index, :count])
+    dots, grad_norms, param_norms = stats
     channel_cos = dots.abs() / (grad_norms.clamp(min=eps) * param_norms.clamp(min=eps))
-    layer_grad = torch.linalg.vector_norm(grad_norms).clamp(min=eps)
-    layer_param = torch.linalg.vector_norm(param_norms).clamp(min=eps)
-    return torch.stack([channel_cos.max(), dots.sum().abs() / (layer_grad * layer_param)])
+    layer_grad = torch.linalg.vector_norm(grad_norms, dim=1).clamp(min=eps)
+    layer_param = torch.linalg.vector_norm(param_norms, dim=1).clamp(min=eps)
+    return torch.stack([channel_cos.amax(dim=1), dots.sum(dim=1).abs() / (layer_grad * layer_param)], dim=1)
 
 
 def decide(param: Tensor, max_cosine: float, layer_cosine: float, *, delta: float, wd_ratio: float) -> Projection:
@@ -63,26 +71,40 @@ def decide(param: Tensor, max_cosine: float, layer_cosine: float, *, delta: floa
 
 
 def radial_views(
-    params: list[Tensor], grads: list[Tensor], *, delta: float, wd_ratio: float, eps: float
+    params: list[Tensor],
+    grads: list[Tensor],
+    *,
+    delta: float,
+    wd_ratio: float,
+    eps: float,
+    work: Workspace | None = None,
 ) -> list[Projection]:
     """Decide which view of each parameter looks scale invariant for its gradient (no projection done yet).
 
-    Tensors with fewer than two dims are never projected; the cosines of all others are read back to the host
-    in one transfer (see :func:`cosines` and :func:`decide`).
+    Tensors with fewer than two dims are never projected; the cosines of all others are computed per device and
+    dtype (:func:`cosines`) and read back to the host in one transfer (see :func:`decide`).
     """
-    measured = [param.dim() >= 2 for param in params]
-    values = [cosines(p, g, eps=eps) for p, g, m in zip(params, grads, measured, strict=True) if m]
-    stacked = torch.stack([v.to(values[0].device, torch.float64) for v in values]) if values else None
-    read = iter([] if stacked is None else stacked.tolist())
+    measured = [index for index, param in enumerate(params) if param.dim() >= 2]
+    parts = buckets([[params[i] for i in measured], [grads[i] for i in measured], measured])
+    found: dict[int, list[float]] = {}
+    if parts:
+        values = [cosines(params_, grads_, eps=eps, work=work) for _, (params_, grads_, _) in parts]
+        device = values[0].device
+        read = torch.cat([v.to(device, torch.float64) for v in values]).tolist()
+        found = dict(zip([i for _, (_, _, indices) in parts for i in indices], read, strict=True))
     return [
-        decide(p, *next(read), delta=delta, wd_ratio=wd_ratio) if m else Projection("none", math.nan, math.nan, 1.0)
-        for p, m in zip(params, measured, strict=True)
+        decide(param, *found[index], delta=delta, wd_ratio=wd_ratio)
+        if index in found
+        else Projection("none", math.nan, math.nan, 1.0)
+        for index, param in enumerate(params)
     ]
 
 
-def radial_view(param: Tensor, grad: Tensor, *, delta: float, wd_ratio: float, eps: float) -> Projection:
+def radial_view(
+    param: Tensor, grad: Tensor, *, delta: float, wd_ratio: float, eps: float, work: Workspace | None = None
+) -> Projection:
     """:func:`radial_views` of one tensor."""
-    return radial_views([param], [grad], delta=delta, wd_ratio=wd_ratio, eps=eps)[0]
+    return radial_views([param], [grad], delta=delta, wd_ratio=wd_ratio, eps=eps, work=work)[0]
 
 
 def remove_radial(param: Tensor, update: Tensor, view: str, *, eps: float) -> Tensor:

@@ -18,7 +18,7 @@ from optim._checks import (
     check_unit_interval,
     evaluate,
 )
-from optim._foreach import buckets, pick
+from optim._foreach import Workspace, buckets, pick, workspace, written
 
 __all__ = ["Expectigrad", "expectigrad", "expectigrad_foreach"]
 
@@ -34,22 +34,28 @@ def expectigrad(
     lr: float,
     beta: float,
     eps: float,
+    work: Workspace | None = None,
 ) -> None:
-    """Apply one Expectigrad update in place (``steps`` incremented; a ``None`` counter means n = t)."""
+    """Apply one Expectigrad update in place (``steps`` incremented; a ``None`` counter means n = t).
+
+    ``work`` keeps one buffer per tensor between steps (it holds 1[g ≠ 0], s / n, √(s/n) + ε and u in turn).
+    """
+    work = work or Workspace()
     for param, grad, sum_sq, counter, exp_avg, step in zip(
         params, grads, sum_sqs, counters, exp_avgs, steps, strict=True
     ):
         sum_sq.addcmul_(grad, grad)
-        work = torch.empty_like(sum_sq if counter is None else counter)  # one scratch buffer per tensor
+        buffers = work.like([param], dtype=sum_sq.dtype if counter is None else counter.dtype)
+        buffer = torch.empty_like(sum_sq if counter is None else counter) if buffers is None else buffers[0]
         if counter is None:
-            mean_sq = torch.div(sum_sq, step, out=work)
+            mean_sq = torch.div(sum_sq, step, out=buffer)
         else:
             # a NaN gradient counts (NaN != 0), so it propagates instead of vanishing. The comparison is
             # written into a float buffer: adding a bool tensor to a float one is several times slower.
-            counter.add_(torch.ne(grad, 0, out=work))
+            counter.add_(torch.ne(grad, 0, out=buffer))
             # The counter starts at the smallest normal float instead of 0: where n = 0, s = 0 and s / tiny = 0
             # is the 0/0 := 0 rule; where n ≥ 1, n + tiny rounds to n exactly. No clamp pass is needed.
-            mean_sq = torch.div(sum_sq, counter, out=work)
+            mean_sq = torch.div(sum_sq, counter, out=buffer)
         update = torch.div(grad, mean_sq.sqrt_().add_(eps), out=mean_sq)
         if update.dtype != param.dtype:  # low-precision parameters keep a float32 counter
             update = update.to(param.dtype)
@@ -71,25 +77,28 @@ def expectigrad_foreach(
     lr: float,
     beta: float,
     eps: float,
+    work: Workspace | None = None,
 ) -> None:
-    """:func:`expectigrad` on lists of tensors: one bucket per device, dtype, step count and kind of state."""
+    """:func:`expectigrad` on lists of tensors: one bucket per device, dtype, step count and kind of state.
+
+    ``work`` keeps one buffer per tensor between steps, as in :func:`expectigrad`.
+    """
+    work = work or Workspace()
     keys = [(step, c is None, m is None) for step, c, m in zip(steps, counters, exp_avgs, strict=True)]
     columns = [params, grads, sum_sqs, counters, exp_avgs]
     for (step, dense, plain), (params_, grads_, sum_sqs_, counters_, exp_avgs_) in buckets(columns, keys):
         torch._foreach_addcmul_(sum_sqs_, grads_, grads_)
+        buffers = work.like(params_, dtype=sum_sqs_[0].dtype if dense else counters_[0].dtype)
         if dense:
-            updates = torch._foreach_div(sum_sqs_, step)
+            updates = written(buffers, torch._foreach_div, torch.div, sum_sqs_, step)
         else:
-            # torch has no multi-tensor comparison, so 1[g ≠ 0] is taken per tensor (as in expectigrad()); its
-            # buffers then hold s / n, √(s/n) + ε and the update in turn: no fresh memory after the first
-            updates = [torch.ne(g, 0, out=torch.empty_like(c)) for g, c in zip(grads_, counters_, strict=True)]
-            torch._foreach_add_(counters_, updates)
-            torch._foreach_copy_(updates, sum_sqs_)
-            torch._foreach_div_(updates, counters_)
+            # torch has no multi-tensor comparison, so 1[g ≠ 0] is taken per tensor (as in expectigrad())
+            flags = buffers or [torch.empty_like(c) for c in counters_]
+            torch._foreach_add_(counters_, [torch.ne(g, 0, out=f) for g, f in zip(grads_, flags, strict=True)])
+            updates = written(buffers, torch._foreach_div, torch.div, sum_sqs_, counters_)
         torch._foreach_sqrt_(updates)
         torch._foreach_add_(updates, eps)
-        torch._foreach_reciprocal_(updates)  # g · (1/(√a + ε)): equal to g/(√a + ε) to rounding, in place
-        torch._foreach_mul_(updates, grads_)
+        updates = written(buffers, torch._foreach_div, torch.div, grads_, updates)
         if updates[0].dtype != params_[0].dtype:  # low-precision parameters keep a float32 counter
             updates = [update.to(params_[0].dtype) for update in updates]
         if plain:
@@ -197,5 +206,6 @@ class Expectigrad(Checked):
                 lr=group["lr"],
                 beta=group["beta"],
                 eps=group["eps"],
+                work=workspace(self),
             )
         return loss

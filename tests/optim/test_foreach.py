@@ -98,6 +98,8 @@ VARIANTS = [
     ("sgdp", {"weight_decay": 0.1, "nesterov": True}),
     ("adabelief", {"weight_decay": 0.1}),
     ("adabelief", {"weight_decay": 0.1, "decoupled": False, "rectify": True}),
+    ("adabelief", {"weight_decay": 0.1, "eps": 1e-2}),  # ε inside s and in the denominator shows at 1e-12
+    ("adabelief", {"eps": 1e-2, "rectify": True, "betas": (0.6, 0.9)}),
     ("adam3", {"weight_decay": 0.1}),
     ("adam3", {"weight_decay": 0.1, "decoupled": False}),
     ("expectigrad", {"beta": 0.0}),
