@@ -100,6 +100,8 @@ VARIANTS = [
     ("adabelief", {"weight_decay": 0.1, "decoupled": False, "rectify": True}),
     ("adabelief", {"weight_decay": 0.1, "eps": 1e-2}),  # ε inside s and in the denominator shows at 1e-12
     ("adabelief", {"eps": 1e-2, "rectify": True, "betas": (0.6, 0.9)}),
+    ("adabelief", {"eps": 1e-2, "betas": (1e-8, 0.9)}),  # below FUSED_MIN_BETA1: the plain chain
+    ("adabelief", {"eps": 1e-2, "betas": (0.9, 0.0)}),  # β₂ = 0: s holds the last squared residual
     ("adam3", {"weight_decay": 0.1}),
     ("adam3", {"weight_decay": 0.1, "decoupled": False}),
     ("expectigrad", {"beta": 0.0}),
