@@ -417,7 +417,16 @@ def test_ctrl_c_keeps_the_finished_chunks(checkpoint, tmp_path):
     argv = surface(checkpoint, out, "--resolution", "60", "--chunk-size", "1", "--cache-dir", cache)
     argv[argv.index("--samples") + 1] = "1000"
     command = [sys.executable, "-m", "studies.cli", *map(str, argv)]
-    process = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A child inherits an ignored SIGINT (pytest-xdist workers ignore it), and Python then installs no handler:
+    # restore the default so that the child sees Ctrl-C as a user's shell delivers it.
+    process = subprocess.Popen(
+        command,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not list(cache.glob("*/chunk_*")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
