@@ -118,11 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default=os.environ.get("VALLEY_RUNS", "runs"))
     parser.add_argument("--command", help="the command that made the runs (default: valley study STUDY --paper)")
     args = parser.parse_args(argv)
-    figure = importlib.import_module(f"paper_figures.{args.study}")
+    try:
+        figure = importlib.import_module(f"paper_figures.{args.study}")
+    except ModuleNotFoundError:
+        print(f"error: no figure script paper_figures/{args.study}.py", file=sys.stderr)
+        return 2
     if not hasattr(figure, "paper_comparison"):
         print(f"error: paper_figures.{args.study} defines no paper_comparison", file=sys.stderr)
         return 2
-    frame = figure.load_data(args.runs_dir, "paper")
+    try:
+        frame = figure.load_data(args.runs_dir, "paper")
+    except (OSError, ValueError) as error:
+        print(f"error: cannot read the paper-scale results of {args.study}: {error}", file=sys.stderr)
+        return 2
     command = args.command or f"valley study {args.study} --paper"
     records = run_records(args.runs_dir, args.study, set(frame["run"]))
     table = with_provenance(figure.paper_comparison(frame), frame, command, "paper", records)

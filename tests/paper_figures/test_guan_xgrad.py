@@ -105,3 +105,5 @@ def test_reference_table_is_written_with_provenance(tmp_path, monkeypatch):
     assert reference.main([figure.STUDY, "--runs-dir", str(tmp_path / "runs"), "--command", command]) == 0
     assert reference.read_reference(figure.STUDY)["command"].iloc[0] == command
     assert reference.main(["kingma2015adam", "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert reference.main(["no_such_study", "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert reference.main([figure.STUDY, "--runs-dir", str(tmp_path / "absent")]) == 2
