@@ -7,9 +7,9 @@
      first-layer products (2 * 3 * N * 128 FLOPs, N x 128 floats written and read) and the second layer
      (2 * N * 128 * 10 FLOPs); once per surface, the three first-layer products (3 * 2 * N * 784 * 128 FLOPs).
 (s2) small CNN (conv 1->8, conv 8->16, max-pool, linear) on ``--cnn-samples`` 1x28x28 inputs, ``--cnn-points`` squared
-     grid: the fast path (which times vmap against a channels-last loop on its first points and keeps the faster; the
-     choice is printed), the reference loop and ``loss_landscapes.random_plane``; compute floor from the FLOPs of one
-     forward pass (``torch.utils.flop_counter``) per point.
+     grid: the fast path (which times vmap against a channels-last loop on a sample, its first points on the first
+     examples, and keeps the faster; the choice is printed), the reference loop and ``loss_landscapes.random_plane``;
+     compute floor from the FLOPs of one forward pass (``torch.utils.flop_counter``) per point.
 (s3) peak memory of a ``--big-points`` squared MLP surface (fast path), in a fresh process: the growth of the
      resident set during the call (``resource.getrusage``) and the peak of Python allocations (``tracemalloc``).
 
@@ -115,7 +115,7 @@ def print_table(best, surfaces, n, floors=None):
         )
     if fast.config.get("evaluator_calibration"):
         timing = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in fast.config["evaluator_calibration"].items())
-        print(f"fast path calibration (CPU seconds per point on the first points): {timing}")
+        print(f"fast path calibration (CPU seconds per point on its sample of points and examples): {timing}")
     if floors is not None:
         compute, memory = floors
         floor = max(compute, memory)

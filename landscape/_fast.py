@@ -10,26 +10,41 @@ receives only parameter-free transforms of the input, its output is linear in th
     = f(x; W_0, b_0) + \alpha f(x; D_1, e_1) + \beta f(x; D_2, e_2),
 
 so the three products on the right are computed once per batch (and kept across chunks up to
-``PARTS_CACHE_BYTES``), combined for all points of a chunk by one matrix product with the rows
-:math:`(1, \alpha_g, \beta_g)`, and only the rest of the network runs per point. The trick is checked against the
-plain batched call on a few examples before use. Points go through ``vmap`` a few at a time (``PASS_BYTES`` of
-first-layer output per pass, written into one reused buffer), and each point's loss and accuracy are computed outside
-``vmap`` by the same calls the loop makes.
+``PARTS_CACHE_BYTES``) and only the rest of the network runs per point. Every shortcut below is checked against the
+plain evaluation on a few examples before use, and refused when it does not agree.
 
-What pays depends on the model. Under ``vmap`` a convolution whose weights differ per point becomes a grouped
-convolution, which CPU libraries run far below the speed of one dense convolution; for such models one point per
-forward pass, with images and convolution weights in the channels-last layout (oneDNN's fast path), can be faster.
-So for a model with a parameter of three or more dimensions the evaluator times both ways on the first points it is
-given (``CALIBRATION_POINTS``, whose values it keeps from the way chosen, so nothing is computed twice by the winner)
-and goes on with the faster; :attr:`FastEvaluator.name` says which (``"vmap+first_layer"``, ``"vmap"`` or
-``"loop+channels_last"``) and :attr:`FastEvaluator.calibration` holds the measured seconds per point. Models without
-such parameters (MLPs) always take the ``vmap`` path, which wins there by far.
+Three ways of running the rest:
+
+- ``"chain+first_layer"``: when the model after its first (linear) layer is a chain of linear layers and element-wise
+  functions (traced with ``torch.fx``: each node takes the previous node's output only), activations are kept
+  examples-last, :math:`Z^{(g)} \in \mathbb{R}^{h \times B}`, and each linear layer runs for the points of a pass as
+  one ``baddbmm`` :math:`W^{(g)} Z^{(g)} + b^{(g)}` (the orientation in which BLAS libraries handle few output
+  features well), with :math:`W^{(g)} = W_0 + \sum_k c_{gk} D_k` built by one small matrix product; buffers are
+  reused across passes (fresh large allocations cost page faults on CPU). This serves MLPs.
+- ``"vmap"`` / ``"vmap+first_layer"``: ``vmap(functional_call)`` over the points of a pass (``PASS_BYTES`` of
+  first-layer output per pass, written into one reused buffer), for any other model ``vmap`` can run.
+- ``"loop+..."``: one point per forward pass by ``functional_call``, with images and 4-D weights in the channels-last
+  layout (oneDNN's fast path; a one-channel batch gets channels-last strides so that the first convolution keeps the
+  layout), the first-layer trick where it agrees, and each batch cut into pieces whose largest activation is about
+  ``PIECE_BYTES`` so activations stay in cache (only when the probe shows the model treats examples independently:
+  evaluated in pieces of two it gives the same outputs). Under ``vmap`` a convolution whose weights differ per point
+  becomes a grouped convolution, which CPU libraries run far below the speed of one dense convolution, so this way
+  can win for convolutional models.
+
+For a model with a parameter of three or more dimensions the evaluator times ``vmap`` and the loop on a sample (the
+first ``CALIBRATION_POINTS`` points on the first ``CALIBRATION_EXAMPLES`` examples of the first batch) and goes on
+with the faster; :attr:`FastEvaluator.name` says which way ran and :attr:`FastEvaluator.calibration` holds the
+measured seconds per point of the sample. Other models take the chain or ``vmap``. The default loss and accuracy of
+all points of a pass are computed in one call (:func:`stacked_scores`); other loss functions are called point by
+point.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -37,10 +52,19 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from landscape._data import Batch, ForwardFn, batch_length, functional_run, head, run_model
-from landscape._evaluation import AccuracyFn, LossFn, combine
+from landscape._evaluation import (
+    IGNORE_INDEX,
+    AccuracyFn,
+    LossFn,
+    check_classification,
+    combine,
+    cross_entropy,
+    top1_accuracy,
+)
 
 STRATEGIES = ("auto", "vmap", "loop")
-CALIBRATION_POINTS = 3  # points timed with each way of evaluating before choosing
+CALIBRATION_POINTS = 2  # points timed with each way of evaluating before choosing ...
+CALIBRATION_EXAMPLES = 256  # ... on this many examples of the first batch
 
 AFFINE = (
     nn.Linear,
@@ -53,8 +77,37 @@ AFFINE = (
 )
 
 
+ELEMENTWISE_MODULES = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+)
+ELEMENTWISE_FUNCTIONS = (
+    torch.relu,
+    torch.tanh,
+    torch.sigmoid,
+    nn.functional.relu,
+    nn.functional.leaky_relu,
+    nn.functional.elu,
+    nn.functional.gelu,
+    nn.functional.silu,
+    nn.functional.tanh,
+    nn.functional.sigmoid,
+    nn.functional.softplus,
+)
+ELEMENTWISE_METHODS = ("relu", "tanh", "sigmoid")
+
 PARTS_CACHE_BYTES = 256 * 2**20  # first-layer products kept across chunks up to this size
 PASS_BYTES = 8 * 2**20  # bound on the combined first-layer outputs of one vmap pass (points per pass follow)
+CHAIN_PASS_BYTES = 4 * 2**20  # bound on the widest activation of one pass of the layer chain (points per pass follow)
+PIECE_BYTES = 2 * 2**20  # bound on the largest activation of one piece of a batch on the loop path (stays in cache)
 
 
 class _Stop(Exception):
@@ -119,9 +172,10 @@ class FastEvaluator:
         accuracy_fn: mean accuracy of a batch.
         first_layer_trick: use the first-affine-layer shortcut when it applies (default True).
         forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` (default: the model on the batch's inputs).
-        strategy: ``"auto"`` (default: time both ways on the first points for models with convolution-like
-            parameters, else ``vmap``), ``"vmap"`` or ``"loop"`` (one point per forward pass, channels-last for
-            image models).
+        strategy: ``"auto"`` (default: for models with convolution-like parameters, time ``vmap`` and the loop on
+            a sample and keep the faster; for others the layer chain or ``vmap``), ``"vmap"`` (the chain where it
+            applies, else ``vmap``) or ``"loop"`` (one point per forward pass, channels-last for image models, in
+            cache-sized pieces).
     """
 
     def __init__(
@@ -140,33 +194,138 @@ class FastEvaluator:
             raise ValueError(f"Invalid strategy: {strategy!r} (expected one of {STRATEGIES})")
         self.model, self.origin, self.directions, self.forward_fn = model, origin, directions, forward_fn
         self.batches, self.loss_fn, self.accuracy_fn = batches, loss_fn, accuracy_fn
-        self._parts: dict[int, Tensor] = {}
+        self._parts: dict[Hashable, Tensor] = {}
         self._parts_bytes = 0
         self._buffer: Tensor | None = None
+        self._scratch_buffers: dict[int, Tensor] = {}
         first = batches[0]
         images = forward_fn is None and isinstance(first, (tuple, list)) and getattr(first[0], "ndim", 0) == 4
         self.channels_last = images and any(t.ndim == 4 for t in origin.values())
-        self.loop_name = "loop+channels_last" if self.channels_last else "loop"
         if strategy == "auto" and not any(t.ndim >= 3 for t in origin.values()):
             strategy = "vmap"
         self.strategy = strategy
         self.calibration: dict[str, float] = {}
-        if strategy == "loop":
-            self.layer_name, self.vmap_name = None, None
-            return
+        self.layer_name = first_affine_layer(model, head(first, 2), forward_fn) if first_layer_trick else None
         probe = [head(first, 4)]
         coords = torch.tensor([[0.0] * len(directions), [0.5, -0.25][: len(directions)]])
-        plain = self._chunk(coords, probe, use_trick=False)  # raises where the model cannot be vmapped
-        self.layer_name = first_affine_layer(model, head(batches[0], 2), forward_fn) if first_layer_trick else None
-        if self.layer_name is not None:
-            with_trick = self._chunk(coords, probe, use_trick=True)
-            dtype = next(iter(origin.values())).dtype
-            tol = 1e-4 if dtype in (torch.float32, torch.float64) else 1e-2
-            if not all(
-                torch.allclose(a, b, rtol=tol, atol=tol, equal_nan=True) for a, b in zip(with_trick, plain, strict=True)
+        self.vmap_name = self.loop_name = None
+        self.vmap_trick = self.loop_trick = False
+        self.piece: int | None = None
+        self.chain: list[tuple[str, Any]] | None = None
+        self.chain_widths: list[int] = []
+        if strategy != "loop":
+            plain = self._chunk(coords, probe, use_trick=False)  # raises where the model cannot be vmapped
+            self.vmap_trick = self.layer_name is not None and self._agrees(
+                plain, lambda: self._chunk(coords, probe, use_trick=True)
+            )
+            self.vmap_name = "vmap+first_layer" if self.vmap_trick else "vmap"
+            if self.vmap_trick:
+                self._plan_chain(first)
+                if self.chain is not None and not self._agrees(
+                    plain, lambda: self._chunk(coords, probe, use_trick=True)
+                ):
+                    self.chain = None
+                if self.chain is not None:
+                    self.vmap_name = "chain+first_layer"
+        if strategy != "vmap":
+            plain = self._loop(coords, probe, use_trick=False, piece=None)
+            self.piece = piece_size(model, first, forward_fn, PIECE_BYTES)
+            if self.piece is not None and not self._agrees(
+                plain, lambda: self._loop(coords, probe, use_trick=False, piece=2)
             ):
-                self.layer_name = None
-        self.vmap_name = "vmap+first_layer" if self.layer_name is not None else "vmap"
+                self.piece = None  # the model mixes examples of a batch: pieces would change its outputs
+            self.loop_trick = self.layer_name is not None and self._agrees(
+                plain, lambda: self._loop(coords, probe, use_trick=True, piece=None)
+            )
+            self.loop_name = "loop" + "+channels_last" * self.channels_last + "+first_layer" * self.loop_trick
+            if self.piece is not None:
+                self.loop_name += f"+pieces_of_{self.piece}"
+
+    def _plan_chain(self, batch: Batch) -> None:
+        """Set :attr:`chain` when everything after the first layer is a chain of linear and element-wise layers.
+
+        The model is traced with ``torch.fx``; the chain applies when the nodes after the first layer each take the
+        previous node's output as their only tensor argument and are linear layers or element-wise functions and
+        modules (:data:`ELEMENTWISE_MODULES`, :data:`ELEMENTWISE_FUNCTIONS`), the last one giving the output, and
+        the first layer is linear on ``(B, features)`` inputs.
+        """
+        if self.forward_fn is not None or not isinstance(batch[0], Tensor):
+            return
+        layer = self.model.get_submodule(self.layer_name)
+        if not isinstance(layer, nn.Linear) or not _flattens(self.model, layer, batch):
+            return
+        try:
+            graph = torch.fx.symbolic_trace(self.model).graph
+        except Exception:  # any model fx cannot trace keeps the vmap path
+            return
+        nodes = list(graph.nodes)
+        start = [i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == self.layer_name]
+        if len(start) != 1:
+            return
+        chain, widths, previous = [], [layer.out_features], nodes[start[0]]
+        for node in nodes[start[0] + 1 :]:
+            tensors = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, torch.fx.Node)]
+            if tensors != [previous] or node.args[:1] != (previous,) or len(previous.users) != 1:
+                return
+            if node.op == "output":
+                break
+            step = self._chain_step(node)
+            if step is None:
+                return
+            chain.append(step)
+            if step[0] == "linear":
+                widths.append(step[1][0].shape[1])
+            previous = node
+        else:
+            return
+        self.chain, self.chain_widths = chain, widths
+
+    def _chain_step(self, node: torch.fx.Node) -> tuple[str, Any] | None:
+        """What a traced node does on examples-last activations, or ``None`` where the chain cannot hold it."""
+        if node.op == "call_module":
+            module = self.model.get_submodule(node.target)
+            if isinstance(module, nn.Linear):
+                prefix = node.target + "."
+                sources = [self.origin, *self.directions]
+                stacks = []
+                for part in ("weight", "bias"):
+                    if getattr(module, part) is None:
+                        stacks.append(None)
+                        continue
+                    base = self.origin[prefix + part]
+                    stacks.append(torch.stack([src.get(prefix + part, torch.zeros_like(base)) for src in sources]))
+                if len(node.args) != 1 or node.kwargs:
+                    return None
+                return ("linear", (stacks[0], stacks[1]))
+            if isinstance(module, nn.ReLU):
+                return ("relu", None)
+            if isinstance(module, ELEMENTWISE_MODULES) and not any(True for _ in module.parameters()):
+                if isinstance(module, nn.Dropout) and module.training:
+                    return None
+                return ("apply", module)
+            return None
+        if node.op == "call_function" and node.target in ELEMENTWISE_FUNCTIONS:
+            if node.kwargs.get("inplace", False) or len(node.args) != 1:
+                return None
+            if node.target in (torch.relu, nn.functional.relu):
+                return ("relu", None)
+            kwargs = dict(node.kwargs)
+            return ("apply", lambda z, fn=node.target, kw=kwargs: fn(z, **kw))
+        if node.op == "call_method" and node.target in ELEMENTWISE_METHODS and len(node.args) == 1 and not node.kwargs:
+            if node.target == "relu":
+                return ("relu", None)
+            return ("apply", lambda z, name=node.target: getattr(z, name)())
+        return None
+
+    def _agrees(self, plain: tuple[Tensor, Tensor], other: Callable[[], tuple[Tensor, Tensor]]) -> bool:
+        """Whether ``other()`` (the probe evaluated another way) runs and equals ``plain`` to a loose tolerance."""
+        try:
+            result = other()
+        except (RuntimeError, NotImplementedError, ValueError):
+            return False
+        dtype = next(iter(self.origin.values())).dtype
+        tol = 1e-4 if dtype in (torch.float32, torch.float64) else 1e-2
+        return all(torch.allclose(a, b, rtol=tol, atol=tol, equal_nan=True) for a, b in zip(result, plain, strict=True))
 
     @property
     def name(self) -> str:
@@ -178,51 +337,82 @@ class FastEvaluator:
         if self.strategy == "auto":
             return self._calibrate(coords)
         if self.strategy == "loop":
-            return self._loop(coords)
-        return self._chunk(coords, self.batches, use_trick=self.layer_name is not None, cache=True)
+            return self._loop(coords, self.batches, use_trick=self.loop_trick, piece=self.piece, cache=True)
+        return self._chunk(coords, self.batches, use_trick=self.vmap_trick, cache=True)
 
     def _calibrate(self, coords: Tensor) -> tuple[Tensor, Tensor]:
-        """Evaluate the first points both ways, keep the faster way (and its values), then do the rest with it."""
-        first, rest = coords[:CALIBRATION_POINTS], coords[CALIBRATION_POINTS:]
+        """Time both ways on a sample (the first points, the first examples), keep the faster, then evaluate all."""
+        sample = [head(self.batches[0], CALIBRATION_EXAMPLES)]
+        first = coords[:CALIBRATION_POINTS]
         device = next(iter(self.origin.values())).device
-        results = {}
         for strategy in ("vmap", "loop"):
-            self.strategy = strategy
             start = _clock(device)
-            results[strategy] = self(first)
+            if strategy == "vmap":
+                self._chunk(first, sample, use_trick=self.vmap_trick)
+            else:
+                self._loop(first, sample, use_trick=self.loop_trick, piece=self.piece)
             self.calibration[strategy] = (_clock(device) - start) / len(first)
         self.strategy = min(self.calibration, key=self.calibration.__getitem__)
-        loss, acc = results[self.strategy]
-        if len(rest):
-            more = self(rest)
-            loss, acc = torch.cat([loss, more[0]]), torch.cat([acc, more[1]])
-        return loss, acc
+        return self(coords)
 
-    def _loop(self, coords: Tensor) -> tuple[Tensor, Tensor]:
-        """One point per forward pass by ``functional_call``; images and 4-D weights in channels-last layout."""
+    def _loop(
+        self, coords: Tensor, batches: Sequence[Batch], use_trick: bool, piece: int | None, cache: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """One point per forward pass by ``functional_call``; images and 4-D weights in channels-last layout.
+
+        With ``piece``, a batch goes through the model ``piece`` examples at a time (its activations stay in cache)
+        and the outputs are joined before the loss; with ``use_trick``, the first layer's output of each piece is
+        the combination of its precomputed products (:meth:`_first_layer_parts`).
+        """
         dtype = next(iter(self.origin.values())).dtype
         coords = coords.to(next(iter(self.origin.values())).device, dtype)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        batches = (
-            [(b[0].contiguous(memory_format=layout), *b[1:]) for b in self.batches]
-            if self.channels_last
-            else self.batches
-        )
-        sizes = [batch_length(b, self.forward_fn) for b in self.batches]
+        if self.channels_last:
+            batches = [(channels_last(b[0]), *b[1:]) for b in batches]
+        sizes = [batch_length(b, self.forward_fn) for b in batches]
         total = sum(sizes)
         loss = torch.zeros(len(coords), dtype=torch.float64)
         acc = torch.zeros(len(coords), dtype=torch.float64)
-        with torch.no_grad():
+        parts = [
+            self._first_layer_parts(b, ("loop", i) if cache else None, layout) if use_trick else None
+            for i, b in enumerate(batches)
+        ]
+        current: list[Tensor] = []
+        with torch.no_grad(), self._replaced_first_layer(lambda *_a, **_k: current[0], use_trick):
             for i, c in enumerate(coords):
                 params = {
                     n: t.contiguous(memory_format=layout) if t.ndim == 4 else t
                     for n, t in combine(self.origin, self.directions, c).items()
                 }
-                for batch, size in zip(batches, sizes, strict=True):
-                    out, y = functional_run(self.model, params, batch, self.forward_fn)
+                for batch, size, batch_parts in zip(batches, sizes, parts, strict=True):
+                    outputs, targets = [], []
+                    for rows in _pieces(size, piece):
+                        if batch_parts is not None:
+                            current[:] = [mix(batch_parts if rows is None else batch_parts[:, rows], c)]
+                        out, y = functional_run(self.model, params, _rows(batch, rows), self.forward_fn)
+                        outputs.append(out)
+                        targets.append(y)
+                    out, y = (outputs[0], targets[0]) if len(outputs) == 1 else (torch.cat(outputs), torch.cat(targets))
                     loss[i] += float(self.loss_fn(out, y)) * (size / total)
                     acc[i] += float(self.accuracy_fn(out, y)) * (size / total)
         return loss, acc
+
+    @contextmanager
+    def _replaced_first_layer(self, forward: Callable[..., Tensor], replace: bool = True) -> Iterator[None]:
+        """Within the block, the first affine layer's ``forward`` is ``forward`` (put back afterwards)."""
+        if not replace:
+            yield
+            return
+        layer = self.model.get_submodule(self.layer_name)
+        saved = layer.__dict__.get("forward")
+        layer.forward = forward
+        try:
+            yield
+        finally:
+            if saved is None:
+                del layer.forward
+            else:
+                layer.forward = saved
 
     def _chunk(
         self, coords: Tensor, batches: Sequence[Batch], use_trick: bool, cache: bool = False
@@ -236,13 +426,71 @@ class FastEvaluator:
         acc = torch.zeros(len(coords), dtype=torch.float64)
         with torch.no_grad():
             for i, (batch, size) in enumerate(zip(batches, sizes, strict=True)):
-                if use_trick:
-                    batch_loss, batch_acc = self._batch_trick(coords, batch, i if cache else None)
+                if use_trick and self.chain is not None:
+                    batch_loss, batch_acc = self._batch_chain(coords, batch, ("chain", i) if cache else None)
+                elif use_trick:
+                    batch_loss, batch_acc = self._batch_trick(coords, batch, ("vmap", i) if cache else None)
                 else:
                     batch_loss, batch_acc = self._batch_plain(coords, batch)
                 loss += batch_loss.double().cpu() * (size / total)
                 acc += batch_acc.double().cpu() * (size / total)
         return loss, acc
+
+    def _batch_chain(self, coords: Tensor, batch: Batch, key: Hashable | None) -> tuple[Tensor, Tensor]:
+        r"""The layers after the first as batched matrix products, ``CHAIN_PASS_BYTES`` of activations per pass.
+
+        Activations are kept examples-last, :math:`Z^{(g)} \in \mathbb{R}^{h \times B}` for point :math:`g`: the
+        first layer's is the combination of its transposed products, a linear layer maps it to
+        :math:`W^{(g)} Z^{(g)} + b^{(g)} \mathbf{1}^\top` with :math:`W^{(g)} = W_0 + \sum_k c_{gk} D_k` (one
+        ``baddbmm`` for the points of a pass), an element-wise layer is applied as it is. The scores of the last
+        layer are returned to the loss as the ``(points, B, C)`` view of the ``(points, C, B)`` result.
+        """
+        if key is not None and key in self._parts:
+            parts = self._parts[key]
+        else:
+            parts = self._first_layer_parts(batch, None).transpose(1, 2).contiguous()
+            if key is not None and self._parts_bytes + parts.nbytes <= PARTS_CACHE_BYTES:
+                self._parts[key] = parts
+                self._parts_bytes += parts.nbytes
+        step = max(1, CHAIN_PASS_BYTES // max(max(self.chain_widths) * parts.shape[2] * parts.element_size(), 1))
+        final: Tensor | None = None  # the last layer's outputs of every point, scored at once
+        for i in range(0, len(coords), step):
+            c = coords[i : i + step]
+            weights = torch.cat([torch.ones_like(c[:, :1]), c], dim=1)
+            # buffers reused by every pass: fresh large allocations cost page faults on CPU
+            z = self._scratch(0, (len(c), *parts.shape[1:]), parts)
+            torch.mm(weights, parts.reshape(len(parts), -1), out=z.view(len(c), -1))
+            for slot, (kind, what) in enumerate(self.chain, start=1):
+                if kind == "linear":
+                    stacked_w, stacked_b = what
+                    w = torch.mm(weights, stacked_w.flatten(1)).view(len(c), *stacked_w.shape[1:])
+                    if slot == len(self.chain):
+                        if final is None:
+                            final = torch.empty((len(coords), w.shape[1], z.shape[2]), dtype=z.dtype, device=z.device)
+                        out = final[i : i + step]
+                    else:
+                        out = self._scratch(slot, (len(c), w.shape[1], z.shape[2]), z)
+                    if stacked_b is None:
+                        z = torch.bmm(w, z, out=out)
+                    else:
+                        z = torch.baddbmm(torch.mm(weights, stacked_b)[:, :, None], w, z, out=out)
+                elif kind == "relu":
+                    z = z.relu_()  # z is this pass's own buffer
+                else:
+                    z = what(z)
+            if final is None:
+                final = torch.empty((len(coords), *z.shape[1:]), dtype=z.dtype, device=z.device)
+            if z.data_ptr() != final[i : i + step].data_ptr():
+                final[i : i + step].copy_(z)
+        return self._score(final.transpose(1, 2), batch[1].expand(len(coords), *batch[1].shape))
+
+    def _scratch(self, slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A reused buffer of ``shape`` (contents undefined) for intermediate ``slot`` of the chain."""
+        size = math.prod(shape)
+        buffer = self._scratch_buffers.get(slot)
+        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self._scratch_buffers[slot] = torch.empty(size, dtype=like.dtype, device=like.device)
+        return buffer[:size].view(shape)
 
     def _batch_plain(self, coords: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         def point(c: Tensor) -> tuple[Any, Tensor]:
@@ -250,8 +498,14 @@ class FastEvaluator:
 
         return self._score(*vmap(point)(coords))
 
-    def _first_layer_parts(self, batch: Batch, key: int | None) -> Tensor:
-        r""":math:`f(x; W_0, b_0), f(x; D_1, e_1), \ldots` stacked, kept for later chunks while memory allows."""
+    def _first_layer_parts(
+        self, batch: Batch, key: Hashable | None, layout: torch.memory_format = torch.contiguous_format
+    ) -> Tensor:
+        r""":math:`f(x; W_0, b_0), f(x; D_1, e_1), \ldots` stacked, kept for later chunks while memory allows.
+
+        With ``layout=torch.channels_last``, 4-D weights are used in that layout and each product keeps the layout
+        the convolution gives it (stacked along a new leading dimension without changing it).
+        """
         if key is not None and key in self._parts:
             return self._parts[key]
         prefix = self.layer_name + "."
@@ -267,14 +521,16 @@ class FastEvaluator:
                     params[n] = source[prefix + n]
                 else:
                     params[n] = torch.zeros_like(p) if zero_if_absent else p.detach()
+                if params[n].ndim == 4:
+                    params[n] = params[n].contiguous(memory_format=layout)
             outputs.append(functional_call(layer, params, (inp,)))
-        parts = torch.stack(outputs)
+        parts = stack_keeping_layout(outputs)
         if key is not None and self._parts_bytes + parts.nbytes <= PARTS_CACHE_BYTES:
             self._parts[key] = parts
             self._parts_bytes += parts.nbytes
         return parts
 
-    def _batch_trick(self, coords: Tensor, batch: Batch, key: int | None) -> tuple[Tensor, Tensor]:
+    def _batch_trick(self, coords: Tensor, batch: Batch, key: Hashable | None) -> tuple[Tensor, Tensor]:
         parts = self._first_layer_parts(batch, key)
         step = max(1, PASS_BYTES // max(parts[0].nbytes, 1))
         scores = [self._pass_trick(coords[i : i + step], parts, batch) for i in range(0, len(coords), step)]
@@ -290,7 +546,6 @@ class FastEvaluator:
         torch.mm(weights, parts.reshape(len(parts), -1), out=flat)
         first = flat.view(len(coords), *parts.shape[1:])
         prefix = self.layer_name + "."
-        layer = self.model.get_submodule(self.layer_name)
         rest = {n: t for n, t in self.origin.items() if not n.startswith(prefix)}
         current: list[Tensor] = []
 
@@ -301,25 +556,65 @@ class FastEvaluator:
             current[:] = [z]
             return functional_run(self.model, combine(rest, self.directions, c), batch, self.forward_fn)
 
-        saved = layer.__dict__.get("forward")
-        layer.forward = precomputed
-        try:
+        with self._replaced_first_layer(precomputed):
             outputs, targets = vmap(point)(coords, first)
-        finally:
-            if saved is None:
-                del layer.forward
-            else:
-                layer.forward = saved
         return self._score(outputs, targets)
 
     def _score(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """Loss and accuracy of each point's outputs, by the same calls as the loop (vmapped losses are slow).
+        """Loss and accuracy of each point's outputs (stacked along the first dimension, as ``vmap`` returns them).
 
-        ``targets`` come out of ``vmap`` stacked per point (copies of the batch's targets).
+        The default loss and accuracy on ``(points, B, C)`` scores are computed for all points in one call
+        (:func:`stacked_scores`); other functions are called point by point, as the loop calls them (vmapped losses
+        are slow). ``targets`` come out of ``vmap`` stacked per point (copies of the batch's targets).
         """
+        if self.loss_fn is cross_entropy and self.accuracy_fn is top1_accuracy and _stackable(outputs, targets):
+            return stacked_scores(outputs, targets)
         loss = torch.stack([self.loss_fn(out, y) for out, y in zip(outputs, targets, strict=True)])
         acc = torch.stack([self.accuracy_fn(out, y) for out, y in zip(outputs, targets, strict=True)])
         return loss, acc
+
+
+def _stackable(outputs: Tensor, targets: Tensor) -> bool:
+    """Whether ``outputs`` are ``(points, B, C)`` scores with ``(points, B)`` integer targets."""
+    return (
+        isinstance(outputs, Tensor)
+        and isinstance(targets, Tensor)
+        and outputs.dim() == 3
+        and targets.shape == outputs.shape[:2]
+        and not targets.is_floating_point()
+        and not targets.is_complex()
+        and targets.dtype != torch.bool
+    )
+
+
+def stacked_scores(outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    r""":func:`~landscape._evaluation.cross_entropy` and :func:`~landscape._evaluation.top1_accuracy` of many points.
+
+    For scores :math:`z^{(g)} \in \mathbb{R}^{B \times C}` of point :math:`g` and targets :math:`y`, with
+    :math:`V` the examples whose target is not :data:`~landscape._evaluation.IGNORE_INDEX`,
+
+    .. math::
+        L_g = -\frac{1}{|V|} \sum_{i \in V} \log \operatorname{softmax}(z^{(g)}_i)_{y_i}, \qquad
+        A_g = \frac{1}{|V|} \sum_{i \in V} [\arg\max_c z^{(g)}_{ic} = y_i],
+
+    computed for all points by one log-softmax, one gather and one arg-max over the class dimension of the
+    ``(points, C, B)`` view (the layout the single-point functions use). Equal to calling the two functions point by
+    point up to the order of floating-point sums; targets out of range raise the same ``ValueError``.
+
+    Args:
+        outputs: ``(points, B, C)`` scores.
+        targets: ``(points, B)`` class indices (the same for every point).
+    """
+    check_classification(outputs[0], targets[0])
+    scores = outputs.contiguous().transpose(1, 2)  # reductions over the class dimension are fastest in this view
+    valid = targets != IGNORE_INDEX
+    picked = scores.log_softmax(dim=1).gather(1, targets.clamp_min(0)[:, None, :])[:, 0]
+    hits = (scores.argmax(dim=1) == targets) & valid
+    if bool(valid.all()):
+        return -picked.mean(dim=1), hits.sum(dim=1).to(outputs.dtype) / targets.shape[1]
+    count = valid.sum(dim=1).to(outputs.dtype)
+    loss = -torch.where(valid, picked, torch.zeros_like(picked)).sum(dim=1) / count
+    return loss, hits.sum(dim=1).to(outputs.dtype) / count
 
 
 def _clock(device: torch.device) -> float:
@@ -328,3 +623,79 @@ def _clock(device: torch.device) -> float:
         torch.cuda.synchronize(device)
         return time.perf_counter()
     return time.process_time()
+
+
+def _flattens(model: nn.Module, layer: nn.Module, batch: Batch) -> bool:
+    """Whether ``layer`` receives the batch's inputs as ``(B, features)`` (e.g. after ``flatten(1)``)."""
+    with torch.no_grad():
+        inp = _layer_input(model, layer, head(batch, 2), None)
+    return inp.dim() == 2
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """``x`` (a 4-D batch) in channels-last layout, with channels-last strides even for one channel.
+
+    ``contiguous(memory_format=torch.channels_last)`` leaves a one-channel batch with its usual strides (the same
+    memory either way), and a convolution then returns its output in the usual layout; giving the channel dimension
+    stride 1 makes the convolution keep channels-last from the first layer on.
+    """
+    x = x.contiguous(memory_format=torch.channels_last)
+    n, c, h, w = x.shape
+    return x.as_strided(x.shape, (c * h * w, 1, w * c, c)) if c == 1 else x
+
+
+def stack_keeping_layout(tensors: Sequence[Tensor]) -> Tensor:
+    """``torch.stack(tensors)`` where each slice keeps the memory layout of the first tensor (e.g. channels-last)."""
+    first = tensors[0]
+    if first.dim() != 4 or first.is_contiguous() or not first.is_contiguous(memory_format=torch.channels_last):
+        return torch.stack(tensors)
+    n, c, h, w = first.shape
+    out = torch.empty((len(tensors), n, h, w, c), dtype=first.dtype, device=first.device).permute(0, 1, 4, 2, 3)
+    for slot, t in zip(out, tensors, strict=True):
+        slot.copy_(t)
+    return out
+
+
+def mix(parts: Tensor, coords: Tensor) -> Tensor:
+    r""":math:`P_0 + \sum_k c_k P_k` for stacked products ``parts`` (one point's first-layer output), layout kept."""
+    out = torch.add(parts[0], parts[1], alpha=float(coords[0]))
+    for k in range(1, len(coords)):
+        out.add_(parts[k + 1], alpha=float(coords[k]))
+    return out
+
+
+def piece_size(model: nn.Module, batch: Batch, forward_fn: ForwardFn | None, budget: int) -> int | None:
+    """Examples per piece so that the largest activation of one piece is about ``budget`` bytes.
+
+    ``None`` where a batch cannot be cut (a ``forward_fn``, inputs that are not one tensor) or needs no cutting.
+    """
+    if forward_fn is not None or not isinstance(batch, (tuple, list)) or not isinstance(batch[0], Tensor):
+        return None
+    sample = head(batch, 2)
+    largest = [0]
+
+    def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
+        if isinstance(output, Tensor):
+            largest[0] = max(largest[0], output.nbytes // max(len(sample[1]), 1))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            run_model(model, sample)
+    finally:
+        for h in handles:
+            h.remove()
+    piece = max(1, budget // max(largest[0], 1))
+    return piece if piece < len(batch[1]) else None
+
+
+def _pieces(size: int, piece: int | None) -> list[slice | None]:
+    """Row ranges of ``size`` examples cut ``piece`` at a time (``[None]``: the whole batch at once)."""
+    if piece is None or piece >= size:
+        return [None]
+    return [slice(i, min(i + piece, size)) for i in range(0, size, piece)]
+
+
+def _rows(batch: Batch, rows: slice | None) -> Batch:
+    """The examples ``rows`` of an ``(inputs, targets)`` batch (the batch itself for ``None``)."""
+    return batch if rows is None else (batch[0][rows], batch[1][rows])

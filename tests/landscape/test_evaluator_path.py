@@ -11,7 +11,7 @@ from landscape.directions import random_direction
 from landscape.surfaces import surface_1d, surface_2d
 from studies.models import make_model
 
-FAST = {"vmap", "vmap+first_layer"}
+FAST = {"vmap", "vmap+first_layer", "chain+first_layer"}
 
 
 def _data(shape: tuple[int, ...], classes: int = 3, n: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +36,7 @@ def test_mlp_takes_the_fast_path_with_the_first_layer_trick(dims, widths):
     torch.manual_seed(0)
     model = make_model("mlp", (5,), 3, widths=widths)
     surface = _surface(model, _data((5,)), dims=dims)
-    assert surface.config["evaluator"] == "vmap+first_layer"
+    assert surface.config["evaluator"] == "chain+first_layer"
 
 
 def test_mlp_without_the_trick_is_still_batched():
@@ -51,7 +51,7 @@ def test_cnn_records_its_evaluator(name):
     torch.manual_seed(0)
     model = make_model(name, (1, 28, 28), 3)
     surface = _surface(model, _data((1, 28, 28), n=4))
-    assert surface.config["evaluator"] in FAST | {"loop", "loop+channels_last"}
+    assert surface.config["evaluator"] in FAST | {"loop+channels_last", "loop+channels_last+first_layer"}
     timings = surface.config["evaluator_calibration"]  # both ways were timed on the first points
     assert set(timings) == {"vmap", "loop"}
     faster = min(timings, key=timings.get)

@@ -10,7 +10,9 @@ from landscape._evaluation import LoopEvaluator, cross_entropy, top1_accuracy
 from landscape._fast import FastEvaluator
 from landscape.directions import random_direction
 from landscape.surfaces import make_grid, surface_2d
-from studies.models import ResNet
+from studies.models import ResNet, make_model
+
+WHOLE = _fast.PIECE_BYTES  # the default: the test batches are small enough to go through whole
 
 
 def small_cnn() -> nn.Module:
@@ -42,7 +44,10 @@ def problem(make, n=24):
 
 @pytest.mark.parametrize("make", [small_cnn, resnet])
 @pytest.mark.parametrize("strategy", ["vmap", "loop", "auto"])
-def test_every_way_equals_the_reference_loop(make, strategy):
+@pytest.mark.parametrize("piece_bytes", [WHOLE, 8000])
+def test_every_way_equals_the_reference_loop(make, strategy, piece_bytes, monkeypatch):
+    """Each way, with batches whole or (``piece_bytes=8000``) cut into pieces of a few examples, equals the loop."""
+    monkeypatch.setattr(_fast, "PIECE_BYTES", piece_bytes)
     model, origin, directions, batches, coords = problem(make)
     args = (model, origin, directions, batches, cross_entropy, top1_accuracy)
     reference = LoopEvaluator(*args)(coords)
@@ -50,9 +55,14 @@ def test_every_way_equals_the_reference_loop(make, strategy):
     loss, acc = fast(coords)
     np.testing.assert_allclose(loss.numpy(), reference[0].numpy(), rtol=0, atol=2e-6)
     np.testing.assert_allclose(acc.numpy(), reference[1].numpy(), rtol=0, atol=1e-12)
-    expected = {"vmap": ("vmap+first_layer",), "loop": ("loop+channels_last",)}
+    loop = "loop+channels_last+first_layer" + ("" if piece_bytes == WHOLE else f"+pieces_of_{fast.piece}")
+    expected = {"vmap": ("vmap+first_layer",), "loop": (loop,)}
     expected["auto"] = expected["vmap"] + expected["loop"]
     assert fast.name in expected[strategy]
+    if strategy != "vmap":
+        assert (fast.piece is None) == (piece_bytes == WHOLE)
+        if fast.piece is not None:
+            assert 1 < fast.piece < 24
     if strategy == "auto":
         assert set(fast.calibration) == {"vmap", "loop"} and fast.strategy in ("vmap", "loop")
         # the way chosen is the one measured faster
@@ -62,20 +72,135 @@ def test_every_way_equals_the_reference_loop(make, strategy):
 def test_calibration_is_recorded_and_mlps_keep_vmap(monkeypatch):
     model, origin, directions, batches, _ = problem(small_cnn)
     ticks = iter([0.0, 5.0, 5.0, 6.0])
-    monkeypatch.setattr(_fast, "_clock", lambda _device: next(ticks))  # vmap 5 s, loop 1 s for 3 points
+    monkeypatch.setattr(_fast, "_clock", lambda _device: next(ticks))  # vmap 5 s, loop 1 s for 2 points
     grid = make_grid(-1, 1, 3)
     data = batches[0]
     surface = surface_2d(model, data, directions, grid, grid, progress=False)
-    assert surface.config["evaluator"] == "loop+channels_last"
-    assert surface.config["evaluator_calibration"] == pytest.approx({"vmap": 5 / 3, "loop": 1 / 3})
+    assert surface.config["evaluator"] == "loop+channels_last+first_layer"
+    assert surface.config["evaluator_calibration"] == pytest.approx({"vmap": 5 / 2, "loop": 1 / 2})
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
     x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
     flat = surface_2d(mlp, (x, y), [random_direction(mlp, seed=s) for s in (1, 2)], grid, grid, progress=False)
-    assert flat.config["evaluator"] == "vmap+first_layer" and flat.config["evaluator_calibration"] == {}
+    assert flat.config["evaluator"] == "chain+first_layer" and flat.config["evaluator_calibration"] == {}
 
 
 def test_invalid_strategy():
     model, origin, directions, batches, _ = problem(small_cnn)
     with pytest.raises(ValueError, match="strategy"):
         FastEvaluator(model, origin, directions, batches, cross_entropy, top1_accuracy, strategy="fastest")
+
+
+# ---------------------------------------------------------------- the layer chain, batched scores, pieces
+
+
+class _Residual(nn.Module):
+    """A skip connection after the first layer: not a chain (the vmap path must serve it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(6, 5), nn.Linear(5, 5), nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        return self.out(h + torch.tanh(self.fc2(h)))
+
+
+def _mlps() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {
+        "relu": nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)),
+        "deep": nn.Sequential(
+            nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 4, bias=False), nn.GELU(), nn.Dropout(0.5), nn.Linear(4, 3)
+        ),
+        "study": make_model("mlp", (6,), 3, widths=(8, 5), dropout=0.3),  # F.relu and a dropout module
+        "residual": _Residual(),
+    }
+
+
+@pytest.mark.parametrize("name", ["relu", "deep", "study", "residual"])
+@pytest.mark.parametrize("dims", [1, 2])
+def test_layer_chain_equals_the_reference_loop(name, dims, monkeypatch):
+    monkeypatch.setattr(_fast, "CHAIN_PASS_BYTES", 200)  # a few points per pass: passes are joined correctly
+    model = _mlps()[name].eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)) for n in (9, 4)]
+    origin = {n: p.detach().clone() for n, p in model.named_parameters()}
+    directions = [random_direction(model, "filter", bias_bn="keep", seed=s) for s in range(dims)]
+    directions[0] = {k: v for k, v in directions[0].items() if not k.endswith("bias")}  # names a direction omits
+    coords = torch.linspace(-1, 1, 7, dtype=torch.float64)[:, None].repeat(1, dims) * torch.tensor([1.0, -0.5][:dims])
+    args = (model, origin, directions, batches, cross_entropy, top1_accuracy)
+    fast = FastEvaluator(*args)
+    assert fast.name == ("vmap+first_layer" if name == "residual" else "chain+first_layer")
+    loss, acc = fast(coords)
+    reference = LoopEvaluator(*args)(coords)
+    np.testing.assert_allclose(loss.numpy(), reference[0].numpy(), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(acc.numpy(), reference[1].numpy(), rtol=0, atol=1e-12)
+
+
+def test_layer_chain_with_another_loss_calls_it_per_point():
+    model = _mlps()["relu"].eval()
+    x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
+    origin = {n: p.detach().clone() for n, p in model.named_parameters()}
+    directions = [random_direction(model, seed=1)]
+    coords = torch.tensor([[-1.0], [0.0], [0.7]], dtype=torch.float64)
+
+    def margin(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (out.max(dim=1).values - out.gather(1, t[:, None])[:, 0]).mean()
+
+    args = (model, origin, directions, [(x, y)], margin, top1_accuracy)
+    fast = FastEvaluator(*args)
+    assert fast.name == "chain+first_layer"
+    np.testing.assert_allclose(fast(coords)[0].numpy(), LoopEvaluator(*args)(coords)[0].numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("ignored", [0, 3, 8])
+def test_stacked_scores_equal_the_single_point_functions(ignored):
+    g = torch.Generator().manual_seed(0)
+    outputs = torch.randn(5, 8, 4, generator=g) * 3
+    outputs[2, 1] = outputs[2, 1, 0]  # a tie: arg-max takes the first
+    targets = torch.randint(0, 4, (8,), generator=g)
+    targets[:ignored] = -100
+    loss, acc = _fast.stacked_scores(outputs, targets.expand(5, -1))
+    for g_, out in enumerate(outputs):
+        expected_loss = cross_entropy(out, targets)
+        assert torch.isnan(loss[g_]) if ignored == 8 else abs(float(loss[g_] - expected_loss)) < 1e-6
+        expected_acc = top1_accuracy(out, targets)
+        assert torch.isnan(acc[g_]) if ignored == 8 else float(acc[g_]) == float(expected_acc)
+    with pytest.raises(ValueError, match="out of range"):
+        _fast.stacked_scores(outputs, torch.full((5, 8), 4))
+
+
+def test_one_channel_images_get_channels_last_strides():
+    x = torch.randn(3, 1, 5, 5)
+    cl = _fast.channels_last(x)
+    assert torch.equal(cl, x) and cl.stride(1) == 1
+    out = nn.functional.conv2d(cl, torch.randn(4, 1, 3, 3).contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+
+
+class _BatchMixing(nn.Module):
+    """Subtracts the batch mean: its outputs depend on which examples share a batch, so pieces must be refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 2, 3), nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc((h - h.mean(dim=0, keepdim=True)).flatten(1))
+
+
+def test_pieces_refused_where_the_model_mixes_examples(monkeypatch):
+    monkeypatch.setattr(_fast, "PIECE_BYTES", 300)
+    torch.manual_seed(0)
+    model = _BatchMixing().eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(12, 1, 6, 6, generator=g), torch.randint(0, 3, (12,), generator=g))]
+    origin = {n: p.detach().clone() for n, p in model.named_parameters()}
+    directions = [random_direction(model, seed=s) for s in (1, 2)]
+    coords = torch.tensor([[0.0, 0.0], [1.0, -0.5]], dtype=torch.float64)
+    args = (model, origin, directions, batches, cross_entropy, top1_accuracy)
+    fast = FastEvaluator(*args, strategy="loop")
+    assert fast.piece is None and "pieces" not in fast.name
+    np.testing.assert_allclose(fast(coords)[0].numpy(), LoopEvaluator(*args)(coords)[0].numpy(), rtol=0, atol=2e-6)
