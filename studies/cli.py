@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from studies import analyse, analyse_cli, arguments, catalog
 from studies.catalog import SCALES
-from studies.errors import INTERRUPTED, UserError, report
+from studies.errors import INTERRUPTED, UserError, report, watching_interrupts
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,27 +50,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args, prog = None, parser.prog
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.error("choose a command")
-        prog = f"{parser.prog} {args.command}"
-        if args.command not in DISTRIBUTED_COMMANDS:
-            return args.func(args)
-        from landscape import distributed
+    with watching_interrupts() as interrupted:
+        try:
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.error("choose a command")
+            prog = f"{parser.prog} {args.command}"
+            if args.command not in DISTRIBUTED_COMMANDS:
+                return args.func(args)
+            from landscape import distributed
 
-        with distributed.process_group(args.device):  # opened under torchrun only; a plain process opens nothing
-            return args.func(args)
-    except KeyboardInterrupt:
-        if args is not None and args.debug:
-            raise
+            with distributed.process_group(args.device):  # opened under torchrun only; a plain process opens nothing
+                return args.func(args)
+        except KeyboardInterrupt:
+            if args is not None and args.debug:
+                raise
+            return _interrupted(prog, args)
+        except Exception as error:
+            if args is not None and args.debug:
+                raise
+            return _interrupted(prog, args) if interrupted.is_set() else report(getattr(error, "prog", prog), error)
+
+
+def _interrupted(prog: str, args: argparse.Namespace | None) -> int:
+    """Say that the command was interrupted and what finished work is kept; return the exit status 130."""
+    try:
         kept = args.kept(args) if args is not None else "nothing started"
-        print(f"{prog}: interrupted; {kept}", file=sys.stderr)
-        return INTERRUPTED
-    except Exception as error:
-        if args is not None and args.debug:
-            raise
-        return report(getattr(error, "prog", prog), error)
+    except Exception:  # e.g. a module left half-imported by the interrupt
+        kept = "finished work not counted"
+    print(f"{prog}: interrupted; {kept}", file=sys.stderr)
+    return INTERRUPTED
 
 
 class _UsageError(UserError):

@@ -19,9 +19,13 @@ disguised as a user error: it is reported as an internal error with exit status 
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 #: Exit statuses of the ``valley`` command.
 OK, FAILED, USER_ERROR, INTERRUPTED = 0, 1, 2, 130
@@ -72,3 +76,30 @@ def report(prog: str, error: BaseException) -> int:
     status, message = describe(error)
     print(f"{prog}: {message}", file=sys.stderr)
     return status
+
+
+@contextmanager
+def watching_interrupts() -> Iterator[threading.Event]:
+    """Record every Ctrl-C (SIGINT) that arrives inside the block in the returned event, then raise as usual.
+
+    A Ctrl-C that lands inside an import can be swallowed on the way up and leave a half-imported module behind,
+    which then fails with an unrelated error (``AttributeError``, ``RecursionError``); the event lets the command
+    report such a failure as the interruption it is. Installed only where Python's own Ctrl-C handler is in place
+    (main thread, SIGINT not ignored); restored on exit.
+    """
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield received
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        received.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -408,6 +408,23 @@ def test_ctrl_c_in_process_is_one_line_and_status_130(capsys, checkpoint, tmp_pa
     fails(capsys, argv, "valley study: interrupted; 0 finished runs kept", status=130)
 
 
+def _swallowed_interrupt(args):
+    """Ctrl-C inside an import that a library swallows, leaving a half-imported module that fails later."""
+    try:
+        signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+        pass
+    raise AttributeError("module 'numpy._core' has no attribute '_multiarray_umath'")
+
+
+def test_an_error_after_a_swallowed_ctrl_c_is_reported_as_the_interrupt(capsys, checkpoint, tmp_path, monkeypatch):
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's default handler in this process")
+    monkeypatch.setattr(analyse, "analysis_target", _swallowed_interrupt)
+    fails(capsys, surface(checkpoint, tmp_path / "s.csv"), "valley surface: interrupted; 0 finished chunks", status=130)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def _env() -> dict:
     return os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
