@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from optim._foreach import Workspace, buckets
+from optim._foreach import buckets
 
 
 class Projection(NamedTuple):
@@ -37,23 +37,22 @@ class Projection(NamedTuple):
 
 
 @torch.no_grad()
-def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float, work: Workspace | None = None) -> Tensor:
+def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float) -> Tensor:
     r"""``[max_cosine, layer_cosine]`` of each tensor (at least two dims; one device and dtype) as rows, no sync.
 
     With :math:`c = |\cos(g, θ)|` row-wise (rows = output channels; each norm clamped below at ε, as
     ``F.cosine_similarity``): the max over rows, and c of the whole tensor, assembled from the row sums so that it
-    costs no extra pass. The product :math:`g ⊙ θ` goes into one buffer of ``work`` reused for every tensor, and
-    the per-row results of all tensors are combined at once (zero padding changes neither maxima nor sums).
+    costs no extra pass. Each row's :math:`g·θ` comes from a batched matrix product, which reads the two tensors
+    without writing their product out; the per-row results of all tensors are combined at once (zero padding
+    changes neither maxima nor sums).
     """
     counts = [param.shape[0] for param in params]
-    stats = params[0].new_zeros(3, len(params), max(counts))  # row dot, ‖g_row‖, ‖θ_row‖
-    scratch = (work or Workspace()).flat(params[0], max(param.numel() for param in params))
+    stats = params[0].new_zeros(3, len(params), max(counts))  # row g·θ, ‖g_row‖, ‖θ_row‖
     for index, (param, grad, count) in enumerate(zip(params, grads, counts, strict=True)):
-        param_rows, grad_rows = param.reshape(count, -1), grad.reshape(count, -1)
-        product = torch.mul(grad_rows, param_rows, out=scratch[: param.numel()].view(grad_rows.shape))
-        torch.sum(product, dim=1, out=stats[0, index, :count])
-        torch.linalg.vector_norm(grad_rows, dim=1, out=stats[1, index, :count])
-        torch.linalg.vector_norm(param_rows, dim=1, out=stats[2, index, :count])
+        param_rows, grad_rows = param.reshape(count, 1, -1), grad.reshape(count, 1, -1)
+        torch.bmm(grad_rows, param_rows.transpose(1, 2), out=stats[0, index, :count].view(count, 1, 1))
+        torch.linalg.vector_norm(grad_rows, dim=2, out=stats[1, index, :count].view(count, 1))
+        torch.linalg.vector_norm(param_rows, dim=2, out=stats[2, index, :count].view(count, 1))
     dots, grad_norms, param_norms = stats
     channel_cos = dots.abs() / (grad_norms.clamp(min=eps) * param_norms.clamp(min=eps))
     layer_grad = torch.linalg.vector_norm(grad_norms, dim=1).clamp(min=eps)
@@ -77,7 +76,6 @@ def radial_views(
     delta: float,
     wd_ratio: float,
     eps: float,
-    work: Workspace | None = None,
 ) -> list[Projection]:
     """Decide which view of each parameter looks scale invariant for its gradient (no projection done yet).
 
@@ -88,7 +86,7 @@ def radial_views(
     parts = buckets([[params[i] for i in measured], [grads[i] for i in measured], measured])
     found: dict[int, list[float]] = {}
     if parts:
-        values = [cosines(params_, grads_, eps=eps, work=work) for _, (params_, grads_, _) in parts]
+        values = [cosines(params_, grads_, eps=eps) for _, (params_, grads_, _) in parts]
         device = values[0].device
         read = torch.cat([v.to(device, torch.float64) for v in values]).tolist()
         found = dict(zip([i for _, (_, _, indices) in parts for i in indices], read, strict=True))
@@ -100,11 +98,9 @@ def radial_views(
     ]
 
 
-def radial_view(
-    param: Tensor, grad: Tensor, *, delta: float, wd_ratio: float, eps: float, work: Workspace | None = None
-) -> Projection:
+def radial_view(param: Tensor, grad: Tensor, *, delta: float, wd_ratio: float, eps: float) -> Projection:
     """:func:`radial_views` of one tensor."""
-    return radial_views([param], [grad], delta=delta, wd_ratio=wd_ratio, eps=eps, work=work)[0]
+    return radial_views([param], [grad], delta=delta, wd_ratio=wd_ratio, eps=eps)[0]
 
 
 def remove_radial(param: Tensor, update: Tensor, view: str, *, eps: float) -> Tensor:

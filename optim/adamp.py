@@ -19,7 +19,7 @@ from optim._checks import (
     check_positive,
     evaluate,
 )
-from optim._foreach import Workspace, buckets, fused_adam, pick, workspace
+from optim._foreach import buckets, fused_adam, pick
 from optim._projection import Projection, radial_view, radial_views, remove_radial, with_radial_norms
 from optim._state import adam_group
 
@@ -41,7 +41,6 @@ def adamp(
     delta: float,
     wd_ratio: float,
     nesterov: bool,
-    work: Workspace | None = None,
 ) -> list[Projection]:
     r"""Apply one AdamP update in place (``steps`` already incremented); return the projection of each tensor.
 
@@ -56,7 +55,7 @@ def adamp(
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = exp_avg_sq.sqrt().add_(eps * sqrt_bias_correction2)
-        projection = radial_view(param, grad, delta=delta, wd_ratio=wd_ratio, eps=eps, work=work)
+        projection = radial_view(param, grad, delta=delta, wd_ratio=wd_ratio, eps=eps)
         if projection.view == "none" and not nesterov:
             update = None
         elif nesterov:
@@ -91,16 +90,14 @@ def adamp_foreach(
     delta: float,
     wd_ratio: float,
     nesterov: bool,
-    work: Workspace | None = None,
 ) -> list[Projection]:
     """:func:`adamp` on lists of tensors: one bucket per device, dtype, step count and projected view.
 
     All projection tests are read back in one transfer; the removal of the radial part is per tensor (it needs
     each tensor's row norms), and so is the norm of the removed part, read back in one transfer at the end.
     Where nothing is projected (and no Nesterov) the step is AdamW's: torch's fused Adam kernel where it runs.
-    ``work`` keeps the buffer of the projection test (:func:`optim._projection.cosines`) between steps.
     """
-    projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps, work=work)
+    projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps)
     keys = [(step, projection.view) for step, projection in zip(steps, projections, strict=True)]
     columns = [params, grads, exp_avgs, exp_avg_sqs, range(len(params))]
     radial: dict[int, tuple[float, Tensor]] = {}
@@ -256,7 +253,6 @@ class AdamP(Checked):
                 delta=group["delta"],
                 wd_ratio=group["wd_ratio"],
                 nesterov=group["nesterov"],
-                work=workspace(self),
             )
             for state, projection in zip(states, projections, strict=True):
                 projection.record(state)

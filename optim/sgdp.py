@@ -19,7 +19,7 @@ from optim._checks import (
     check_unit_interval,
     evaluate,
 )
-from optim._foreach import Workspace, buckets, fused_sgd, pick, workspace
+from optim._foreach import buckets, fused_sgd, pick
 from optim._projection import Projection, radial_view, radial_views, remove_radial, with_radial_norms
 
 __all__ = ["SGDP", "sgdp", "sgdp_foreach"]
@@ -38,7 +38,6 @@ def sgdp(
     eps: float,
     delta: float,
     wd_ratio: float,
-    work: Workspace | None = None,
 ) -> list[Projection]:
     """Apply one SGDP update in place; return the projection of each tensor."""
     projections = []
@@ -49,7 +48,7 @@ def sgdp(
         else:
             # The authors' code projects the momentum buffer itself in place; valley projects a copy.
             direction = buf
-        projection = radial_view(param, grad, delta=delta, wd_ratio=wd_ratio, eps=eps, work=work)
+        projection = radial_view(param, grad, delta=delta, wd_ratio=wd_ratio, eps=eps)
         if projection.view != "none":
             if direction is buf:
                 direction = buf.clone()
@@ -75,14 +74,12 @@ def sgdp_foreach(
     eps: float,
     delta: float,
     wd_ratio: float,
-    work: Workspace | None = None,
 ) -> list[Projection]:
     """:func:`sgdp` on lists of tensors: one bucket per device, dtype and projected view (see :func:`adamp_foreach`).
 
     Where nothing is projected the step is momentum SGD's: torch's fused SGD kernel where it runs.
-    ``work`` keeps the buffer of the projection test (:func:`optim._projection.cosines`) between steps.
     """
-    projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps, work=work)
+    projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps)
     keys = [projection.view for projection in projections]
     radial: dict[int, tuple[float, Tensor]] = {}
     for view, (params_, grads_, buffers_, indices) in buckets(
@@ -232,7 +229,6 @@ class SGDP(Checked):
                 eps=group["eps"],
                 delta=group["delta"],
                 wd_ratio=group["wd_ratio"],
-                work=workspace(self),
             )
             for state, projection in zip(states, projections, strict=True):
                 projection.record(state)
