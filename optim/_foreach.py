@@ -40,11 +40,12 @@ def pick(per_tensor: Kernel, multi_tensor: Kernel, foreach: bool | None, tensors
 
 
 def buckets(
-    lists: Sequence[Sequence[Any]], keys: Sequence[Hashable] | None = None
+    lists: Sequence[Sequence[Any]], keys: Sequence[Hashable] | None = None, *, cpu_parts: bool = True
 ) -> list[tuple[Hashable, list[list[Any]]]]:
     """Split parallel lists into buckets whose first-list tensors share device, dtype and ``keys[i]``.
 
-    Returns ``(key, lists)`` pairs, buckets in order of first appearance and the original order inside each.
+    Returns ``(key, lists)`` pairs, buckets in order of first appearance and the original order inside each; with
+    ``cpu_parts`` a CPU bucket comes in cache-sized runs (:data:`CPU_PART`), for chains of multi-tensor ops.
 
     Example:
         >>> import torch
@@ -58,7 +59,7 @@ def buckets(
         bucket = found.setdefault((first.device, first.dtype, key), [[] for _ in lists])
         for column, values in zip(bucket, lists, strict=True):
             column.append(values[index])
-    return [(key[2], part) for key, bucket in found.items() for part in _cpu_parts(bucket)]
+    return [(key[2], part) for key, bucket in found.items() for part in (_cpu_parts(bucket) if cpu_parts else [bucket])]
 
 
 CPU_PART = 1 << 20
@@ -239,5 +240,23 @@ def fused_sgd(
         nesterov=nesterov,
         maximize=False,
         is_first_step=False,
+    )
+    return True
+
+
+def fused_adagrad(
+    params: list[Tensor], grads: list[Tensor], state_sums: list[Tensor], *, lr: float, eps: float
+) -> bool:
+    r"""Run torch's fused Adagrad kernel (CPU) on one bucket; return ``False`` where it cannot run.
+
+    It computes :math:`s ← s + g^2`, then :math:`x ← x - η\,g/(\sqrt{s} + ε)` with η = ``lr`` (any sign) and ε =
+    ``eps`` (no decay, no learning-rate decay): Expectigrad's step where every coordinate has counted every step,
+    with η and ε scaled by √t (see :func:`optim.expectigrad.expectigrad_foreach`).
+    """
+    if params[0].device.type != "cpu" or not fusable(params):
+        return False
+    steps = [torch.ones((), device=params[0].device)] * len(params)  # without a learning-rate decay it is unused
+    torch._fused_adagrad_(
+        params, grads, state_sums, steps, lr=lr, lr_decay=0.0, weight_decay=0.0, eps=eps, maximize=False
     )
     return True

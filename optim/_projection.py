@@ -83,7 +83,7 @@ def radial_views(
     dtype (:func:`cosines`) and read back to the host in one transfer (see :func:`decide`).
     """
     measured = [index for index, param in enumerate(params) if param.dim() >= 2]
-    parts = buckets([[params[i] for i in measured], [grads[i] for i in measured], measured])
+    parts = buckets([[params[i] for i in measured], [grads[i] for i in measured], measured], cpu_parts=False)
     found: dict[int, list[float]] = {}
     if parts:
         values = [cosines(params_, grads_, eps=eps) for _, (params_, grads_, _) in parts]

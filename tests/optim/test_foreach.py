@@ -18,11 +18,12 @@ def mixed_problem(dtype, seed=0):
 
     ``w`` enters only through its row directions (scale invariant: AdamP/SGDP project it), ``v`` and ``b`` are
     plain quadratics, ``e`` has a gradient only in its first two coordinates (Expectigrad's sparse counter),
-    ``z`` gets a gradient only on every other call (its step count falls behind), and ``o`` has the other
-    floating dtype (a second device-and-dtype bucket).
+    ``y`` has a zero gradient in its first coordinate at the first call only (that coordinate's count lags one
+    step behind for good), ``z`` gets a gradient only on every other call (its step count falls behind), and ``o``
+    has the other floating dtype (a second device-and-dtype bucket).
     """
     gen = torch.Generator().manual_seed(seed)
-    shapes = {"w": (4, 3), "v": (3, 4), "b": (3,), "e": (5,), "z": (2, 2), "o": (3,)}
+    shapes = {"w": (4, 3), "v": (3, 4), "b": (3,), "e": (5,), "y": (3,), "z": (2, 2), "o": (3,)}
     targets = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
     params = {
         k: torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64) + 1.0) for k, s in shapes.items()
@@ -34,11 +35,13 @@ def mixed_problem(dtype, seed=0):
 
     def loss_fn():
         calls[0] += 1
-        w, v, b, e, z, o = params.values()
+        w, v, b, e, y, z, o = params.values()
         loss = (direction.to(w.dtype) * w / w.norm(dim=1, keepdim=True)).sum()
         loss = loss + 0.5 * ((v - targets["v"].to(dtype)) ** 2).sum() + 0.5 * ((b - targets["b"].to(dtype)) ** 2).sum()
         loss = loss + 0.5 * ((e[:2] - targets["e"][:2].to(dtype)) ** 2).sum()
         loss = loss + 0.5 * ((o - targets["o"].to(o.dtype)) ** 2).sum().to(dtype)
+        first = 1 if calls[0] == 1 else 0
+        loss = loss + 0.5 * ((y[first:] - targets["y"][first:].to(dtype)) ** 2).sum()
         if calls[0] % 2:
             loss = loss + 0.5 * ((z - targets["z"].to(dtype)) ** 2).sum()
         return loss
@@ -171,7 +174,7 @@ def test_state_dict_moves_between_paths(name, first, kwargs_for):
 
 def test_problem_takes_different_decisions_per_tensor(kwargs_for):
     params, loss_fn = mixed_problem(torch.float64)
-    w, v, b, e, z, o = params
+    w, v, b, e, y, z, o = params
     opts = {name: make(name, params, kwargs_for, True) for name in ("adamp", "radam", "expectigrad")}
     for opt in opts.values():
         run(opt, loss_fn, 3)
@@ -179,6 +182,10 @@ def test_problem_takes_different_decisions_per_tensor(kwargs_for):
     assert (state[w]["projection"], state[v]["projection"]) == ("channel", "none")
     assert opts["radam"].state[z]["step"] < opts["radam"].state[v]["step"]
     assert (opts["expectigrad"].state[e]["counter"] < 1).tolist() == [False, False, True, True, True]
+    params, loss_fn = mixed_problem(torch.float64)
+    expectigrad = make("expectigrad", params, kwargs_for, True)
+    run(expectigrad, loss_fn, 3)
+    assert expectigrad.state[params[4]]["counter"].tolist() == [2.0, 3.0, 3.0]
 
 
 def test_default_rule_is_torchs():
