@@ -82,12 +82,14 @@ def expectigrad_foreach(
 ) -> None:
     r""":func:`expectigrad` on lists of tensors: one bucket per device, dtype, step count, kind of state and count.
 
-    Where :math:`n_t = t` in every coordinate of a tensor (dense counting, or a sparse counter with
-    :math:`n_{t-1} = t-1` everywhere and no zero in :math:`g_t`, read back in one transfer), the step is
-    :math:`u_t = g_t/(\sqrt{s_t/t} + ε) = \sqrt t\,g_t/(\sqrt{s_t} + ε\sqrt t)`: torch's fused Adagrad kernel
+    Where :math:`n_{t-1} = t-1` in every coordinate of a tensor (dense counting, or a sparse counter that has
+    counted every step so far; tested per tensor and read back in one transfer), the step is
+    :math:`u_t = g_t/(\sqrt{s_t/t} + ε) = \sqrt t\,g_t/(\sqrt{s_t} + ε\sqrt t)` (where :math:`g_t = 0`, u = 0
+    whatever n is, and n keeps its exact count): torch's fused Adagrad kernel
     (:func:`optim._foreach.fused_adagrad`) with η = γ√t on θ (β = 0), or with η = −(1−β)√t on m after
     :math:`m ← βm`, then :math:`θ ← θ - γ/(1-β^t)\,m`. That is 5 or 10 passes over memory instead of 16 or 24, equal
-    to rounding. ``work`` keeps one buffer per tensor between steps, as in :func:`expectigrad`.
+    to rounding (plus the counter's 5 passes). ``work`` keeps one buffer per tensor between steps, as in
+    :func:`expectigrad`.
     """
     work = work or Workspace()
     counted = _counted_every_step(grads, counters, steps)
@@ -97,18 +99,17 @@ def expectigrad_foreach(
     ]
     columns = [params, grads, sum_sqs, counters, exp_avgs]
     for (step, dense, plain, every), (params_, grads_, sum_sqs_, counters_, exp_avgs_) in buckets(columns, keys):
-        if every and _adagrad_step(params_, grads_, sum_sqs_, exp_avgs_, step, lr=lr, beta=beta, eps=eps):
-            if not dense:
-                torch._foreach_add_(counters_, 1.0)
-            continue
-        torch._foreach_addcmul_(sum_sqs_, grads_, grads_)
         buffers = work.like(params_, dtype=sum_sqs_[0].dtype if dense else counters_[0].dtype)
-        if dense:
-            updates = written(buffers, torch._foreach_div, torch.div, sum_sqs_, step)
-        else:
+        if not dense:
             # torch has no multi-tensor comparison, so 1[g ≠ 0] is taken per tensor (as in expectigrad())
             flags = buffers or [torch.empty_like(c) for c in counters_]
             torch._foreach_add_(counters_, [torch.ne(g, 0, out=f) for g, f in zip(grads_, flags, strict=True)])
+        if every and _adagrad_step(params_, grads_, sum_sqs_, exp_avgs_, step, lr=lr, beta=beta, eps=eps):
+            continue
+        torch._foreach_addcmul_(sum_sqs_, grads_, grads_)
+        if dense:
+            updates = written(buffers, torch._foreach_div, torch.div, sum_sqs_, step)
+        else:
             updates = written(buffers, torch._foreach_div, torch.div, sum_sqs_, counters_)
         torch._foreach_sqrt_(updates)
         torch._foreach_add_(updates, eps)
@@ -123,7 +124,7 @@ def expectigrad_foreach(
 
 
 def _counted_every_step(grads: list[Tensor], counters: list[Tensor | None], steps: list[int]) -> list[bool]:
-    """Whether :math:`n_t = t` everywhere after this step, for each tensor (dense counting: always).
+    """Whether :math:`n_{t-1} = t-1` everywhere before this step, for each tensor (dense counting: always).
 
     Only asked where the fused kernel could run (float32/float64 on CPU); the tests of all tensors are read back
     in one transfer. The counter holds n plus a tiny offset, so :math:`n_{t-1} = t-1` is ``min n > t - 1.5``.
@@ -139,7 +140,7 @@ def _counted_every_step(grads: list[Tensor], counters: list[Tensor | None], step
     ]
     found = [counter is None for counter in counters]
     if asked:
-        tests = [torch.logical_and(grads[i].all(), counters[i].amin() > steps[i] - 1.5) for i in asked]
+        tests = [counters[i].amin() > steps[i] - 1.5 for i in asked]
         for index, every in zip(asked, torch.stack(tests).tolist(), strict=True):
             found[index] = every
     return found
