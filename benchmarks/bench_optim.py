@@ -17,7 +17,13 @@ Part 3: a small CNN's full training step with and without XGrad around the same 
 Timing: wall time, 2 intra-op threads, every case once per round in rotating order, best of the rounds (machine
 noise only ever adds time). Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE`` unless set):
 on a machine shared with other processes a spinning thread makes two-thread runs stall several-fold.
-Run: ``python benchmarks/bench_optim.py [rounds] [parts]``, e.g. ``5 12`` for parts 1 and 2 only (default all).
+On a GPU (``--device cuda``) parts 1 and 2 run there: tensors on the device, each case followed by a
+synchronisation, bandwidth measured on the device; torch's default rule then takes the multi-tensor path for
+``foreach=None``, and the table shows valley's per-tensor and multi-tensor paths beside torch's fused Adam. Part 3
+stays on CPU.
+
+Run: ``python benchmarks/bench_optim.py [rounds] [parts] [--device cpu|cuda]``, e.g. ``5 12`` for parts 1 and 2
+only (default: 15 rounds, all parts, CPU).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads
 
+import argparse
 import statistics
 import sys
 import time
@@ -71,11 +78,20 @@ STEP_CASES: dict[str, tuple[Callable, int]] = {
 }
 
 
+DEVICE = torch.device("cpu")  # set from --device in main()
+
+
 def parameters(values, grads):
-    params = [nn.Parameter(v.clone()) for v in values]
+    params = [nn.Parameter(v.to(DEVICE, copy=True)) for v in values]
     for p, g in zip(params, grads, strict=True):
-        p.grad = g.clone()
+        p.grad = g.to(DEVICE, copy=True)
     return params
+
+
+def synchronize() -> None:
+    """Wait for the device's queued work (a GPU runs asynchronously; on CPU nothing to wait for)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def best_of(cases: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -89,8 +105,10 @@ def best_of(cases: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[s
     names = list(cases)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            synchronize()
             start, start_cpu = time.perf_counter(), time.process_time()
             cases[name]()
+            synchronize()
             cpu[name].append(time.process_time() - start_cpu)
             wall[name].append(time.perf_counter() - start)
     return {n: min(v) for n, v in wall.items()}, {n: min(v) for n, v in cpu.items()}
@@ -98,7 +116,7 @@ def best_of(cases: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[s
 
 def bandwidth_cases(numel: int) -> tuple[dict[str, Callable[[], object]], dict[str, int]]:
     """A copy and an add over ``numel`` float32 values each, and the bytes each moves."""
-    a, b, c = torch.rand(numel), torch.rand(numel), torch.empty(numel)
+    a, b, c = torch.rand(numel, device=DEVICE), torch.rand(numel, device=DEVICE), torch.empty(numel, device=DEVICE)
     cases = {"copy": lambda: c.copy_(a), "add": lambda: torch.add(a, b, out=c)}
     return cases, {"copy": 2 * 4 * numel, "add": 3 * 4 * numel}
 
@@ -109,7 +127,7 @@ def bench_steps(rounds: int) -> None:
     values = [torch.randn(s, generator=gen) * 0.05 for s in shapes]
     grads = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]
     numel = sum(v.numel() for v in values)
-    print(f"ResNet-18 parameter list: {len(shapes)} tensors, {numel:,} parameters (float32)")
+    print(f"ResNet-18 parameter list: {len(shapes)} tensors, {numel:,} parameters (float32) on {DEVICE}")
     cases, moved = {}, {}
     for name, (factory, slots) in STEP_CASES.items():
         paths = [None] if name.startswith("torch") else [False, True]
@@ -264,10 +282,19 @@ def bench_xgrad(steps=20, rounds=5):
 
 
 if __name__ == "__main__":
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 15
-    parts = sys.argv[2] if len(sys.argv) > 2 else "123"
+    parser = argparse.ArgumentParser(description="Optimizer steps against the memory-bandwidth floor.")
+    parser.add_argument("rounds", nargs="?", type=int, default=15, help="rounds; each case's best is shown")
+    parser.add_argument("parts", nargs="?", default="123", help="digits among 1, 2, 3 (default all)")
+    parser.add_argument("--device", default="cpu", help="device of parts 1 and 2 (cpu or cuda)")
+    args = parser.parse_args()
+    rounds, parts = args.rounds, args.parts
     if not parts or set(parts) - set("123"):
         sys.exit(f"bench_optim: parts must be digits among 1, 2, 3 (got {parts!r})")
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_optim: --device cuda asked, but torch sees no CUDA device")
+    if DEVICE.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name(DEVICE)}")
     torch.set_num_threads(2)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, wall time, best of {rounds} rounds")
