@@ -6,7 +6,9 @@ beside ``torch.optim.Adam`` fused, foreach and for-loop. Each row reports ms per
 move per step (parameter read + written, gradient read, every state slot read + written) as a fraction of the
 memory bandwidth measured in the same run (a large copy and a large add; the faster one counts), and its time
 per byte relative to torch's fused Adam. Targets: every valley optimizer within 2x of fused Adam's time per byte
-and no slower per byte than torch's foreach Adam.
+and no slower per byte than torch's foreach Adam. AdamP and SGDP must also read θ and g of every tensor with at
+least two dims once more, for the projection test, before any coordinate can be updated (the test is a reduction
+over the tensor); a line under the table gives their ratio with those bytes counted too (the verdict columns do not).
 
 Part 2: SAM's overhead over its base step (momentum SGD): ``first_step()`` + ``second_step()`` minus the base
 step alone, for valley's SAM on both paths and for ``pytorch_optimizer``'s SAM (a row skipped when that package
@@ -167,6 +169,13 @@ def bench_steps(rounds: int) -> None:
             f"{label:24s} {times[label] * 1e3:8.2f} {cpu[label] * 1e3:7.2f} {moved[label] / 1e6:5.0f} "
             f"{moved[label] / times[label] / bandwidth:6.0%} {per_byte / fused:14.2f} {per_byte_cpu / fused_cpu:5.2f}  "
             f"{verdict}"
+        )
+    tested = 2 * 4 * sum(v.numel() for v in values if v.dim() >= 2)
+    for label in ("AdamP foreach", "SGDP foreach"):
+        ratio = times[label] / (moved[label] + tested) / fused
+        print(
+            f"{label}: counting the projection test's read of θ and g ({tested / 1e6:.0f} MB, needed in full before "
+            f"any coordinate can be updated), t/B:fused = {ratio:.2f}"
         )
 
 
