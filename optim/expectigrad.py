@@ -127,7 +127,8 @@ def _counted_every_step(grads: list[Tensor], counters: list[Tensor | None], step
     """Whether :math:`n_{t-1} = t-1` everywhere before this step, for each tensor (dense counting: always).
 
     Only asked where the fused kernel could run (float32/float64 on CPU); the tests of all tensors are read back
-    in one transfer. The counter holds n plus a tiny offset, so :math:`n_{t-1} = t-1` is ``min n > t - 1.5``.
+    in one transfer. The counter holds n plus a tiny offset (n exactly for n ≥ 1), so :math:`n_{t-1} = t-1` is
+    ``min n ≥ t - 1``, an integer comparison that stays exact as long as the counter does (t ≤ 2²⁴ in float32).
     """
     asked = [
         index
@@ -140,7 +141,7 @@ def _counted_every_step(grads: list[Tensor], counters: list[Tensor | None], step
     ]
     found = [counter is None for counter in counters]
     if asked:
-        tests = [counters[i].amin() > steps[i] - 1.5 for i in asked]
+        tests = [counters[i].amin() >= steps[i] - 1 for i in asked]
         for index, every in zip(asked, torch.stack(tests).tolist(), strict=True):
             found[index] = every
     return found
