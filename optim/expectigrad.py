@@ -182,8 +182,9 @@ class Expectigrad(Checked):
         θ_t = θ_{t-1} - \frac{γ}{1-β^t} m_t\quad (β = 0:\ θ_t = θ_{t-1} - γ u_t).
 
     Momentum is applied outside the adaptive scaling ("outer momentum"), as in the authors' code. A coordinate
-    whose gradient was always zero gets a zero update. The counter n is kept in at least float32 so it does
-    not saturate, and NaN gradients propagate to θ instead of being masked.
+    whose gradient was always zero gets a zero update. The counter n is kept in at least float32, so it counts
+    exactly up to 2²⁴ ≈ 1.7e7 steps (float16 would stop at 2048), and NaN gradients propagate to θ instead of being
+    masked.
 
     Args:
         params: Iterable of parameters or param groups.
