@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -170,6 +171,11 @@ def _adagrad_step(
     return True
 
 
+def _exact_counts(dtype: torch.dtype) -> int:
+    """The largest count a float counter of ``dtype`` reaches by adding 1s: 2/eps (2^24 in float32)."""
+    return round(2 / torch.finfo(dtype).eps)
+
+
 class Expectigrad(Checked):
     r"""Expectigrad: the denominator is the mean of all squared gradients seen where the coordinate was active.
 
@@ -245,6 +251,19 @@ class Expectigrad(Checked):
                 if group["beta"] > 0:
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # m
             state["step"] += 1
+            counter = state.get("counter")
+            if (
+                counter is not None
+                and state["step"] > _exact_counts(counter.dtype)
+                and not self.__dict__.get("_warned")
+            ):
+                self.__dict__["_warned"] = True
+                warnings.warn(
+                    f"Expectigrad: step {state['step']} is beyond what its {counter.dtype} counter n counts exactly "
+                    "(2^24 steps in float32): n stops growing and the step size drifts from the algorithm's",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             params.append(p)
             grads.append(p.grad)
             sum_sqs.append(state["sum_sq"])

@@ -1,6 +1,7 @@
 """Every threshold in optim, tested on both sides and exactly on it (a ``>`` written as ``>=`` must fail a test)."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -95,11 +96,14 @@ def test_adam2k_freeze_steps_domain(k, ok):
 
 
 # ---------------------------------------------------------------- Expectigrad: the sparse counter
+@pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_expectigrad_counter_counts_only_nonzero_gradients(dtype):
-    """Coordinate 0: g = 0, 0, 3 (n = 1 at step 3); coordinate 1: g = 2, 0, 2 (n = 2); coordinate 2: always 0."""
+def test_expectigrad_counter_counts_only_nonzero_gradients(dtype, foreach):
+    """Coordinate 0: g = 0, 0, 3 (n = 1 at step 3); coordinate 1: g = 2, 0, 2 (n = 2); coordinate 2: always 0.
+
+    The multi-tensor path takes the fused (n = t) kernel at step 1 and the counting path afterwards."""
     p = torch.nn.Parameter(torch.zeros(3, dtype=dtype))
-    opt = optim.Expectigrad([p], lr=1.0, beta=0.0, eps=1e-30)
+    opt = optim.Expectigrad([p], lr=1.0, beta=0.0, eps=1e-30, foreach=foreach)
     grads = [[0.0, 2.0, 0.0], [0.0, 0.0, 0.0], [3.0, 2.0, 0.0]]
     for g in grads[:2]:
         p.grad = torch.tensor(g, dtype=dtype)
@@ -112,13 +116,31 @@ def test_expectigrad_counter_counts_only_nonzero_gradients(dtype):
     assert (before - p.detach()).tolist() == [1.0, 1.0, 0.0]
 
 
-def test_expectigrad_dense_counter_is_the_step():
+@pytest.mark.parametrize("foreach", [False, True])
+def test_expectigrad_dense_counter_is_the_step(foreach):
     p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
-    opt = optim.Expectigrad([p], lr=1.0, beta=0.0, eps=1e-30, sparse_counter=False)
+    opt = optim.Expectigrad([p], lr=1.0, beta=0.0, eps=1e-30, sparse_counter=False, foreach=foreach)
     for g in (0.0, 3.0):
         p.grad = torch.tensor([g], dtype=torch.float64)
         opt.step()
     assert float(p.detach()) == pytest.approx(-3.0 / math.sqrt(9.0 / 2.0), rel=1e-15)
+
+
+def test_expectigrad_warns_once_when_its_float32_counter_stops_counting():
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = optim.Expectigrad([p])
+    p.grad = torch.ones(2)
+    opt.step()
+    opt.state[p]["step"] = 2**24 - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # step 2^24: still exact
+    assert opt.state[p]["counter"].dtype == torch.float32
+    with pytest.warns(RuntimeWarning, match="beyond what its torch.float32 counter"):
+        opt.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
 
 
 # ---------------------------------------------------------------- AdamP / SGDP: project iff cos < delta / sqrt(d)
