@@ -124,7 +124,12 @@ class Workspace:
         found = []
         for tensor in tensors:
             buffer = self._buffers.get(tensor)
-            if buffer is None or buffer.shape != tensor.shape or buffer.dtype != (dtype or tensor.dtype):
+            if (
+                buffer is None
+                or buffer.shape != tensor.shape
+                or buffer.stride() != tensor.stride()
+                or buffer.dtype != (dtype or tensor.dtype)
+            ):
                 buffer = torch.empty_like(tensor, dtype=dtype, memory_format=torch.preserve_format)
                 self._buffers[tensor] = buffer
             found.append(buffer)
@@ -159,9 +164,31 @@ def written(
     return work
 
 
-def fusable(tensors: Sequence[Tensor]) -> bool:
-    """Whether torch's fused optimizer kernels run on this bucket (float32 or float64)."""
-    return tensors[0].dtype in (torch.float32, torch.float64)
+def fusable(*lists: Sequence[Tensor]) -> bool:
+    """Whether torch's fused optimizer kernels can run on these parallel lists of one bucket.
+
+    They take float32 or float64, and walk each tensor's memory in storage order, whatever its strides: so every
+    tensor must be dense (no gaps, no overlaps) and laid out like its partners in the other lists (same strides),
+    as autograd's gradient and a fresh state tensor are for a dense parameter. A slice of a larger tensor, or a
+    gradient set by hand in another layout, takes the plain multi-tensor arithmetic instead.
+    """
+    if lists[0][0].dtype not in (torch.float32, torch.float64):
+        return False
+    return all(
+        _dense(first) and all(other.stride() == first.stride() for other in others)
+        for first, *others in zip(*lists, strict=True)
+    )
+
+
+def _dense(tensor: Tensor) -> bool:
+    """Whether ``tensor`` covers a gap-free, non-overlapping block of memory (in any order of its dims)."""
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride(), strict=True), key=lambda pair: pair[1]):
+        if size != 1:
+            if stride != expected:
+                return False
+            expected *= size
+    return True
 
 
 def fused_adam(
@@ -191,7 +218,7 @@ def fused_adam(
     Adam-2k after its warm-up, AdamP where nothing is projected, AdaM3 with g := m and β₁ = 0); it agrees with
     their own arithmetic to rounding.
     """
-    if not fusable(params):
+    if not fusable(params, grads, exp_avgs, exp_avg_sqs):
         return False
     steps = [torch.full((), float(step), device=params[0].device)] * len(params)
     (torch._fused_adamw_ if decoupled else torch._fused_adam_)(
@@ -227,7 +254,7 @@ def fused_sgd(
     It computes :math:`b ← μ b + (1-τ) g`, then :math:`θ ← θ - γ d` with :math:`d = g + μ b` (Nesterov) or
     :math:`d = b` — SGDP's step where nothing is projected (its buffers start at 0, so no first-step copy).
     """
-    if momentum == 0 or not fusable(params):
+    if momentum == 0 or not fusable(params, grads, momentum_buffers):
         return False
     torch._fused_sgd_(
         params,
@@ -253,7 +280,7 @@ def fused_adagrad(
     ``eps`` (no decay, no learning-rate decay): Expectigrad's step where every coordinate has counted every step,
     with η and ε scaled by √t (see :func:`optim.expectigrad.expectigrad_foreach`).
     """
-    if params[0].device.type != "cpu" or not fusable(params):
+    if params[0].device.type != "cpu" or not fusable(params, grads, state_sums):
         return False
     steps = [torch.ones((), device=params[0].device)] * len(params)  # without a learning-rate decay it is unused
     torch._fused_adagrad_(

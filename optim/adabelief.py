@@ -113,7 +113,8 @@ def adabelief_foreach(
         bias_correction2 = 1 - beta2**step
         rho_t, r_t = rectification(step, beta2)
         buffers = work.like(params_)
-        if not (rectify and rho_t < 5) and beta1 >= FUSED_MIN_BETA1 and beta2 > 0 and fusable(params_):
+        fused = beta1 >= FUSED_MIN_BETA1 and beta2 > 0 and fusable(params_, grads_, exp_avgs_, exp_avg_vars_)
+        if fused and not (rectify and rho_t < 5):
             torch._foreach_mul_(exp_avgs_, beta1)
             moves = written(buffers, torch._foreach_sub, torch.sub, exp_avgs_, grads_, alpha=beta1)
             torch._foreach_add_(exp_avg_vars_, eps / beta2)
@@ -123,7 +124,7 @@ def adabelief_foreach(
             step_size = lr * (r_t * math.sqrt(bias_correction2) if rectify else 1.0) * ratio / bias_correction1
             fused_lr = step_size * (1 - 1 / beta1)
             decay = lr * weight_decay if decoupled else 0.0  # the kernel's θ(1 - γ'λ')
-            fused_adam(
+            ran = fused_adam(
                 params_,
                 moves,
                 exp_avgs_,
@@ -136,6 +137,8 @@ def adabelief_foreach(
                 weight_decay=decay / fused_lr if decay else 0.0,
                 decoupled=True,
             )
+            if not ran:  # its inputs are already transformed: stopping beats a silently wrong step
+                raise RuntimeError("AdaBelief: the fused kernel refused a bucket that passed its checks")
             continue
         if weight_decay != 0 and decoupled:
             torch._foreach_mul_(params_, 1 - lr * weight_decay)

@@ -83,7 +83,7 @@ def adam3_foreach(
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)
-        if beta2 > 0 and fusable(params_):
+        if beta2 > 0 and fusable(params_, exp_avgs_, exp_avg_sqs_):
             # β₂(v + ε/β₂) + (1-β₂)m² = v_t; fused Adam with g := m_t and β₁ = 0 leaves m_t and takes the step
             torch._foreach_add_(exp_avg_sqs_, eps / beta2)
             fused_adam(

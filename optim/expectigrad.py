@@ -163,7 +163,7 @@ def _adagrad_step(
     root = math.sqrt(step)
     if exp_avgs[0] is None:
         return fused_adagrad(params, grads, sum_sqs, lr=lr * root, eps=eps * root)
-    if not (params[0].device.type == "cpu" and fusable(params)):
+    if not (params[0].device.type == "cpu" and fusable(params, grads, sum_sqs, exp_avgs)):
         return False
     torch._foreach_mul_(exp_avgs, beta)
     fused_adagrad(exp_avgs, grads, sum_sqs, lr=-(1 - beta) * root, eps=eps * root)

@@ -144,6 +144,51 @@ def test_foreach_equals_per_tensor_on_every_branch(name, overrides, kwargs_for):
     compare_paths(name, torch.float64, {**kwargs_for(name), **overrides}, steps=14)
 
 
+@pytest.mark.parametrize("name", OWN)
+def test_foreach_equals_per_tensor_where_memory_is_not_one_dense_block(name, kwargs_for):
+    """A parameter sliced from a larger tensor, and gradients set by hand in another layout than their parameter.
+
+    torch's fused kernels walk memory in storage order whatever the strides, so the multi-tensor path must not
+    hand them these tensors: same result as the per-tensor path, and the elements between the slice's are untouched.
+    """
+    runs = []
+    for foreach in (False, True):
+        gen = torch.Generator().manual_seed(0)
+        base = torch.randn(4, 10, generator=gen, dtype=torch.float64)
+        params = [torch.nn.Parameter(base[:, ::2]), torch.nn.Parameter(torch.randn(3, 5, generator=gen).double())]
+        opt = make(name, params, kwargs_for, foreach)
+        for _ in range(8):  # RAdam's rectified (fused) steps start at step 6
+            params[0].grad = torch.randn(4, 5, generator=gen, dtype=torch.float64)  # contiguous: strides differ
+            params[1].grad = torch.randn(5, 3, generator=gen, dtype=torch.float64).t()  # transposed layout
+            opt.step()
+        runs.append((base, params))
+    (base_ref, reference), (base, params) = runs
+    assert torch.equal(base[:, 1::2], base_ref[:, 1::2])
+    for p, q in zip(params, reference, strict=True):
+        assert_close(p.detach(), q.detach())
+
+
+@pytest.mark.parametrize("name", OWN)
+def test_foreach_follows_a_parameter_whose_layout_changes(name, kwargs_for):
+    """A model turned channels-last between steps: kept work buffers must follow the new layout."""
+    runs = []
+    for foreach in (False, True):
+        gen = torch.Generator().manual_seed(1)
+        weight = torch.nn.Parameter(torch.randn(4, 3, 2, 2, generator=gen, dtype=torch.float64))
+        opt = make(name, [weight], kwargs_for, foreach)
+        for step in range(8):
+            if step == 4:
+                weight.data = weight.data.contiguous(memory_format=torch.channels_last)
+                for value in opt.state[weight].values():
+                    if isinstance(value, torch.Tensor) and value.dim() == 4:
+                        value.data = value.data.contiguous(memory_format=torch.channels_last)
+            layout = torch.contiguous_format if step < 4 else torch.channels_last
+            weight.grad = torch.randn(4, 3, 2, 2, generator=gen, dtype=torch.float64).contiguous(memory_format=layout)
+            opt.step()
+        runs.append(weight.detach())
+    assert_close(runs[1], runs[0])
+
+
 @pytest.mark.parametrize("first", [False, True], ids=["per_tensor_then_foreach", "foreach_then_per_tensor"])
 def test_state_dict_moves_between_paths(name, first, kwargs_for):
     torch.manual_seed(0)
