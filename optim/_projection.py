@@ -44,7 +44,7 @@ def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float) -> Tensor:
     ``F.cosine_similarity``): the max over rows, and c of the whole tensor, assembled from the row sums so that it
     costs no extra pass. Each row's :math:`g·θ` comes from a batched matrix product, which reads the two tensors
     without writing their product out; the per-row results of all tensors are combined at once (zero padding
-    changes neither maxima nor sums).
+    changes neither maxima nor sums; a padded row's cosine, 0/ε² and so 0/0 where ε² underflows, is set to 0).
     """
     counts = [param.shape[0] for param in params]
     stats = params[0].new_zeros(3, len(params), max(counts))  # row g·θ, ‖g_row‖, ‖θ_row‖
@@ -55,6 +55,8 @@ def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float) -> Tensor:
         torch.linalg.vector_norm(param_rows, dim=2, out=stats[2, index, :count].view(count, 1))
     dots, grad_norms, param_norms = stats
     channel_cos = dots.abs() / (grad_norms.clamp(min=eps) * param_norms.clamp(min=eps))
+    rows = torch.arange(stats.shape[2], device=stats.device)
+    channel_cos = channel_cos.where(rows < torch.tensor(counts, device=stats.device)[:, None], 0.0)  # padding: 0/0
     layer_grad = torch.linalg.vector_norm(grad_norms, dim=1).clamp(min=eps)
     layer_param = torch.linalg.vector_norm(param_norms, dim=1).clamp(min=eps)
     return torch.stack([channel_cos.amax(dim=1), dots.sum(dim=1).abs() / (layer_grad * layer_param)], dim=1)
@@ -79,10 +81,10 @@ def radial_views(
 ) -> list[Projection]:
     """Decide which view of each parameter looks scale invariant for its gradient (no projection done yet).
 
-    Tensors with fewer than two dims are never projected; the cosines of all others are computed per device and
-    dtype (:func:`cosines`) and read back to the host in one transfer (see :func:`decide`).
+    Tensors with fewer than two dims or no elements are never projected; the cosines of all others are computed per
+    device and dtype (:func:`cosines`) and read back to the host in one transfer (see :func:`decide`).
     """
-    measured = [index for index, param in enumerate(params) if param.dim() >= 2]
+    measured = [index for index, param in enumerate(params) if param.dim() >= 2 and param.numel() > 0]
     parts = buckets([[params[i] for i in measured], [grads[i] for i in measured], measured], cpu_parts=False)
     found: dict[int, list[float]] = {}
     if parts:

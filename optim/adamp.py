@@ -163,7 +163,7 @@ class AdamP(Checked):
         θ ← θ(1 - γλ_{eff}),\quad θ ← θ - \frac{γ}{1-β_1^t} u.
 
     The projection is tried per output channel first, then on the whole tensor (see
-    :func:`optim._projection.radial_view`); tensors with fewer than two dims are never projected. Where
+    :func:`optim._projection.radial_view`); tensors with fewer than two dims (or no elements) are never projected. Where
     nothing is projected (and ``nesterov=False``) AdamP is ``torch.optim.AdamW`` with the same λ — decoupled
     decay :math:`θ(1-γλ)` (wd_ratio does not apply), then :math:`θ - γ/(1-β_1^t) · m_t/(\sqrt{v_t}/\sqrt{1-β_2^t}+ε)`
     — equal to rounding, since AdamP evaluates it as :math:`c\,m_t/(\sqrt{v_t}+εc)`, :math:`c=\sqrt{1-β_2^t}`.

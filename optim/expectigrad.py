@@ -171,6 +171,24 @@ def _adagrad_step(
     return True
 
 
+def _keep_saved_counters(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+    """Before ``load_state_dict``: keep the saved counters, which torch would cast to each parameter's dtype."""
+    saved = state_dict["state"]
+    optimizer.__dict__["_saved_counters"] = [
+        [saved[index]["counter"] if "counter" in saved.get(index, {}) else None for index in group["params"]]
+        for group in state_dict["param_groups"]
+    ]
+
+
+def _restore_saved_counters(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict``: the counters in at least float32 again (a bfloat16 counter stops at 256)."""
+    for group, counters in zip(optimizer.param_groups, optimizer.__dict__.pop("_saved_counters"), strict=True):
+        for param, counter in zip(group["params"], counters, strict=True):
+            if counter is not None:
+                dtype = torch.promote_types(param.dtype, torch.float32)
+                optimizer.state[param]["counter"] = counter.to(param.device, dtype, copy=True)
+
+
 def _exact_counts(dtype: torch.dtype) -> int:
     """The largest count a float counter of ``dtype`` reaches by adding 1s: 2/eps (2^24 in float32)."""
     return round(2 / torch.finfo(dtype).eps)
@@ -232,6 +250,8 @@ class Expectigrad(Checked):
         foreach: bool | None = None,
     ) -> None:
         super().__init__(params, dict(lr=lr, beta=beta, eps=eps, sparse_counter=sparse_counter, foreach=foreach))
+        self.register_load_state_dict_pre_hook(_keep_saved_counters)
+        self.register_load_state_dict_post_hook(_restore_saved_counters)
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:
         params, grads, sum_sqs, counters, exp_avgs, states = [], [], [], [], [], []

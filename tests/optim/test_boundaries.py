@@ -126,6 +126,21 @@ def test_expectigrad_dense_counter_is_the_step(foreach):
     assert float(p.detach()) == pytest.approx(-3.0 / math.sqrt(9.0 / 2.0), rel=1e-15)
 
 
+def test_expectigrad_counter_stays_float32_through_a_state_dict_of_bfloat16_parameters():
+    """torch casts loaded state to the parameter's dtype; a bfloat16 counter would round 257 to 256 and stop there."""
+    p = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
+    opt = optim.Expectigrad([p])
+    p.grad = torch.ones(2, dtype=torch.bfloat16)
+    opt.step()
+    opt.state[p]["counter"].fill_(257.0)
+    q = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
+    resumed = optim.Expectigrad([q])
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed.state[q]["counter"].dtype == torch.float32
+    assert resumed.state[q]["counter"].tolist() == [257.0, 257.0]
+    assert resumed.state[q]["sum_sq"].dtype == torch.bfloat16
+
+
 def test_expectigrad_warns_once_when_its_float32_counter_stops_counting():
     p = torch.nn.Parameter(torch.ones(2))
     opt = optim.Expectigrad([p])

@@ -93,3 +93,33 @@ def test_sgdp_leaves_the_momentum_buffer_unprojected():
     w, opt, _, _ = _train(lambda ps: optim.SGDP(ps, lr=0.1, momentum=0.9), row_invariant_loss, steps=1)
     # after one step b = g, which is itself orthogonal to θ row-wise here; check it equals the raw gradient
     assert torch.equal(opt.state[w]["momentum_buffer"], w.grad)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_a_tiny_eps_decides_alike_on_both_paths_for_tensors_with_different_row_counts(name, foreach):
+    """Gradients orthogonal to every row: projected per channel. With ε² underflowing, the multi-tensor test pads
+    the shorter tensor's rows, and those padded cosines (0/0) must not turn the decision into 'layer'."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(rows, 6, generator=gen)) for rows in (3, 8)]
+    make = {"adamp": optim.AdamP, "sgdp": optim.SGDP}[name]
+    opt = make(params, lr=0.1, eps=1e-30, foreach=foreach)
+    for p in params:
+        unit = p.detach() / p.detach().norm(dim=1, keepdim=True)
+        noise = torch.randn(p.shape, generator=gen)
+        p.grad = noise - (noise * unit).sum(dim=1, keepdim=True) * unit
+    opt.step()
+    assert [opt.state[p]["projection"] for p in params] == ["channel", "channel"]
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_parameters_without_elements_are_stepped_and_never_projected(name, foreach):
+    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in ((0, 3), (3, 0), (2, 3))]
+    make = {"adamp": optim.AdamP, "sgdp": optim.SGDP}[name]
+    opt = make(params, lr=0.1, foreach=foreach)
+    for p in params:
+        p.grad = torch.ones(p.shape)
+    opt.step()
+    assert [opt.state[p]["projection"] for p in params[:2]] == ["none", "none"]
+    assert params[2].detach().ne(0).all()
