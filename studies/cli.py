@@ -245,7 +245,8 @@ def _cmd_figures(args: argparse.Namespace) -> int:
         outputs.append(output)
         timings.append(f"{name}: {time.perf_counter() - start:.1f} s")
         print(f"{name}: {', '.join(str(p) for p in output.images)}")
-    theory = None if args.skip_theory or args.only else _theory_table(args.out / "theory", root, args.force)
+    skip_theory = args.skip_theory or args.only
+    theory = None if skip_theory else _theory_table(args.out / "theory", root, args.force, args.progress)
     precision = "bfloat16 autocast (amp)" if args.amp else "float32"
     header = f"Scale: {args.scale}; device: {args.device}; training: {precision}; "
     header += f"time per figure: {'; '.join(timings)}."
@@ -261,13 +262,13 @@ def _provenance(name: str, scale: str, frame: pd.DataFrame) -> str:
     return f"Made at the {scale} scale on {data}. Regenerate: `valley figures --only {name} --scale {scale}`."
 
 
-def _theory_table(out_dir: Path, root: Path, force: bool) -> pd.DataFrame:
+def _theory_table(out_dir: Path, root: Path, force: bool, progress: bool) -> pd.DataFrame:
     """The theory table, cached under ``<root>/theory/`` keyed by the source of the packages the checks run."""
     from studies.store import cached_table
 
     theory = importlib.import_module("theory")
     path = root / "theory" / f"{_source_key(('theory', 'optim', 'landscape'))}.csv"
-    run = functools.partial(theory.run_all, out_dir=out_dir)
+    run = functools.partial(theory.run_all, out_dir=out_dir, progress=progress)
     table, cached = cached_table(path, run, force, keep_default_na=False, na_values=[""])
     if cached:
         theory.write_tables(table, out_dir)
