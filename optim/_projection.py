@@ -45,7 +45,10 @@ def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float) -> Tensor:
     costs no extra pass. Each row's :math:`g·θ` comes from a batched matrix product, which reads the two tensors
     without writing their product out; the per-row results of all tensors are combined at once (zero padding
     changes neither maxima nor sums; a padded row's cosine, 0/ε² and so 0/0 where ε² underflows, is set to 0).
+    Half-precision tensors are measured in float32.
     """
+    if params[0].dtype not in (torch.float32, torch.float64):  # float16 overflows above 65504: work in float32
+        params, grads = [p.float() for p in params], [g.float() for g in grads]
     counts = [param.shape[0] for param in params]
     stats = params[0].new_zeros(3, len(params), max(counts))  # row g·θ, ‖g_row‖, ‖θ_row‖
     for index, (param, grad, count) in enumerate(zip(params, grads, counts, strict=True)):

@@ -123,3 +123,16 @@ def test_parameters_without_elements_are_stepped_and_never_projected(name, forea
     opt.step()
     assert [opt.state[p]["projection"] for p in params[:2]] == ["none", "none"]
     assert params[2].detach().ne(0).all()
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_float16_cosines_do_not_overflow(name):
+    """Rows of norm 300: the product of the norms (9e4) overflows float16, the cosine (0.7) must not become 0."""
+    w = torch.nn.Parameter(torch.zeros(2, 4, dtype=torch.float16))
+    w.data[:, 0] = 300.0
+    make = {"adamp": optim.AdamP, "sgdp": optim.SGDP}[name]
+    opt = make([w], lr=0.1)
+    w.grad = torch.tensor([[210.0, 214.24, 0.0, 0.0]] * 2, dtype=torch.float16)
+    opt.step()
+    assert opt.state[w]["projection"] == "none"
+    assert opt.state[w]["max_cosine"] == pytest.approx(0.7, abs=1e-3)
