@@ -31,10 +31,11 @@ Three ways of running the rest:
   becomes a grouped convolution, which CPU libraries run far below the speed of one dense convolution, so this way
   can win for convolutional models.
 
-For a model with a parameter of three or more dimensions the evaluator times ``vmap`` and the loop on a sample (the
-first ``CALIBRATION_POINTS`` points on the first ``CALIBRATION_EXAMPLES`` examples of the first batch) and goes on
-with the faster; :attr:`FastEvaluator.name` says which way ran and :attr:`FastEvaluator.calibration` holds the
-measured seconds per point of the sample. Other models take the chain or ``vmap``. The default loss and accuracy of
+For a model with a parameter of three or more dimensions the evaluator evaluates the first ``CALIBRATION_POINTS``
+points of its first call by ``vmap`` and the next as many by the loop, on all batches, timing both (their results
+are kept: calibrating costs only the slower way's extra time on those points), and goes on with the faster;
+:attr:`FastEvaluator.name` says which way ran and :attr:`FastEvaluator.calibration` holds the measured seconds per
+point. Other models take the chain or ``vmap``. The default loss and accuracy of
 all points of a pass are computed in one call (:func:`stacked_scores`); other loss functions are called point by
 point.
 """
@@ -63,8 +64,7 @@ from landscape._evaluation import (
 )
 
 STRATEGIES = ("auto", "vmap", "loop")
-CALIBRATION_POINTS = 2  # points timed with each way of evaluating before choosing ...
-CALIBRATION_EXAMPLES = 256  # ... on this many examples of the first batch
+CALIBRATION_POINTS = 2  # points of the first call evaluated (and timed) with each way before choosing
 
 AFFINE = (
     nn.Linear,
@@ -173,7 +173,7 @@ class FastEvaluator:
         first_layer_trick: use the first-affine-layer shortcut when it applies (default True).
         forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` (default: the model on the batch's inputs).
         strategy: ``"auto"`` (default: for models with convolution-like parameters, time ``vmap`` and the loop on
-            a sample and keep the faster; for others the layer chain or ``vmap``), ``"vmap"`` (the chain where it
+            the first points of the first call and keep the faster; for others the layer chain or ``vmap``), ``"vmap"`` (the chain where it
             applies, else ``vmap``) or ``"loop"`` (one point per forward pass, channels-last for image models, in
             cache-sized pieces).
     """
@@ -336,24 +336,36 @@ class FastEvaluator:
         """Loss and accuracy at every row of ``coords`` (shape ``(G, k)``), as float64 tensors of length ``G``."""
         if self.strategy == "auto":
             return self._calibrate(coords)
-        if self.strategy == "loop":
+        return self._evaluate(self.strategy, coords)
+
+    def _evaluate(self, strategy: str, coords: Tensor) -> tuple[Tensor, Tensor]:
+        """All batches at ``coords`` by ``strategy`` (``"vmap"``: the chain where it applies; ``"loop"``)."""
+        if strategy == "loop":
             return self._loop(coords, self.batches, use_trick=self.loop_trick, piece=self.piece, cache=True)
         return self._chunk(coords, self.batches, use_trick=self.vmap_trick, cache=True)
 
     def _calibrate(self, coords: Tensor) -> tuple[Tensor, Tensor]:
-        """Time both ways on a sample (the first points, the first examples), keep the faster, then evaluate all."""
-        sample = [head(self.batches[0], CALIBRATION_EXAMPLES)]
-        first = coords[:CALIBRATION_POINTS]
+        """Evaluate the first points by ``vmap`` and as many more by the loop, timing both; the faster does the rest.
+
+        Each way evaluates ``min(CALIBRATION_POINTS, G // 2)`` points of the first call on all batches, so nothing
+        is computed only to be timed; a single point is evaluated by the loop (batching points cannot help it) and
+        the choice waits for a call with two points or more.
+        """
+        count = min(CALIBRATION_POINTS, len(coords) // 2)
+        if count == 0:
+            return self._evaluate("loop", coords)
         device = next(iter(self.origin.values())).device
-        for strategy in ("vmap", "loop"):
+        results = []
+        for k, strategy in enumerate(("vmap", "loop")):
             start = _clock(device)
-            if strategy == "vmap":
-                self._chunk(first, sample, use_trick=self.vmap_trick)
-            else:
-                self._loop(first, sample, use_trick=self.loop_trick, piece=self.piece)
-            self.calibration[strategy] = (_clock(device) - start) / len(first)
+            results.append(self._evaluate(strategy, coords[k * count : (k + 1) * count]))
+            self.calibration[strategy] = (_clock(device) - start) / count
         self.strategy = min(self.calibration, key=self.calibration.__getitem__)
-        return self(coords)
+        for key in [key for key in self._parts if key[0] != self.strategy]:  # the other way's first-layer products
+            self._parts_bytes -= self._parts.pop(key).nbytes
+        if len(coords) > 2 * count:
+            results.append(self(coords[2 * count :]))
+        return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
 
     def _loop(
         self, coords: Tensor, batches: Sequence[Batch], use_trick: bool, piece: int | None, cache: bool = False
@@ -427,7 +439,7 @@ class FastEvaluator:
         with torch.no_grad():
             for i, (batch, size) in enumerate(zip(batches, sizes, strict=True)):
                 if use_trick and self.chain is not None:
-                    batch_loss, batch_acc = self._batch_chain(coords, batch, ("chain", i) if cache else None)
+                    batch_loss, batch_acc = self._batch_chain(coords, batch, ("vmap", i, "transposed") if cache else None)
                 elif use_trick:
                     batch_loss, batch_acc = self._batch_trick(coords, batch, ("vmap", i) if cache else None)
                 else:
