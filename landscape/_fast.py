@@ -173,9 +173,9 @@ class FastEvaluator:
         first_layer_trick: use the first-affine-layer shortcut when it applies (default True).
         forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` (default: the model on the batch's inputs).
         strategy: ``"auto"`` (default: for models with convolution-like parameters, time ``vmap`` and the loop on
-            the first points of the first call and keep the faster; for others the layer chain or ``vmap``), ``"vmap"`` (the chain where it
-            applies, else ``vmap``) or ``"loop"`` (one point per forward pass, channels-last for image models, in
-            cache-sized pieces).
+            the first points of the first call and keep the faster; for others the layer chain or ``vmap``),
+            ``"vmap"`` (the chain where it applies, else ``vmap``) or ``"loop"`` (one point per forward pass,
+            channels-last for image models, in cache-sized pieces).
     """
 
     def __init__(
@@ -439,7 +439,8 @@ class FastEvaluator:
         with torch.no_grad():
             for i, (batch, size) in enumerate(zip(batches, sizes, strict=True)):
                 if use_trick and self.chain is not None:
-                    batch_loss, batch_acc = self._batch_chain(coords, batch, ("vmap", i, "transposed") if cache else None)
+                    key = ("vmap", i, "transposed") if cache else None
+                    batch_loss, batch_acc = self._batch_chain(coords, batch, key)
                 elif use_trick:
                     batch_loss, batch_acc = self._batch_trick(coords, batch, ("vmap", i) if cache else None)
                 else:
