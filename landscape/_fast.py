@@ -213,20 +213,21 @@ class FastEvaluator:
         self.piece: int | None = None
         self.chain: list[tuple[str, Any]] | None = None
         self.chain_widths: list[int] = []
-        if strategy != "loop":
+        if strategy != "loop" and self.layer_name is not None:
+            self._plan_chain(first)  # checked against the loop's plain evaluation: no vmap needed for a chain
+            if self.chain is not None and self._agrees(
+                self._loop(coords, probe, use_trick=False, piece=None),
+                lambda: self._chunk(coords, probe, use_trick=True),
+            ):
+                self.vmap_trick, self.vmap_name = True, "chain+first_layer"
+            else:
+                self.chain = None
+        if strategy != "loop" and self.chain is None:
             plain = self._chunk(coords, probe, use_trick=False)  # raises where the model cannot be vmapped
             self.vmap_trick = self.layer_name is not None and self._agrees(
                 plain, lambda: self._chunk(coords, probe, use_trick=True)
             )
             self.vmap_name = "vmap+first_layer" if self.vmap_trick else "vmap"
-            if self.vmap_trick:
-                self._plan_chain(first)
-                if self.chain is not None and not self._agrees(
-                    plain, lambda: self._chunk(coords, probe, use_trick=True)
-                ):
-                    self.chain = None
-                if self.chain is not None:
-                    self.vmap_name = "chain+first_layer"
         if strategy != "vmap":
             plain = self._loop(coords, probe, use_trick=False, piece=None)
             self.piece = piece_size(model, first, forward_fn, PIECE_BYTES)
