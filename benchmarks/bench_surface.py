@@ -205,7 +205,6 @@ BIG = textwrap.dedent(
     import torch
     from torch import nn
     from landscape.directions import random_direction
-from studies.models import make_model
     from landscape.surfaces import make_grid, surface_2d
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
