@@ -628,10 +628,11 @@ def stacked_scores(
     the log-softmax written out as torch computes it. All points are scored at once on the ``(points, C, B)`` view
     (reductions over the classes then run across contiguous examples, which CPUs vectorise), without an arg-max
     (slow over that dimension): example :math:`i` is a hit when :math:`z^{(g)}_{iy_i} = m_i` and no other class
-    reaches :math:`m_i`; points with such a tie (counted exactly: :math:`z - m` is 0 only at the maxima) take
-    torch's arg-max, which picks the first. Scores that are not all finite take torch's log-softmax and arg-max
-    throughout. Equal to calling the two functions point by point up to the order of floating-point sums; targets
-    out of range raise the same ``ValueError``.
+    reaches :math:`m_i`; points with such a tie take torch's arg-max, which picks the first. Ties are counted
+    exactly by the sign of :math:`z - m`, which is -1 only strictly below the maximum: 0 at the maxima, and 0 too
+    where :math:`z - m` is NaN (a NaN or infinite score), so that such points also take torch's arg-max (which
+    picks a NaN); their loss is NaN as torch's is. Equal to calling the two functions point by point up to the
+    order of floating-point sums; targets out of range raise the same ``ValueError``.
 
     Args:
         outputs: ``(points, B, C)`` scores (fastest when their ``(points, C, B)`` transpose is contiguous).
@@ -644,20 +645,16 @@ def stacked_scores(
     valid = targets != IGNORE_INDEX
     index = targets.clamp_min(0)[:, None, :]
     top = scores.amax(dim=1)
-    if bool(top.isfinite().all()):
-        target_scores = scores.gather(1, index)[:, 0]
-        shifted, signs = work if work is not None else (torch.empty_like(scores), torch.empty_like(scores))
-        shifted, signs = shifted.view(scores.shape), signs.view(scores.shape)
-        torch.sub(scores, top[:, None], out=shifted)  # <= 0, and 0 exactly at the maxima
-        classes_at_top = torch.sign(shifted, out=signs).sum(dim=1) + scores.shape[1]  # -1 below the maximum, 0 at it
-        picked = target_scores - top - shifted.exp_().sum(dim=1).log_()
-        hits = target_scores == top
-        tied = (classes_at_top > 1).any(dim=1).nonzero()[:, 0]
-        if len(tied):
-            hits[tied] = scores[tied].argmax(dim=1) == targets[tied]
-    else:
-        picked = scores.log_softmax(dim=1).gather(1, index)[:, 0]
-        hits = scores.argmax(dim=1) == targets
+    target_scores = scores.gather(1, index)[:, 0]
+    shifted, signs = work if work is not None else (torch.empty_like(scores), torch.empty_like(scores))
+    shifted, signs = shifted.view(scores.shape), signs.view(scores.shape)
+    torch.sub(scores, top[:, None], out=shifted)  # < 0 below the maximum; 0 at it; NaN from a NaN or infinite score
+    classes_at_top = torch.sign(shifted, out=signs).sum(dim=1) + scores.shape[1]  # sign is -1 only below
+    picked = target_scores - top - shifted.exp_().sum(dim=1).log_()
+    hits = target_scores == top
+    tied = (classes_at_top > 1).any(dim=1).nonzero()[:, 0]
+    if len(tied):
+        hits[tied] = scores[tied].argmax(dim=1) == targets[tied]
     hits &= valid
     if bool(valid.all()):
         return -picked.mean(dim=1), hits.sum(dim=1).to(outputs.dtype) / targets.shape[1]

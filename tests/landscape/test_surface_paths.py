@@ -213,8 +213,8 @@ def test_stacked_scores_of_non_finite_outputs_equal_the_single_point_functions()
     g = torch.Generator().manual_seed(0)
     outputs = torch.randn(4, 6, 3, generator=g)
     outputs[1, 2, 1] = float("inf")
-    outputs[2, 0, 2] = float("nan")
-    outputs[3, 4] = float("-inf")
+    outputs[2, 0, 0] = float("nan")  # arg-max takes a NaN: a hit for target 0
+    outputs[3, 3] = float("-inf")  # all equal: arg-max takes class 0, a miss for target 1
     targets = torch.tensor([0, 1, 2, 1, 0, 2])
     loss, acc = _fast.stacked_scores(outputs, targets.expand(4, -1))
     for g_, out in enumerate(outputs):
