@@ -209,7 +209,7 @@ def test_pieces_refused_where_the_model_mixes_examples(monkeypatch):
 
 
 def test_stacked_scores_of_non_finite_outputs_equal_the_single_point_functions():
-    """Scores with inf or NaN take torch's log-softmax and arg-max: the same values (NaN where NaN) as point by point."""
+    """Scores with inf or NaN give the values (NaN where NaN) and the hits of the functions point by point."""
     g = torch.Generator().manual_seed(0)
     outputs = torch.randn(4, 6, 3, generator=g)
     outputs[1, 2, 1] = float("inf")
