@@ -64,7 +64,8 @@ from landscape._evaluation import (
 )
 
 STRATEGIES = ("auto", "vmap", "loop")
-CALIBRATION_POINTS = 2  # points of the first call evaluated (and timed) with each way before choosing
+CALIBRATION_POINTS = 1  # points of the first call evaluated (and timed) with each way before choosing (more only
+# add the slower way's cost: for convolutional models vmap's cost per point hardly falls with more points per pass)
 
 AFFINE = (
     nn.Linear,

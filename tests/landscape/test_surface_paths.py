@@ -72,12 +72,12 @@ def test_every_way_equals_the_reference_loop(make, strategy, piece_bytes, monkey
 def test_calibration_is_recorded_and_mlps_keep_vmap(monkeypatch):
     model, origin, directions, batches, _ = problem(small_cnn)
     ticks = iter([0.0, 5.0, 5.0, 6.0])
-    monkeypatch.setattr(_fast, "_clock", lambda _device: next(ticks))  # vmap 5 s, loop 1 s for 2 points
+    monkeypatch.setattr(_fast, "_clock", lambda _device: next(ticks))  # vmap 5 s, loop 1 s for their point
     grid = make_grid(-1, 1, 3)
     data = batches[0]
     surface = surface_2d(model, data, directions, grid, grid, progress=False)
     assert surface.config["evaluator"] == "loop+channels_last+first_layer"
-    assert surface.config["evaluator_calibration"] == pytest.approx({"vmap": 5 / 2, "loop": 1 / 2})
+    assert surface.config["evaluator_calibration"] == pytest.approx({"vmap": 5.0, "loop": 1.0})
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
     x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
@@ -230,6 +230,7 @@ def test_calibration_evaluates_real_points_and_keeps_their_results(monkeypatch):
     calls = []
     evaluate = fast._evaluate
     monkeypatch.setattr(fast, "_evaluate", lambda way, c: calls.append((way, c.tolist())) or evaluate(way, c))
+    monkeypatch.setattr(_fast, "CALIBRATION_POINTS", 2)
     ticks = iter([0.0, 4.0, 4.0, 5.0])  # vmap 4 s, the loop 1 s for their two points
     monkeypatch.setattr(_fast, "_clock", lambda _device: next(ticks))
     single = fast(coords[:1])
