@@ -632,8 +632,9 @@ def stacked_scores(
     reaches :math:`m_i`; points with such a tie take torch's arg-max, which picks the first. Ties are counted
     exactly by the sign of :math:`z - m`, which is -1 only strictly below the maximum: 0 at the maxima, and 0 too
     where :math:`z - m` is NaN (a NaN or infinite score), so that such points also take torch's arg-max (which
-    picks a NaN); their loss is NaN as torch's is. Equal to calling the two functions point by point up to the
-    order of floating-point sums; targets out of range raise the same ``ValueError``.
+    picks a NaN); their loss is NaN as torch's is. Half-precision scores are scored in float32 and each example's
+    log-probability rounded once, as torch's log-softmax does. Equal to calling the two functions point by point up
+    to the order of floating-point sums; targets out of range raise the same ``ValueError``.
 
     Args:
         outputs: ``(points, B, C)`` scores (fastest when their ``(points, C, B)`` transpose is contiguous).
@@ -643,6 +644,8 @@ def stacked_scores(
     """
     check_classification(outputs[0], targets[0])
     scores = outputs.transpose(1, 2).contiguous()
+    if scores.dtype in (torch.float16, torch.bfloat16):  # torch's log-softmax works in float32 and rounds once
+        scores, work = scores.float(), None  # (exact: every half-precision value is a float32)
     valid = targets != IGNORE_INDEX
     index = targets.clamp_min(0)[:, None, :]
     top = scores.amax(dim=1)
@@ -651,7 +654,7 @@ def stacked_scores(
     shifted, signs = shifted.view(scores.shape), signs.view(scores.shape)
     torch.sub(scores, top[:, None], out=shifted)  # < 0 below the maximum; 0 at it; NaN from a NaN or infinite score
     classes_at_top = torch.sign(shifted, out=signs).sum(dim=1) + scores.shape[1]  # sign is -1 only below
-    picked = target_scores - top - shifted.exp_().sum(dim=1).log_()
+    picked = (target_scores - top - shifted.exp_().sum(dim=1).log_()).to(outputs.dtype)
     hits = target_scores == top
     tied = (classes_at_top > 1).any(dim=1).nonzero()[:, 0]
     if len(tied):

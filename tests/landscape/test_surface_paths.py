@@ -262,3 +262,16 @@ def test_a_layer_chain_is_planned_without_vmap(monkeypatch):
     coords = torch.tensor([[0.0, 0.0], [0.5, -1.0]], dtype=torch.float64)
     reference = LoopEvaluator(model, origin, directions, [(x, y)], cross_entropy, top1_accuracy)(coords)
     np.testing.assert_allclose(fast(coords)[0].numpy(), reference[0].numpy(), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stacked_scores_in_half_precision_round_as_the_single_point_functions(dtype):
+    """Half-precision scores are scored in float32 and rounded once, as torch's log-softmax does."""
+    g = torch.Generator().manual_seed(0)
+    outputs = (torch.randn(20, 200, 5, generator=g) * 3).to(dtype)
+    targets = torch.randint(0, 5, (200,), generator=g)
+    loss, acc = _fast.stacked_scores(outputs, targets.expand(20, -1))
+    assert loss.dtype == dtype
+    for g_, out in enumerate(outputs):
+        assert abs(float(loss[g_]) - float(cross_entropy(out, targets))) < 1e-4
+        assert float(acc[g_]) == float(top1_accuracy(out, targets))
