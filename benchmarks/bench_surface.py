@@ -7,17 +7,26 @@
      first-layer products (2 * 3 * N * 128 FLOPs, N x 128 floats written and read) and the second layer
      (2 * N * 128 * 10 FLOPs); once per surface, the three first-layer products (3 * 2 * N * 784 * 128 FLOPs).
 (s2) small CNN (conv 1->8, conv 8->16, max-pool, linear) on ``--cnn-samples`` 1x28x28 inputs, ``--cnn-points`` squared
-     grid: the fast path (which times vmap against a channels-last loop on a sample, its first points on the first
-     examples, and keeps the faster; the choice is printed), the reference loop and ``loss_landscapes.random_plane``;
+     grid: the fast path (which evaluates its first points by vmap and the next by a channels-last loop, timing
+     both, and keeps the faster; the choice is printed), the reference loop and ``loss_landscapes.random_plane``;
      compute floor from the FLOPs of one forward pass (``torch.utils.flop_counter``) per point.
 (s3) peak memory of a ``--big-points`` squared MLP surface (fast path), in a fresh process: the growth of the
      resident set during the call (``resource.getrusage``) and the peak of Python allocations (``tracemalloc``).
+(s4) the studies' ResNet (``studies.models.make_model("resnet", ...)``; by default ResNet-20: ``--resnet-blocks 3``
+     basic blocks per stage, widths 16, 32, 64, BatchNorm, as the weight-norm study runs it on CIFAR-10) on
+     ``--resnet-samples`` 3x32x32 inputs, ``--resnet-points`` squared grid, in eval mode with BatchNorm running
+     statistics set by a few forward passes in train mode: the fast path (the way it chose is printed, with its
+     calibration), the reference loop and ``loss_landscapes.random_plane``, as ratios, with max |loss fast - loss
+     loop|; compute floor from the FLOPs of one forward pass per point. Target: the fast path is never slower than
+     the loop. loss-landscapes runs with ``normalization="layer"`` here: its filter normalisation divides by zero on
+     the zero-initialised BatchNorm biases (the cost of a point does not depend on the normalisation).
 
 Each timed method runs ``--repeats`` times, interleaved, and the best wall-clock time is shown, so that other work on a
 shared machine disturbs the ratios as little as possible; the load average is printed. loss-landscapes is an optional,
 benchmark-only install (``pip install --no-deps loss-landscapes``); its rows say "not installed" without it.
 
-Run: .venv/bin/python benchmarks/bench_surface.py [--points 51] [--cnn-points 11] [--big-points 401] [--repeats 3]
+Run: .venv/bin/python benchmarks/bench_surface.py [--points 51] [--cnn-points 11] [--big-points 401] [--resnet-points 5]
+     [--repeats 3] [--threads N] [--parts s1 s2 s3 s4]
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from landscape.directions import random_direction
 from landscape.surfaces import make_grid, surface_2d
+from studies.models import make_model
 
 
 def timed(fn):
@@ -59,7 +69,7 @@ def bandwidth() -> float:
     return 2 * src.nbytes / best
 
 
-def compare(model, data, points, repeats, chunk_size):
+def compare(model, data, points, repeats, chunk_size, anchor_normalization="filter"):
     """Best wall/CPU seconds of the fast path, the loop and loss_landscapes.random_plane; the two valley surfaces."""
     directions = [random_direction(model, "filter", seed=1), random_direction(model, "filter", seed=2)]
     grid = make_grid(-1.0, 1.0, points)
@@ -76,7 +86,7 @@ def compare(model, data, points, repeats, chunk_size):
 
         def anchor():
             return loss_landscapes.random_plane(
-                model, metric, distance=1, steps=points, normalization="filter", deepcopy_model=True
+                model, metric, distance=1, steps=points, normalization=anchor_normalization, deepcopy_model=True
             )
 
     best: dict[str, list[float]] = {}
@@ -115,7 +125,7 @@ def print_table(best, surfaces, n, floors=None):
         )
     if fast.config.get("evaluator_calibration"):
         timing = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in fast.config["evaluator_calibration"].items())
-        print(f"fast path calibration (CPU seconds per point on its sample of points and examples): {timing}")
+        print(f"fast path calibration (CPU seconds per point, each way on its first points): {timing}")
     if floors is not None:
         compute, memory = floors
         floor = max(compute, memory)
@@ -167,6 +177,28 @@ def bench_cnn(points, samples, repeats, chunk_size, rate):
     print("targets: fast >= 2x faster than loss_landscapes.random_plane; fast never slower than the loop")
 
 
+def bench_resnet(points, samples, blocks, repeats, chunk_size, rate):
+    n = points**2
+    print(
+        f"\n(s4) studies' ResNet ({blocks} blocks per stage, widths 16-32-64, BatchNorm), {samples} samples 3x32x32,"
+        f" {points}x{points} grid, best of {repeats}"
+    )
+    torch.manual_seed(0)
+    model = make_model("resnet", (3, 32, 32), 10, blocks=blocks, widths=(16, 32, 64))
+    data = (torch.randn(samples, 3, 32, 32), torch.randint(0, 10, (samples,)))
+    model.train()
+    with torch.no_grad():  # BatchNorm running statistics other than their initial values
+        for _ in range(3):
+            model(torch.randn(64, 3, 32, 32))
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(data[0])
+    best, surfaces = compare(model, data, points, repeats, chunk_size, anchor_normalization="layer")
+    print_table(best, surfaces, n, (n * counter.get_total_flops() / rate, 0.0))
+    print("target: fast never slower than the loop")
+
+
 BIG = textwrap.dedent(
     """
     import resource, sys, tracemalloc
@@ -210,10 +242,13 @@ def main() -> None:
     parser.add_argument("--cnn-points", type=int, default=11, help="CNN grid points per axis")
     parser.add_argument("--cnn-samples", type=int, default=1000, help="CNN evaluation examples")
     parser.add_argument("--big-points", type=int, default=401, help="grid points per axis of (s3); 0 skips it")
+    parser.add_argument("--resnet-points", type=int, default=5, help="ResNet grid points per axis")
+    parser.add_argument("--resnet-samples", type=int, default=128, help="ResNet evaluation examples")
+    parser.add_argument("--resnet-blocks", type=int, default=3, help="ResNet basic blocks per stage (3: ResNet-20)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per method (best time is shown)")
     parser.add_argument("--chunk-size", type=int, default=64, help="grid points per chunk")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--parts", nargs="+", choices=("s1", "s2", "s3"), default=["s1", "s2", "s3"])
+    parser.add_argument("--parts", nargs="+", choices=("s1", "s2", "s3", "s4"), default=["s1", "s2", "s3", "s4"])
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -228,6 +263,8 @@ def main() -> None:
         bench_cnn(args.cnn_points, args.cnn_samples, args.repeats, args.chunk_size, rate)
     if "s3" in args.parts and args.big_points > 0:
         bench_big(args.big_points)
+    if "s4" in args.parts:
+        bench_resnet(args.resnet_points, args.resnet_samples, args.resnet_blocks, args.repeats, args.chunk_size, rate)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,11 @@ Three ways of running the rest:
   becomes a grouped convolution, which CPU libraries run far below the speed of one dense convolution, so this way
   can win for convolutional models.
 
-For a model with a parameter of three or more dimensions the evaluator times ``vmap`` and the loop on a sample (the
-first ``CALIBRATION_POINTS`` points on the first ``CALIBRATION_EXAMPLES`` examples of the first batch) and goes on
-with the faster; :attr:`FastEvaluator.name` says which way ran and :attr:`FastEvaluator.calibration` holds the
-measured seconds per point of the sample. Other models take the chain or ``vmap``. The default loss and accuracy of
+For a model with a parameter of three or more dimensions the evaluator evaluates the first ``CALIBRATION_POINTS``
+points of its first call by ``vmap`` and the next as many by the loop, on all batches, timing both (their results
+are kept: calibrating costs only the slower way's extra time on those points), and goes on with the faster;
+:attr:`FastEvaluator.name` says which way ran and :attr:`FastEvaluator.calibration` holds the measured seconds per
+point. Other models take the chain or ``vmap``. The default loss and accuracy of
 all points of a pass are computed in one call (:func:`stacked_scores`); other loss functions are called point by
 point.
 """
@@ -63,8 +64,8 @@ from landscape._evaluation import (
 )
 
 STRATEGIES = ("auto", "vmap", "loop")
-CALIBRATION_POINTS = 2  # points timed with each way of evaluating before choosing ...
-CALIBRATION_EXAMPLES = 256  # ... on this many examples of the first batch
+CALIBRATION_POINTS = 1  # points of the first call evaluated (and timed) with each way before choosing (more only
+# add the slower way's cost: for convolutional models vmap's cost per point hardly falls with more points per pass)
 
 AFFINE = (
     nn.Linear,
@@ -173,9 +174,9 @@ class FastEvaluator:
         first_layer_trick: use the first-affine-layer shortcut when it applies (default True).
         forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` (default: the model on the batch's inputs).
         strategy: ``"auto"`` (default: for models with convolution-like parameters, time ``vmap`` and the loop on
-            a sample and keep the faster; for others the layer chain or ``vmap``), ``"vmap"`` (the chain where it
-            applies, else ``vmap``) or ``"loop"`` (one point per forward pass, channels-last for image models, in
-            cache-sized pieces).
+            the first points of the first call and keep the faster; for others the layer chain or ``vmap``),
+            ``"vmap"`` (the chain where it applies, else ``vmap``) or ``"loop"`` (one point per forward pass,
+            channels-last for image models, in cache-sized pieces).
     """
 
     def __init__(
@@ -213,20 +214,21 @@ class FastEvaluator:
         self.piece: int | None = None
         self.chain: list[tuple[str, Any]] | None = None
         self.chain_widths: list[int] = []
-        if strategy != "loop":
+        if strategy != "loop" and self.layer_name is not None:
+            self._plan_chain(first)  # checked against the loop's plain evaluation: no vmap needed for a chain
+            if self.chain is not None and self._agrees(
+                self._loop(coords, probe, use_trick=False, piece=None),
+                lambda: self._chunk(coords, probe, use_trick=True),
+            ):
+                self.vmap_trick, self.vmap_name = True, "chain+first_layer"
+            else:
+                self.chain = None
+        if strategy != "loop" and self.chain is None:
             plain = self._chunk(coords, probe, use_trick=False)  # raises where the model cannot be vmapped
             self.vmap_trick = self.layer_name is not None and self._agrees(
                 plain, lambda: self._chunk(coords, probe, use_trick=True)
             )
             self.vmap_name = "vmap+first_layer" if self.vmap_trick else "vmap"
-            if self.vmap_trick:
-                self._plan_chain(first)
-                if self.chain is not None and not self._agrees(
-                    plain, lambda: self._chunk(coords, probe, use_trick=True)
-                ):
-                    self.chain = None
-                if self.chain is not None:
-                    self.vmap_name = "chain+first_layer"
         if strategy != "vmap":
             plain = self._loop(coords, probe, use_trick=False, piece=None)
             self.piece = piece_size(model, first, forward_fn, PIECE_BYTES)
@@ -336,24 +338,36 @@ class FastEvaluator:
         """Loss and accuracy at every row of ``coords`` (shape ``(G, k)``), as float64 tensors of length ``G``."""
         if self.strategy == "auto":
             return self._calibrate(coords)
-        if self.strategy == "loop":
+        return self._evaluate(self.strategy, coords)
+
+    def _evaluate(self, strategy: str, coords: Tensor) -> tuple[Tensor, Tensor]:
+        """All batches at ``coords`` by ``strategy`` (``"vmap"``: the chain where it applies; ``"loop"``)."""
+        if strategy == "loop":
             return self._loop(coords, self.batches, use_trick=self.loop_trick, piece=self.piece, cache=True)
         return self._chunk(coords, self.batches, use_trick=self.vmap_trick, cache=True)
 
     def _calibrate(self, coords: Tensor) -> tuple[Tensor, Tensor]:
-        """Time both ways on a sample (the first points, the first examples), keep the faster, then evaluate all."""
-        sample = [head(self.batches[0], CALIBRATION_EXAMPLES)]
-        first = coords[:CALIBRATION_POINTS]
+        """Evaluate the first points by ``vmap`` and as many more by the loop, timing both; the faster does the rest.
+
+        Each way evaluates ``min(CALIBRATION_POINTS, G // 2)`` points of the first call on all batches, so nothing
+        is computed only to be timed; a single point is evaluated by the loop (batching points cannot help it) and
+        the choice waits for a call with two points or more.
+        """
+        count = min(CALIBRATION_POINTS, len(coords) // 2)
+        if count == 0:
+            return self._evaluate("loop", coords)
         device = next(iter(self.origin.values())).device
-        for strategy in ("vmap", "loop"):
+        results = []
+        for k, strategy in enumerate(("vmap", "loop")):
             start = _clock(device)
-            if strategy == "vmap":
-                self._chunk(first, sample, use_trick=self.vmap_trick)
-            else:
-                self._loop(first, sample, use_trick=self.loop_trick, piece=self.piece)
-            self.calibration[strategy] = (_clock(device) - start) / len(first)
+            results.append(self._evaluate(strategy, coords[k * count : (k + 1) * count]))
+            self.calibration[strategy] = (_clock(device) - start) / count
         self.strategy = min(self.calibration, key=self.calibration.__getitem__)
-        return self(coords)
+        for key in [key for key in self._parts if key[0] != self.strategy]:  # the other way's first-layer products
+            self._parts_bytes -= self._parts.pop(key).nbytes
+        if len(coords) > 2 * count:
+            results.append(self(coords[2 * count :]))
+        return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
 
     def _loop(
         self, coords: Tensor, batches: Sequence[Batch], use_trick: bool, piece: int | None, cache: bool = False
@@ -427,7 +441,8 @@ class FastEvaluator:
         with torch.no_grad():
             for i, (batch, size) in enumerate(zip(batches, sizes, strict=True)):
                 if use_trick and self.chain is not None:
-                    batch_loss, batch_acc = self._batch_chain(coords, batch, ("chain", i) if cache else None)
+                    key = ("vmap", i, "transposed") if cache else None
+                    batch_loss, batch_acc = self._batch_chain(coords, batch, key)
                 elif use_trick:
                     batch_loss, batch_acc = self._batch_trick(coords, batch, ("vmap", i) if cache else None)
                 else:
@@ -441,9 +456,10 @@ class FastEvaluator:
 
         Activations are kept examples-last, :math:`Z^{(g)} \in \mathbb{R}^{h \times B}` for point :math:`g`: the
         first layer's is the combination of its transposed products, a linear layer maps it to
-        :math:`W^{(g)} Z^{(g)} + b^{(g)} \mathbf{1}^\top` with :math:`W^{(g)} = W_0 + \sum_k c_{gk} D_k` (one
-        ``baddbmm`` for the points of a pass), an element-wise layer is applied as it is. The scores of the last
-        layer are returned to the loss as the ``(points, B, C)`` view of the ``(points, C, B)`` result.
+        :math:`W^{(g)} Z^{(g)} + b^{(g)} \mathbf{1}^\top` with :math:`W^{(g)} = W_0 + \sum_k c_{gk} D_k` (the
+        weights of every point of the chunk built by one small matrix product, one ``baddbmm`` per pass), an
+        element-wise layer is applied as it is. The scores of the last layer, ``(points, C, B)``, are scored for the
+        whole chunk at once as the ``(points, B, C)`` view the loss expects.
         """
         if key is not None and key in self._parts:
             parts = self._parts[key]
@@ -452,37 +468,45 @@ class FastEvaluator:
             if key is not None and self._parts_bytes + parts.nbytes <= PARTS_CACHE_BYTES:
                 self._parts[key] = parts
                 self._parts_bytes += parts.nbytes
+        weights = torch.cat([torch.ones_like(coords[:, :1]), coords], dim=1)
+        layers = []  # per chain step: the weights and biases of every point of the chunk (linear layers)
+        for kind, what in self.chain:
+            if kind == "linear":
+                stacked_w, stacked_b = what
+                w = torch.mm(weights, stacked_w.flatten(1)).view(len(coords), *stacked_w.shape[1:])
+                b = None if stacked_b is None else torch.mm(weights, stacked_b)[:, :, None]
+                layers.append((w, b))
+            else:
+                layers.append(None)
         step = max(1, CHAIN_PASS_BYTES // max(max(self.chain_widths) * parts.shape[2] * parts.element_size(), 1))
+        flat_parts = parts.reshape(len(parts), -1)
         final: Tensor | None = None  # the last layer's outputs of every point, scored at once
         for i in range(0, len(coords), step):
-            c = coords[i : i + step]
-            weights = torch.cat([torch.ones_like(c[:, :1]), c], dim=1)
+            rows = slice(i, i + step)
+            count = len(weights[rows])
             # buffers reused by every pass: fresh large allocations cost page faults on CPU
-            z = self._scratch(0, (len(c), *parts.shape[1:]), parts)
-            torch.mm(weights, parts.reshape(len(parts), -1), out=z.view(len(c), -1))
-            for slot, (kind, what) in enumerate(self.chain, start=1):
+            z = self._scratch(0, (count, *parts.shape[1:]), parts)
+            torch.mm(weights[rows], flat_parts, out=z.view(count, -1))
+            for slot, ((kind, what), layer) in enumerate(zip(self.chain, layers, strict=True), start=1):
                 if kind == "linear":
-                    stacked_w, stacked_b = what
-                    w = torch.mm(weights, stacked_w.flatten(1)).view(len(c), *stacked_w.shape[1:])
+                    w, b = layer
                     if slot == len(self.chain):
                         if final is None:
-                            final = torch.empty((len(coords), w.shape[1], z.shape[2]), dtype=z.dtype, device=z.device)
-                        out = final[i : i + step]
+                            final = self._scratch(-1, (len(coords), w.shape[1], z.shape[2]), z)
+                        out = final[rows]
                     else:
-                        out = self._scratch(slot, (len(c), w.shape[1], z.shape[2]), z)
-                    if stacked_b is None:
-                        z = torch.bmm(w, z, out=out)
-                    else:
-                        z = torch.baddbmm(torch.mm(weights, stacked_b)[:, :, None], w, z, out=out)
+                        out = self._scratch(slot, (count, w.shape[1], z.shape[2]), z)
+                    z = torch.bmm(w[rows], z, out=out) if b is None else torch.baddbmm(b[rows], w[rows], z, out=out)
                 elif kind == "relu":
                     z = z.relu_()  # z is this pass's own buffer
                 else:
                     z = what(z)
             if final is None:
-                final = torch.empty((len(coords), *z.shape[1:]), dtype=z.dtype, device=z.device)
-            if z.data_ptr() != final[i : i + step].data_ptr():
-                final[i : i + step].copy_(z)
-        return self._score(final.transpose(1, 2), batch[1].expand(len(coords), *batch[1].shape))
+                final = self._scratch(-1, (len(coords), *z.shape[1:]), z)
+            if z.data_ptr() != final[rows].data_ptr():
+                final[rows].copy_(z)
+        work = (self._scratch(-2, final.shape, final), self._scratch(-3, final.shape, final))
+        return self._score(final.transpose(1, 2), batch[1].expand(len(coords), *batch[1].shape), work)
 
     def _scratch(self, slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """A reused buffer of ``shape`` (contents undefined) for intermediate ``slot`` of the chain."""
@@ -560,7 +584,9 @@ class FastEvaluator:
             outputs, targets = vmap(point)(coords, first)
         return self._score(outputs, targets)
 
-    def _score(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    def _score(
+        self, outputs: Tensor, targets: Tensor, work: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Loss and accuracy of each point's outputs (stacked along the first dimension, as ``vmap`` returns them).
 
         The default loss and accuracy on ``(points, B, C)`` scores are computed for all points in one call
@@ -568,7 +594,7 @@ class FastEvaluator:
         are slow). ``targets`` come out of ``vmap`` stacked per point (copies of the batch's targets).
         """
         if self.loss_fn is cross_entropy and self.accuracy_fn is top1_accuracy and _stackable(outputs, targets):
-            return stacked_scores(outputs, targets)
+            return stacked_scores(outputs, targets, work)
         loss = torch.stack([self.loss_fn(out, y) for out, y in zip(outputs, targets, strict=True)])
         acc = torch.stack([self.accuracy_fn(out, y) for out, y in zip(outputs, targets, strict=True)])
         return loss, acc
@@ -587,29 +613,53 @@ def _stackable(outputs: Tensor, targets: Tensor) -> bool:
     )
 
 
-def stacked_scores(outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+def stacked_scores(
+    outputs: Tensor, targets: Tensor, work: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
     r""":func:`~landscape._evaluation.cross_entropy` and :func:`~landscape._evaluation.top1_accuracy` of many points.
 
     For scores :math:`z^{(g)} \in \mathbb{R}^{B \times C}` of point :math:`g` and targets :math:`y`, with
-    :math:`V` the examples whose target is not :data:`~landscape._evaluation.IGNORE_INDEX`,
+    :math:`V` the examples whose target is not :data:`~landscape._evaluation.IGNORE_INDEX` and
+    :math:`m_i = \max_c z^{(g)}_{ic}`,
 
     .. math::
-        L_g = -\frac{1}{|V|} \sum_{i \in V} \log \operatorname{softmax}(z^{(g)}_i)_{y_i}, \qquad
-        A_g = \frac{1}{|V|} \sum_{i \in V} [\arg\max_c z^{(g)}_{ic} = y_i],
+        L_g = \frac{1}{|V|} \sum_{i \in V} \Big(m_i + \log \sum_c e^{z^{(g)}_{ic} - m_i} - z^{(g)}_{i y_i}\Big),
+        \qquad A_g = \frac{1}{|V|} \sum_{i \in V} [\arg\max_c z^{(g)}_{ic} = y_i],
 
-    computed for all points by one log-softmax, one gather and one arg-max over the class dimension of the
-    ``(points, C, B)`` view (the layout the single-point functions use). Equal to calling the two functions point by
-    point up to the order of floating-point sums; targets out of range raise the same ``ValueError``.
+    the log-softmax written out as torch computes it. All points are scored at once on the ``(points, C, B)`` view
+    (reductions over the classes then run across contiguous examples, which CPUs vectorise), without an arg-max
+    (slow over that dimension): example :math:`i` is a hit when :math:`z^{(g)}_{iy_i} = m_i` and no other class
+    reaches :math:`m_i`; points with such a tie take torch's arg-max, which picks the first. Ties are counted
+    exactly by the sign of :math:`z - m`, which is -1 only strictly below the maximum: 0 at the maxima, and 0 too
+    where :math:`z - m` is NaN (a NaN or infinite score), so that such points also take torch's arg-max (which
+    picks a NaN); their loss is NaN as torch's is. Half-precision scores are scored in float32 and each example's
+    log-probability rounded once, as torch's log-softmax does. Equal to calling the two functions point by point up
+    to the order of floating-point sums; targets out of range raise the same ``ValueError``.
 
     Args:
-        outputs: ``(points, B, C)`` scores.
+        outputs: ``(points, B, C)`` scores (fastest when their ``(points, C, B)`` transpose is contiguous).
         targets: ``(points, B)`` class indices (the same for every point).
+        work: two tensors of ``(points, C, B)`` elements (any shape) for the temporaries, e.g. buffers reused across
+            calls (default: allocated here).
     """
     check_classification(outputs[0], targets[0])
-    scores = outputs.contiguous().transpose(1, 2)  # reductions over the class dimension are fastest in this view
+    scores = outputs.transpose(1, 2).contiguous()
+    if scores.dtype in (torch.float16, torch.bfloat16):  # torch's log-softmax works in float32 and rounds once
+        scores, work = scores.float(), None  # (exact: every half-precision value is a float32)
     valid = targets != IGNORE_INDEX
-    picked = scores.log_softmax(dim=1).gather(1, targets.clamp_min(0)[:, None, :])[:, 0]
-    hits = (scores.argmax(dim=1) == targets) & valid
+    index = targets.clamp_min(0)[:, None, :]
+    top = scores.amax(dim=1)
+    target_scores = scores.gather(1, index)[:, 0]
+    shifted, signs = work if work is not None else (torch.empty_like(scores), torch.empty_like(scores))
+    shifted, signs = shifted.view(scores.shape), signs.view(scores.shape)
+    torch.sub(scores, top[:, None], out=shifted)  # < 0 below the maximum; 0 at it; NaN from a NaN or infinite score
+    classes_at_top = torch.sign(shifted, out=signs).sum(dim=1) + scores.shape[1]  # sign is -1 only below
+    picked = (target_scores - top - shifted.exp_().sum(dim=1).log_()).to(outputs.dtype)
+    hits = target_scores == top
+    tied = (classes_at_top > 1).any(dim=1).nonzero()[:, 0]
+    if len(tied):
+        hits[tied] = scores[tied].argmax(dim=1) == targets[tied]
+    hits &= valid
     if bool(valid.all()):
         return -picked.mean(dim=1), hits.sum(dim=1).to(outputs.dtype) / targets.shape[1]
     count = valid.sum(dim=1).to(outputs.dtype)

@@ -72,12 +72,12 @@ def test_every_way_equals_the_reference_loop(make, strategy, piece_bytes, monkey
 def test_calibration_is_recorded_and_mlps_keep_vmap(monkeypatch):
     model, origin, directions, batches, _ = problem(small_cnn)
     ticks = iter([0.0, 5.0, 5.0, 6.0])
-    monkeypatch.setattr(_fast, "_clock", lambda _device: next(ticks))  # vmap 5 s, loop 1 s for 2 points
+    monkeypatch.setattr(_fast, "_clock", lambda _device: next(ticks))  # vmap 5 s, loop 1 s for their point
     grid = make_grid(-1, 1, 3)
     data = batches[0]
     surface = surface_2d(model, data, directions, grid, grid, progress=False)
     assert surface.config["evaluator"] == "loop+channels_last+first_layer"
-    assert surface.config["evaluator_calibration"] == pytest.approx({"vmap": 5 / 2, "loop": 1 / 2})
+    assert surface.config["evaluator_calibration"] == pytest.approx({"vmap": 5.0, "loop": 1.0})
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
     x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
@@ -159,7 +159,9 @@ def test_stacked_scores_equal_the_single_point_functions(ignored):
     g = torch.Generator().manual_seed(0)
     outputs = torch.randn(5, 8, 4, generator=g) * 3
     outputs[2, 1] = outputs[2, 1, 0]  # a tie: arg-max takes the first
+    outputs[3, 7] = torch.tensor([5.0, 1.0, 5.0, 0.0])  # a tie of two at the top, the target the second of them
     targets = torch.randint(0, 4, (8,), generator=g)
+    targets[7] = 2
     targets[:ignored] = -100
     loss, acc = _fast.stacked_scores(outputs, targets.expand(5, -1))
     for g_, out in enumerate(outputs):
@@ -204,3 +206,72 @@ def test_pieces_refused_where_the_model_mixes_examples(monkeypatch):
     fast = FastEvaluator(*args, strategy="loop")
     assert fast.piece is None and "pieces" not in fast.name
     np.testing.assert_allclose(fast(coords)[0].numpy(), LoopEvaluator(*args)(coords)[0].numpy(), rtol=0, atol=2e-6)
+
+
+def test_stacked_scores_of_non_finite_outputs_equal_the_single_point_functions():
+    """Scores with inf or NaN give the values (NaN where NaN) and the hits of the functions point by point."""
+    g = torch.Generator().manual_seed(0)
+    outputs = torch.randn(4, 6, 3, generator=g)
+    outputs[1, 2, 1] = float("inf")
+    outputs[2, 0, 0] = float("nan")  # arg-max takes a NaN: a hit for target 0
+    outputs[3, 3] = float("-inf")  # all equal: arg-max takes class 0, a miss for target 1
+    targets = torch.tensor([0, 1, 2, 1, 0, 2])
+    loss, acc = _fast.stacked_scores(outputs, targets.expand(4, -1))
+    for g_, out in enumerate(outputs):
+        expected = torch.stack([cross_entropy(out, targets), top1_accuracy(out, targets)])
+        torch.testing.assert_close(torch.stack([loss[g_], acc[g_]]), expected, equal_nan=True, rtol=0, atol=1e-6)
+
+
+def test_calibration_evaluates_real_points_and_keeps_their_results(monkeypatch):
+    """Each way is timed on its own points of the first call (vmap first), the faster does the rest; one point waits."""
+    model, origin, directions, batches, coords = problem(small_cnn)
+    args = (model, origin, directions, batches, cross_entropy, top1_accuracy)
+    fast = FastEvaluator(*args)
+    calls = []
+    evaluate = fast._evaluate
+    monkeypatch.setattr(fast, "_evaluate", lambda way, c: calls.append((way, c.tolist())) or evaluate(way, c))
+    monkeypatch.setattr(_fast, "CALIBRATION_POINTS", 2)
+    ticks = iter([0.0, 4.0, 4.0, 5.0])  # vmap 4 s, the loop 1 s for their two points
+    monkeypatch.setattr(_fast, "_clock", lambda _device: next(ticks))
+    single = fast(coords[:1])
+    assert fast.strategy == "auto" and calls == [("loop", coords[:1].tolist())]
+    calls.clear()
+    loss, acc = fast(coords[1:])
+    rest = coords[1:]
+    assert calls == [("vmap", rest[:2].tolist()), ("loop", rest[2:4].tolist()), ("loop", rest[4:].tolist())]
+    assert fast.strategy == "loop" and fast.calibration == pytest.approx({"vmap": 2.0, "loop": 0.5})
+    assert not [key for key in fast._parts if key[0] != "loop"]  # vmap's first-layer products were let go
+    reference = LoopEvaluator(*args)(coords)
+    np.testing.assert_allclose(torch.cat([single[0], loss]).numpy(), reference[0].numpy(), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(torch.cat([single[1], acc]).numpy(), reference[1].numpy(), rtol=0, atol=1e-12)
+
+
+def test_a_layer_chain_is_planned_without_vmap(monkeypatch):
+    """An MLP's chain is checked against the loop: vmap (slow to start) is never called for it."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("vmap called")
+
+    monkeypatch.setattr(_fast, "vmap", refuse)
+    model = _mlps()["relu"].eval()
+    x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
+    origin = {n: p.detach().clone() for n, p in model.named_parameters()}
+    directions = [random_direction(model, seed=s) for s in (1, 2)]
+    fast = FastEvaluator(model, origin, directions, [(x, y)], cross_entropy, top1_accuracy)
+    assert fast.name == "chain+first_layer"
+    coords = torch.tensor([[0.0, 0.0], [0.5, -1.0]], dtype=torch.float64)
+    reference = LoopEvaluator(model, origin, directions, [(x, y)], cross_entropy, top1_accuracy)(coords)
+    np.testing.assert_allclose(fast(coords)[0].numpy(), reference[0].numpy(), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stacked_scores_in_half_precision_round_as_the_single_point_functions(dtype):
+    """Half-precision scores are scored in float32 and rounded once, as torch's log-softmax does."""
+    g = torch.Generator().manual_seed(0)
+    outputs = (torch.randn(20, 200, 5, generator=g) * 3).to(dtype)
+    targets = torch.randint(0, 5, (200,), generator=g)
+    loss, acc = _fast.stacked_scores(outputs, targets.expand(20, -1))
+    assert loss.dtype == dtype
+    for g_, out in enumerate(outputs):
+        assert abs(float(loss[g_]) - float(cross_entropy(out, targets))) < 1e-4
+        assert float(acc[g_]) == float(top1_accuracy(out, targets))
