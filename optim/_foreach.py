@@ -107,15 +107,6 @@ class Workspace:
 
     def __init__(self) -> None:
         self._buffers: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self._flat: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-
-    def flat(self, like: Tensor, numel: int) -> Tensor:
-        """A contiguous 1-d buffer of ``numel`` elements on ``like``'s device and dtype (one kept per pair, grown)."""
-        key = (like.device, like.dtype)
-        buffer = self._flat.get(key)
-        if buffer is None or buffer.numel() < numel:
-            buffer = self._flat[key] = like.new_empty(numel)
-        return buffer[:numel]
 
     def like(self, tensors: Sequence[Tensor], dtype: torch.dtype | None = None) -> list[Tensor] | None:
         """One uninitialised buffer per tensor, same shape and device (``dtype`` if given); ``None`` off CPU."""

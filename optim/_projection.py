@@ -75,12 +75,7 @@ def decide(param: Tensor, max_cosine: float, layer_cosine: float, *, delta: floa
 
 
 def radial_views(
-    params: list[Tensor],
-    grads: list[Tensor],
-    *,
-    delta: float,
-    wd_ratio: float,
-    eps: float,
+    params: list[Tensor], grads: list[Tensor], *, delta: float, wd_ratio: float, eps: float
 ) -> list[Projection]:
     """Decide which view of each parameter looks scale invariant for its gradient (no projection done yet).
 

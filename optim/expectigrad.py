@@ -100,7 +100,10 @@ def expectigrad_foreach(
     ]
     columns = [params, grads, sum_sqs, counters, exp_avgs]
     for (step, dense, plain, every), (params_, grads_, sum_sqs_, counters_, exp_avgs_) in buckets(columns, keys):
-        buffers = work.like(params_, dtype=sum_sqs_[0].dtype if dense else counters_[0].dtype)
+        # dense counting on the fused kernel needs no work buffer
+        buffers = (
+            None if dense and every else work.like(params_, dtype=sum_sqs_[0].dtype if dense else counters_[0].dtype)
+        )
         if not dense:
             # torch has no multi-tensor comparison, so 1[g ≠ 0] is taken per tensor (as in expectigrad())
             flags = buffers or [torch.empty_like(c) for c in counters_]
@@ -125,25 +128,24 @@ def expectigrad_foreach(
 
 
 def _counted_every_step(grads: list[Tensor], counters: list[Tensor | None], steps: list[int]) -> list[bool]:
-    """Whether :math:`n_{t-1} = t-1` everywhere before this step, for each tensor (dense counting: always).
+    """Whether :math:`n_{t-1} = t-1` everywhere before this step, for each tensor the fused kernel could take.
 
-    Only asked where the fused kernel could run (float32/float64 on CPU); the tests of all tensors are read back
-    in one transfer. The counter holds n plus a tiny offset (n exactly for n ≥ 1), so :math:`n_{t-1} = t-1` is
-    ``min n ≥ t - 1``, an integer comparison that stays exact as long as the counter does (t ≤ 2²⁴ in float32).
+    Asked only where that kernel runs (float32/float64 on CPU); dense counting always has n = t, a sparse counter
+    is tested, and the tests of all tensors are read back in one transfer. The counter holds n plus a tiny offset
+    (n exactly for n ≥ 1), so :math:`n_{t-1} = t-1` is ``min n ≥ t - 1``, an integer comparison that stays exact as
+    long as the counter does (t ≤ 2²⁴ in float32).
     """
-    asked = [
-        index
-        for index, (grad, counter) in enumerate(zip(grads, counters, strict=True))
-        if counter is not None
-        and counter.numel()
-        and grad.device.type == "cpu"
-        and fusable([grad])
-        and counter.dtype == grad.dtype
-    ]
-    found = [counter is None for counter in counters]
-    if asked:
-        tests = [counters[i].amin() >= steps[i] - 1 for i in asked]
-        for index, every in zip(asked, torch.stack(tests).tolist(), strict=True):
+    found = [False] * len(grads)
+    tests: dict[int, Tensor] = {}
+    for index, (grad, counter) in enumerate(zip(grads, counters, strict=True)):
+        if grad.device.type != "cpu" or not fusable([grad]):
+            continue
+        if counter is None:
+            found[index] = True
+        elif counter.numel() and counter.dtype == grad.dtype:
+            tests[index] = counter.amin() >= steps[index] - 1
+    if tests:
+        for index, every in zip(tests, torch.stack(list(tests.values())).tolist(), strict=True):
             found[index] = every
     return found
 
@@ -275,9 +277,9 @@ class Expectigrad(Checked):
             if (
                 counter is not None
                 and state["step"] > _exact_counts(counter.dtype)
-                and not self.__dict__.get("_warned")
+                and not getattr(self, "_warned_counting", False)
             ):
-                self.__dict__["_warned"] = True
+                self._warned_counting = True
                 warnings.warn(
                     f"Expectigrad: step {state['step']} is beyond what its {counter.dtype} counter n counts exactly "
                     "(2^24 steps in float32): n stops growing and the step size drifts from the algorithm's",
