@@ -290,18 +290,30 @@ def bench_xgrad(steps=20, rounds=5):
         )
 
 
+def _rounds(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"rounds must be a whole number >= 1 (got {text!r})")
+    return int(text)
+
+
+def _device(text: str) -> torch.device:
+    if text != "cpu" and not (text == "cuda" or text.startswith("cuda:") and text[5:].isdigit()):
+        raise argparse.ArgumentTypeError(f"device must be cpu, cuda or cuda:N (got {text!r})")
+    return torch.device(text)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Optimizer steps against the memory-bandwidth floor.")
-    parser.add_argument("rounds", nargs="?", type=int, default=15, help="rounds; each case's best is shown")
+    parser.add_argument("rounds", nargs="?", type=_rounds, default=15, help="rounds; each case's best is shown")
     parser.add_argument("parts", nargs="?", default="123", help="digits among 1, 2, 3 (default all)")
-    parser.add_argument("--device", default="cpu", help="device of parts 1 and 2 (cpu or cuda)")
+    parser.add_argument("--device", type=_device, default="cpu", help="device of parts 1 and 2 (cpu, cuda, cuda:N)")
     args = parser.parse_args()
     rounds, parts = args.rounds, args.parts
     if not parts or set(parts) - set("123"):
         sys.exit(f"bench_optim: parts must be digits among 1, 2, 3 (got {parts!r})")
-    DEVICE = torch.device(args.device)
-    if DEVICE.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("bench_optim: --device cuda asked, but torch sees no CUDA device")
+    DEVICE = args.device
+    if DEVICE.type == "cuda" and not (torch.cuda.is_available() and (DEVICE.index or 0) < torch.cuda.device_count()):
+        sys.exit(f"bench_optim: --device {DEVICE} asked, but torch sees no such CUDA device")
     if DEVICE.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(DEVICE)}")
     torch.set_num_threads(2)
