@@ -176,10 +176,14 @@ def _adagrad_step(
 def _keep_saved_counters(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
     """Before ``load_state_dict``: keep the saved counters, which torch would cast to each parameter's dtype."""
     saved = state_dict["state"]
-    optimizer.__dict__["_saved_counters"] = [
+    counters = [
         [saved[index]["counter"] if "counter" in saved.get(index, {}) else None for index in group["params"]]
         for group in state_dict["param_groups"]
     ]
+    for counter in (counter for group in counters for counter in group if counter is not None):
+        if not (isinstance(counter, Tensor) and counter.is_floating_point()):
+            raise ValueError(f"Expectigrad state_dict: a counter must be a floating-point tensor, got {counter!r:.60}")
+    optimizer.__dict__["_saved_counters"] = counters
 
 
 def _restore_saved_counters(optimizer: torch.optim.Optimizer) -> None:

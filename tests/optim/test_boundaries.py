@@ -139,6 +139,10 @@ def test_expectigrad_counter_stays_float32_through_a_state_dict_of_bfloat16_para
     assert resumed.state[q]["counter"].dtype == torch.float32
     assert resumed.state[q]["counter"].tolist() == [257.0, 257.0]
     assert resumed.state[q]["sum_sq"].dtype == torch.bfloat16
+    broken = opt.state_dict()
+    broken["state"][0]["counter"] = "257"
+    with pytest.raises(ValueError, match="a counter must be a floating-point tensor"):
+        optim.Expectigrad([q]).load_state_dict(broken)
 
 
 def test_expectigrad_warns_once_when_its_float32_counter_stops_counting():
