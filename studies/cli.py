@@ -24,6 +24,7 @@ import importlib
 import json
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -46,11 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     The one error boundary of the command: a user's mistake ends as one line on stderr and status 2, an internal
     error as one line saying so and status 1, Ctrl-C as one line saying what finished work is kept and status 130;
-    ``--debug`` shows the full traceback instead.
+    ``--debug`` shows the full traceback instead. A warning (a damaged cache file, NaN weights) is one line too.
     """
     parser = _parser()
     args, prog = None, parser.prog
-    with watching_interrupts() as interrupted:
+    with watching_interrupts() as interrupted, warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: print(f"{prog}: warning: {message}", file=sys.stderr)
         try:
             args = parser.parse_args(argv)
             if args.command is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,17 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     state = state_dict_of(payload, path)
     if meta := [k for k, v in state.items() if v.is_meta]:
         raise UserError(f"{name} holds meta tensors (shapes without values), e.g. {meta[0]!r}")
+    counts = {
+        key: int(value.isfinite().logical_not().sum()) for key, value in state.items() if value.is_floating_point()
+    }
+    if bad := {key: count for key, count in counts.items() if count}:
+        first = next(iter(bad))
+        warnings.warn(
+            f"{name} holds {sum(bad.values())} NaN or infinite values in {len(bad)} tensor(s), e.g. {bad[first]} in "
+            f"{first!r}: every loss computed through them is NaN",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return state
 
 

@@ -465,3 +465,13 @@ def test_end_to_end_a_mistake_is_one_line_without_traceback(tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert "is not a PyTorch checkpoint" in done.stderr
+
+
+def test_a_checkpoint_with_nan_weights_is_said_in_one_warning_line(capsys, checkpoint, tmp_path):
+    state = torch.load(checkpoint)
+    state["model"][next(iter(state["model"]))][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    assert main([str(a) for a in surface(tmp_path / "nan.pt", tmp_path / "s.csv")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("valley surface: warning: ") and err.count("\n") == 1, err
+    assert "holds 1 NaN or infinite values in 1 tensor(s)" in err
