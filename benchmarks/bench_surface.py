@@ -22,7 +22,9 @@
      the zero-initialised BatchNorm biases (the cost of a point does not depend on the normalisation).
 
 Each timed method runs ``--repeats`` times, interleaved, and the best wall-clock time is shown, so that other work on a
-shared machine disturbs the ratios as little as possible; the load average is printed. loss-landscapes is an optional,
+shared machine disturbs the ratios as little as possible; the load average is printed. The peak matmul rate and the
+copy bandwidth behind the floors are measured before each part and after each of its rounds, and the best kept: the
+floors then come from the same window as the times (a virtual machine's speed drifts by up to 2x within minutes). loss-landscapes is an optional,
 benchmark-only install (``pip install --no-deps loss-landscapes``); its rows say "not installed" without it.
 
 Run: .venv/bin/python benchmarks/bench_surface.py [--points 51] [--cnn-points 11] [--big-points 401] [--resnet-points 5]
@@ -55,22 +57,35 @@ def timed(fn):
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def peak_matmul() -> float:
-    """Measured float32 matmul rate (FLOP/s), best of five 1024^3 products."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    best = min(timed(lambda: a @ b)[1] for _ in range(5))
-    return 2 * 1024**3 / best
+class Machine:
+    """The machine's peak float32 matmul rate (FLOP/s) and copy bandwidth (bytes read + written per second).
+
+    Each :meth:`measure` times five 1024^3 products and five copies of 64 MiB and keeps the best rates seen so far.
+    The surfaces' repeats call it between their timings, so that the floors come from the same window as the times
+    they are compared with (a virtual machine's speed can drift by 2x within minutes).
+    """
+
+    def __init__(self) -> None:
+        self.rate = self.bytes_per_s = 0.0
+        self.measure()
+
+    def measure(self) -> None:
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        self.rate = max(self.rate, 2 * 1024**3 / min(timed(lambda: a @ b)[1] for _ in range(5)))
+        src, dst = torch.randn(16 * 2**20), torch.empty(16 * 2**20)
+        self.bytes_per_s = max(
+            self.bytes_per_s, 2 * src.nbytes / min(timed(lambda: dst.copy_(src))[1] for _ in range(5))
+        )
+
+    def __str__(self) -> str:
+        return f"peak matmul {self.rate / 1e9:.1f} GFLOP/s, copy bandwidth {self.bytes_per_s / 1e9:.1f} GB/s"
 
 
-def bandwidth() -> float:
-    """Measured copy bandwidth (bytes read + written per second), best of five copies of 64 MiB."""
-    src, dst = torch.randn(16 * 2**20), torch.empty(16 * 2**20)
-    best = min(timed(lambda: dst.copy_(src))[1] for _ in range(5))
-    return 2 * src.nbytes / best
+def compare(model, data, points, repeats, chunk_size, machine, anchor_normalization="filter"):
+    """Best wall/CPU seconds of the fast path, the loop and loss_landscapes.random_plane; the two valley surfaces.
 
-
-def compare(model, data, points, repeats, chunk_size, anchor_normalization="filter"):
-    """Best wall/CPU seconds of the fast path, the loop and loss_landscapes.random_plane; the two valley surfaces."""
+    The machine's rates are measured again after each round of the three (best kept).
+    """
     directions = [random_direction(model, "filter", seed=1), random_direction(model, "filter", seed=2)]
     grid = make_grid(-1.0, 1.0, points)
 
@@ -101,10 +116,11 @@ def compare(model, data, points, repeats, chunk_size, anchor_normalization="filt
                 surfaces[method], wall, cpu = timed(lambda method=method: run(method))
             previous = best.get(method, [np.inf, np.inf])
             best[method] = [min(previous[0], wall), min(previous[1], cpu)]
+        machine.measure()
     return best, surfaces
 
 
-def print_table(best, surfaces, n, floors=None):
+def print_table(best, surfaces, n, floors=None, machine=None):
     """Wall and CPU (process) seconds and the ratios on both; on a loaded machine the CPU ratios are the steadier."""
     fast, loop = surfaces["fast"], surfaces["loop"]
     rows = [(f"valley fast ({fast.config['evaluator']})", *best["fast"]), ("valley loop (reference)", *best["loop"])]
@@ -130,7 +146,8 @@ def print_table(best, surfaces, n, floors=None):
         compute, memory = floors
         floor = max(compute, memory)
         print(
-            f"floor: compute {compute:.3f} s, memory {memory:.3f} s; fast / floor = {best['fast'][0] / floor:.2f}"
+            f"floor ({machine}, best of this part's window): compute {compute:.3f} s, memory {memory:.3f} s;"
+            f" fast / floor = {best['fast'][0] / floor:.2f}"
             f" (wall), {best['fast'][1] / floor:.2f} (CPU)"
         )
     print(
@@ -139,20 +156,20 @@ def print_table(best, surfaces, n, floors=None):
     )
 
 
-def bench_mlp(points, repeats, chunk_size, rate, bytes_per_s):
+def bench_mlp(points, repeats, chunk_size, machine):
     n = points**2
     print(f"\n(s1) MLP 784-128-10, 1000 samples, {points}x{points} grid ({n} points), best of {repeats}")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
     data = (torch.randn(1000, 784), torch.randint(0, 10, (1000,)))
-    best, surfaces = compare(model, data, points, repeats, chunk_size)
+    best, surfaces = compare(model, data, points, repeats, chunk_size, machine)
     flops = n * (2 * 3 * 1000 * 128 + 2 * 1000 * 128 * 10) + 3 * 2 * 1000 * 784 * 128
     moved = n * 2 * 1000 * 128 * 4
-    print_table(best, surfaces, n, (flops / rate, moved / bytes_per_s))
+    print_table(best, surfaces, n, (flops / machine.rate, moved / machine.bytes_per_s), machine)
     print("targets: fast within 4x of its floor")
 
 
-def bench_cnn(points, samples, repeats, chunk_size, rate):
+def bench_cnn(points, samples, repeats, chunk_size, machine):
     n = points**2
     print(
         f"\n(s2) CNN conv(1->8)-conv(8->16)-maxpool-linear, {samples} samples 1x28x28, {points}x{points} grid,"
@@ -172,12 +189,12 @@ def bench_cnn(points, samples, repeats, chunk_size, rate):
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(data[0])
-    best, surfaces = compare(model, data, points, repeats, chunk_size)
-    print_table(best, surfaces, n, (n * counter.get_total_flops() / rate, 0.0))
+    best, surfaces = compare(model, data, points, repeats, chunk_size, machine)
+    print_table(best, surfaces, n, (n * counter.get_total_flops() / machine.rate, 0.0), machine)
     print("targets: fast >= 2x faster than loss_landscapes.random_plane; fast never slower than the loop")
 
 
-def bench_resnet(points, samples, blocks, repeats, chunk_size, rate):
+def bench_resnet(points, samples, blocks, repeats, chunk_size, machine):
     n = points**2
     print(
         f"\n(s4) studies' ResNet ({blocks} blocks per stage, widths 16-32-64, BatchNorm), {samples} samples 3x32x32,"
@@ -194,8 +211,8 @@ def bench_resnet(points, samples, blocks, repeats, chunk_size, rate):
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(data[0])
-    best, surfaces = compare(model, data, points, repeats, chunk_size, anchor_normalization="layer")
-    print_table(best, surfaces, n, (n * counter.get_total_flops() / rate, 0.0))
+    best, surfaces = compare(model, data, points, repeats, chunk_size, machine, anchor_normalization="layer")
+    print_table(best, surfaces, n, (n * counter.get_total_flops() / machine.rate, 0.0), machine)
     print("target: fast never slower than the loop")
 
 
@@ -252,19 +269,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rate, bytes_per_s = peak_matmul(), bandwidth()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), load average {os.getloadavg()};"
-        f" measured peak matmul {rate / 1e9:.1f} GFLOP/s, copy bandwidth {bytes_per_s / 1e9:.1f} GB/s"
+        f" measured at the start: {Machine()}"
     )
     if "s1" in args.parts:
-        bench_mlp(args.points, args.repeats, args.chunk_size, rate, bytes_per_s)
+        bench_mlp(args.points, args.repeats, args.chunk_size, Machine())
     if "s2" in args.parts:
-        bench_cnn(args.cnn_points, args.cnn_samples, args.repeats, args.chunk_size, rate)
+        bench_cnn(args.cnn_points, args.cnn_samples, args.repeats, args.chunk_size, Machine())
     if "s3" in args.parts and args.big_points > 0:
         bench_big(args.big_points)
     if "s4" in args.parts:
-        bench_resnet(args.resnet_points, args.resnet_samples, args.resnet_blocks, args.repeats, args.chunk_size, rate)
+        bench_resnet(
+            args.resnet_points, args.resnet_samples, args.resnet_blocks, args.repeats, args.chunk_size, Machine()
+        )
 
 
 if __name__ == "__main__":
