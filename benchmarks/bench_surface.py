@@ -24,8 +24,9 @@
 Each timed method runs ``--repeats`` times, interleaved, and the best wall-clock time is shown, so that other work on a
 shared machine disturbs the ratios as little as possible; the load average is printed. The peak matmul rate and the
 copy bandwidth behind the floors are measured before each part and after each of its rounds, and the best kept: the
-floors then come from the same window as the times (a virtual machine's speed drifts by up to 2x within minutes). loss-landscapes is an optional,
-benchmark-only install (``pip install --no-deps loss-landscapes``); its rows say "not installed" without it.
+floors then come from the same window as the times (a virtual machine's speed drifts by up to 2x within minutes).
+loss-landscapes is an optional, benchmark-only install (``pip install --no-deps loss-landscapes``); its rows say
+"not installed" without it.
 
 Run: .venv/bin/python benchmarks/bench_surface.py [--points 51] [--cnn-points 11] [--big-points 401] [--resnet-points 5]
      [--repeats 3] [--threads N] [--parts s1 s2 s3 s4]
