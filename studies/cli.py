@@ -81,6 +81,11 @@ def _interrupted(prog: str, args: argparse.Namespace | None) -> int:
     except Exception:  # e.g. a module left half-imported by the interrupt
         kept = "finished work not counted"
     print(f"{prog}: interrupted; {kept}", file=sys.stderr)
+    # A Ctrl-C that landed inside exec() of a source string (dataclasses build their methods so, during imports)
+    # leaves CPython's "unhandled KeyboardInterrupt" flag set even though it was handled here; under `python -m`
+    # the process would then kill itself with SIGINT at exit instead of returning 130. Running any source string
+    # clears that flag.
+    exec("pass", {})
     return INTERRUPTED
 
 

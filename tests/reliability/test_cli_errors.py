@@ -456,6 +456,29 @@ def test_ctrl_c_keeps_the_finished_chunks(checkpoint, tmp_path):
     assert not out.exists()
 
 
+PROBE = """
+import sys
+from studies import cli
+
+def parse_args(self, *args, **kwargs):
+    exec("raise KeyboardInterrupt")  # Ctrl-C inside code built from a string, as dataclasses build theirs
+
+cli._Parser.parse_args = parse_args
+sys.exit(cli.main(["info"]))
+"""
+
+
+def test_ctrl_c_inside_exec_of_a_string_still_exits_130_under_python_m(tmp_path):
+    """CPython flags a KeyboardInterrupt raised inside exec() of a string as unhandled even once it is caught;
+    under ``python -m`` such a process killed itself with SIGINT (status -2) after saying it was interrupted."""
+    (tmp_path / "interrupt_probe.py").write_text(PROBE)
+    env = _env() | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    done = subprocess.run(
+        [sys.executable, "-m", "interrupt_probe"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stderr) == (130, "valley: interrupted; nothing started\n")
+
+
 def test_end_to_end_a_mistake_is_one_line_without_traceback(tmp_path):
     (tmp_path / "text.pt").write_text("not a checkpoint\n")
     argv = ["surface", "--checkpoint", tmp_path / "text.pt", *MODEL, "--out", tmp_path / "s.csv"]
