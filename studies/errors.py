@@ -78,14 +78,21 @@ def report(prog: str, error: BaseException) -> int:
     return status
 
 
+IMPORT_RETRY_S = 0.05
+"""Delay after which a Ctrl-C deferred because it landed inside an import is delivered again."""
+
+
 @contextmanager
 def watching_interrupts() -> Iterator[threading.Event]:
     """Record every Ctrl-C (SIGINT) that arrives inside the block in the returned event, then raise as usual.
 
-    A Ctrl-C that lands inside an import can be swallowed on the way up and leave a half-imported module behind,
-    which then fails with an unrelated error (``AttributeError``, ``RecursionError``); the event lets the command
-    report such a failure as the interruption it is. Installed only where Python's own Ctrl-C handler is in place
-    (main thread, SIGINT not ignored); restored on exit.
+    A Ctrl-C that lands inside an import is deferred until the import is over (the signal is sent again to the
+    main thread every :data:`IMPORT_RETRY_S` seconds): raised there, a ``KeyboardInterrupt`` can pass through the
+    C++ of an extension being initialised, which then aborts the whole process (torch: "terminate called after
+    throwing an instance of 'pybind11::error_already_set'"), or be swallowed on the way up and leave a half-imported
+    module behind that fails later with an unrelated error (``AttributeError``, ``RecursionError``). The event lets
+    the command report such a failure as the interruption it is. Installed only where Python's own Ctrl-C handler
+    is in place (main thread, SIGINT not ignored); restored on exit, with any pending re-delivery cancelled.
     """
     received = threading.Event()
     if threading.current_thread() is not threading.main_thread() or (
@@ -93,13 +100,32 @@ def watching_interrupts() -> Iterator[threading.Event]:
     ):
         yield received
         return
+    retries: list[threading.Timer] = []
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         received.set()
+        if _importing(frame):
+            main = threading.main_thread().ident  # delivered to it, the signal also cuts short a wait (sleep)
+            retry = threading.Timer(IMPORT_RETRY_S, signal.pthread_kill, (main, signal.SIGINT))
+            retry.daemon = True
+            retries.append(retry)
+            retry.start()
+            return
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, interrupt)
     try:
         yield received
     finally:
+        for retry in retries:
+            retry.cancel()
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _importing(frame: FrameType | None) -> bool:
+    """Whether ``frame`` or one of its callers is the import machinery's (a module's code being run)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
