@@ -22,6 +22,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,6 +81,8 @@ def report(prog: str, error: BaseException) -> int:
 
 IMPORT_RETRY_S = 0.05
 """Delay after which a Ctrl-C deferred because it landed inside an import is delivered again."""
+IMPORT_PATIENCE_S = 3.0
+"""Longest a Ctrl-C waits for an import to finish (a stuck import is interrupted all the same)."""
 
 
 @contextmanager
@@ -87,12 +90,13 @@ def watching_interrupts() -> Iterator[threading.Event]:
     """Record every Ctrl-C (SIGINT) that arrives inside the block in the returned event, then raise as usual.
 
     A Ctrl-C that lands inside an import is deferred until the import is over (the signal is sent again to the
-    main thread every :data:`IMPORT_RETRY_S` seconds): raised there, a ``KeyboardInterrupt`` can pass through the
-    C++ of an extension being initialised, which then aborts the whole process (torch: "terminate called after
-    throwing an instance of 'pybind11::error_already_set'"), or be swallowed on the way up and leave a half-imported
-    module behind that fails later with an unrelated error (``AttributeError``, ``RecursionError``). The event lets
-    the command report such a failure as the interruption it is. Installed only where Python's own Ctrl-C handler
-    is in place (main thread, SIGINT not ignored); restored on exit, with any pending re-delivery cancelled.
+    main thread every :data:`IMPORT_RETRY_S` seconds, for at most :data:`IMPORT_PATIENCE_S`): raised there, a
+    ``KeyboardInterrupt`` can pass through the C++ of an extension being initialised, which then aborts the whole
+    process (torch: "terminate called after throwing an instance of 'pybind11::error_already_set'"), or be
+    swallowed on the way up and leave a half-imported module behind that fails later with an unrelated error
+    (``AttributeError``, ``RecursionError``). The event lets the command report such a failure as the interruption
+    it is. Installed only where Python's own Ctrl-C handler is in place (main thread, SIGINT not ignored);
+    restored on exit, with any pending re-delivery cancelled.
     """
     received = threading.Event()
     if threading.current_thread() is not threading.main_thread() or (
@@ -101,10 +105,12 @@ def watching_interrupts() -> Iterator[threading.Event]:
         yield received
         return
     retries: list[threading.Timer] = []
+    deferred_since: list[float] = []
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         received.set()
-        if _importing(frame):
+        deferred_since[:] = deferred_since or [time.monotonic()]
+        if _importing(frame) and time.monotonic() - deferred_since[0] < IMPORT_PATIENCE_S:
             main = threading.main_thread().ident  # delivered to it, the signal also cuts short a wait (sleep)
             retry = threading.Timer(IMPORT_RETRY_S, signal.pthread_kill, (main, signal.SIGINT))
             retry.daemon = True
