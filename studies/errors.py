@@ -110,7 +110,8 @@ def watching_interrupts() -> Iterator[threading.Event]:
     def interrupt(signum: int, frame: FrameType | None) -> None:
         received.set()
         deferred_since[:] = deferred_since or [time.monotonic()]
-        if _importing(frame) and time.monotonic() - deferred_since[0] < IMPORT_PATIENCE_S:
+        patient = time.monotonic() - deferred_since[0] < IMPORT_PATIENCE_S
+        if patient and hasattr(signal, "pthread_kill") and _importing(frame):  # (no pthread_kill on Windows)
             main = threading.main_thread().ident  # delivered to it, the signal also cuts short a wait (sleep)
             retry = threading.Timer(IMPORT_RETRY_S, signal.pthread_kill, (main, signal.SIGINT))
             retry.daemon = True
