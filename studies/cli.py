@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args, prog = None, parser.prog
-    with watching_interrupts() as interrupted, warnings.catch_warnings():
+    notice = "interrupt received; stopping once the module being imported has loaded (Ctrl-C again to stop now)"
+    with watching_interrupts(lambda: f"{prog}: {notice}") as interrupted, warnings.catch_warnings():
         warnings.showwarning = lambda message, *_, **__: print(f"{prog}: warning: {message}", file=sys.stderr)
         try:
             args = parser.parse_args(argv)
@@ -72,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args is not None and args.debug:
                 raise
             return _interrupted(prog, args) if interrupted.is_set() else report(getattr(error, "prog", prog), error)
+        finally:
+            # A Ctrl-C raised inside exec() of a source string (dataclasses build their methods so, during imports)
+            # leaves CPython's "unhandled KeyboardInterrupt" flag set even when it was caught; under `python -m` the
+            # process would then kill itself with SIGINT at exit instead of returning its status. Running any
+            # source string clears the flag (an interrupt that does escape main sets it again).
+            exec("pass", {})
 
 
 def _interrupted(prog: str, args: argparse.Namespace | None) -> int:
@@ -81,11 +88,6 @@ def _interrupted(prog: str, args: argparse.Namespace | None) -> int:
     except Exception:  # e.g. a module left half-imported by the interrupt
         kept = "finished work not counted"
     print(f"{prog}: interrupted; {kept}", file=sys.stderr)
-    # A Ctrl-C that landed inside exec() of a source string (dataclasses build their methods so, during imports)
-    # leaves CPython's "unhandled KeyboardInterrupt" flag set even though it was handled here; under `python -m`
-    # the process would then kill itself with SIGINT at exit instead of returning 130. Running any source string
-    # clears that flag.
-    exec("pass", {})
     return INTERRUPTED
 
 

@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -79,24 +79,29 @@ def report(prog: str, error: BaseException) -> int:
     return status
 
 
-IMPORT_RETRY_S = 0.05
-"""Delay after which a Ctrl-C deferred because it landed inside an import is delivered again."""
-IMPORT_PATIENCE_S = 3.0
-"""Longest a Ctrl-C waits for an import to finish (a stuck import is interrupted all the same)."""
+IMPORT_POLL_S = 0.02
+"""How often a Ctrl-C held back during an import checks whether the main thread has left the import."""
 
 
 @contextmanager
-def watching_interrupts() -> Iterator[threading.Event]:
+def watching_interrupts(notice: Callable[[], str] | None = None) -> Iterator[threading.Event]:
     """Record every Ctrl-C (SIGINT) that arrives inside the block in the returned event, then raise as usual.
 
-    A Ctrl-C that lands inside an import is deferred until the import is over (the signal is sent again to the
-    main thread every :data:`IMPORT_RETRY_S` seconds, for at most :data:`IMPORT_PATIENCE_S`): raised there, a
+    A Ctrl-C that lands inside an import is held back until the import is over: raised there, a
     ``KeyboardInterrupt`` can pass through the C++ of an extension being initialised, which then aborts the whole
     process (torch: "terminate called after throwing an instance of 'pybind11::error_already_set'"), or be
     swallowed on the way up and leave a half-imported module behind that fails later with an unrelated error
-    (``AttributeError``, ``RecursionError``). The event lets the command report such a failure as the interruption
-    it is. Installed only where Python's own Ctrl-C handler is in place (main thread, SIGINT not ignored);
-    restored on exit, with any pending re-delivery cancelled.
+    (``AttributeError``, ``RecursionError``). A watcher thread looks at the main thread's stack every
+    :data:`IMPORT_POLL_S` seconds and, once no import is running, sends it the signal again, once (delivered to
+    the main thread, it also cuts a wait short). A second Ctrl-C while one is held back is raised at once, so an
+    import that never ends can still be interrupted. The event lets the command report a failure that follows a
+    swallowed interrupt as the interruption it is. Installed only where Python's own Ctrl-C handler is in place
+    (main thread, SIGINT not ignored); restored on exit, after the watcher has stopped. Without
+    ``signal.pthread_kill`` (Windows) nothing is held back.
+
+    Args:
+        notice: the line the watcher prints on stderr when it starts holding a Ctrl-C back (the wait lasts as long
+            as the import, seconds while torch loads); ``None`` prints nothing.
     """
     received = threading.Event()
     if threading.current_thread() is not threading.main_thread() or (
@@ -104,19 +109,22 @@ def watching_interrupts() -> Iterator[threading.Event]:
     ):
         yield received
         return
-    retries: list[threading.Timer] = []
-    deferred_since: list[float] = []
+    held = _HeldInterrupt(notice)
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         received.set()
-        deferred_since[:] = deferred_since or [time.monotonic()]
-        patient = time.monotonic() - deferred_since[0] < IMPORT_PATIENCE_S
-        if patient and hasattr(signal, "pthread_kill") and _importing(frame):  # (no pthread_kill on Windows)
-            main = threading.main_thread().ident  # delivered to it, the signal also cuts short a wait (sleep)
-            retry = threading.Timer(IMPORT_RETRY_S, signal.pthread_kill, (main, signal.SIGINT))
-            retry.daemon = True
-            retries.append(retry)
-            retry.start()
+        if held.closing:  # the block is being left: the command is already ending
+            return
+        if held.sent:  # the watcher's delivery of a held Ctrl-C
+            held.sent = False
+            if not held.waiting:  # that Ctrl-C was raised meanwhile (pressed again)
+                return
+        elif held.waiting:  # pressed again while one is held back: at once
+            held.waiting = False
+            raise KeyboardInterrupt
+        held.waiting = False
+        if hasattr(signal, "pthread_kill") and _importing(frame):
+            held.hold()
             return
         raise KeyboardInterrupt
 
@@ -124,9 +132,51 @@ def watching_interrupts() -> Iterator[threading.Event]:
     try:
         yield received
     finally:
-        for retry in retries:
-            retry.cancel()
+        held.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class _HeldInterrupt:
+    """A Ctrl-C held back during an import; a watcher thread sends it to the main thread again once it is over.
+
+    ``waiting``: a Ctrl-C is held back; ``sent``: the watcher has sent it again; ``closing``: the block is left.
+    Each hold has its own watcher, which gives up once its hold is no longer the current one.
+    """
+
+    def __init__(self, notice: Callable[[], str] | None) -> None:
+        self.notice = notice
+        self.main = threading.main_thread().ident
+        self.waiting = self.sent = self.closing = False
+        self._holds = 0
+        self._watcher: threading.Thread | None = None
+
+    def hold(self) -> None:
+        """Hold a Ctrl-C back and start a watcher for it."""
+        self.waiting = True
+        self._holds += 1
+        self._watcher = threading.Thread(
+            target=self._watch, args=(self._holds,), name="valley-held-interrupt", daemon=True
+        )
+        self._watcher.start()
+
+    def _watch(self, hold: int) -> None:
+        if self.notice is not None:  # printed here, not in the handler: a write interrupted by it would fail
+            print(self.notice(), file=sys.stderr, flush=True)
+        while self.waiting and self._holds == hold and not self.closing:
+            frame = sys._current_frames().get(self.main)
+            if frame is None:
+                return
+            if not _importing(frame):
+                self.sent = True
+                signal.pthread_kill(self.main, signal.SIGINT)
+                return
+            time.sleep(IMPORT_POLL_S)
+
+    def close(self) -> None:
+        """Stop the watcher; a signal it has already sent finds ``closing`` set and is dropped."""
+        self.closing = True
+        if self._watcher is not None:
+            self._watcher.join()
 
 
 def _importing(frame: FrameType | None) -> bool:

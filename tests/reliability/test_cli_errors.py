@@ -493,18 +493,22 @@ sys.exit(cli.main(["info"]))
 """
 
 
+PRESS = "signal.raise_signal(signal.SIGINT)"
+HELD = "interrupt received; stopping once the module being imported has loaded (Ctrl-C again to stop now)\n"
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ("done = True", "imported\n"),  # the import finishes, then the interrupt
-        ("while True:\n    time.sleep(0.01)", ""),  # an import that never ends is interrupted all the same
+        ("time.sleep(0.3)", "imported\n"),  # the import finishes, then the interrupt
+        (f"time.sleep(0.1)\n{PRESS}\nwhile True:\n    time.sleep(0.01)", ""),  # never ends: a second press
     ],
 )
 def test_ctrl_c_inside_an_import_waits_for_the_import_to_finish(tmp_path, body, expected):
     """Raised inside an import, KeyboardInterrupt can abort the process from an extension's C++ (torch) or leave a
-    half-imported module: the interrupt is delivered once the import is over (a few seconds at most), status 130."""
+    half-imported module: the interrupt is delivered once the import is over, or at once on a second Ctrl-C."""
     (tmp_path / "import_probe.py").write_text(IMPORT_PROBE)
-    module = f"import signal, time\nsignal.raise_signal(signal.SIGINT)\n{body}\n"
+    module = f"import signal, time\n{PRESS}\n{body}\n"
     (tmp_path / "interrupted_module.py").write_text(module)
     env = _env() | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
     done = subprocess.run(
@@ -515,7 +519,66 @@ def test_ctrl_c_inside_an_import_waits_for_the_import_to_finish(tmp_path, body, 
         timeout=30,  # the probe waits 60 s after the import: the interrupt must reach the main thread's wait
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a shell starts it (see above)
     )
-    assert (done.returncode, done.stderr) == (130, f"{expected}valley: interrupted; nothing started\n")
+    assert (done.returncode, done.stderr) == (130, f"valley: {HELD}{expected}valley: interrupted; nothing started\n")
+
+
+TWICE_PROBE = """
+import argparse, sys, time
+from studies import cli
+
+def run(args):
+    import interrupted_module  # Ctrl-C pressed twice while its body runs
+    time.sleep(60)
+
+def kept(args):  # counting what is kept takes a while (a large cache)
+    end = time.monotonic() + 0.2
+    while time.monotonic() < end:
+        pass
+    return "all kept"
+
+cli._Parser.parse_args = lambda self, *a, **k: argparse.Namespace(command="probe", debug=False, func=run, kept=kept)
+sys.exit(cli.main([]))
+"""
+
+
+def test_ctrl_c_pressed_twice_inside_an_import_is_one_interrupt(tmp_path):
+    """An impatient user presses Ctrl-C again while the import goes on: one interrupt, not a burst whose second
+    lands while the first is being reported (a traceback, status -2)."""
+    (tmp_path / "twice_probe.py").write_text(TWICE_PROBE)
+    (tmp_path / "interrupted_module.py").write_text(f"import signal, time\n{PRESS}\ntime.sleep(0.225)\n{PRESS}\n")
+    env = _env() | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    done = subprocess.run(
+        [sys.executable, "-m", "twice_probe"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a shell starts it (see above)
+    )
+    assert (done.returncode, done.stderr) == (130, f"valley probe: {HELD}valley probe: interrupted; all kept\n")
+
+
+CAUGHT_PROBE = """
+import argparse, sys
+from studies import cli
+
+def run(args):
+    try:
+        exec("raise KeyboardInterrupt")  # an interrupt inside code built from a string, caught by a library
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+cli._Parser.parse_args = lambda self, *a, **k: argparse.Namespace(command="probe", debug=False, func=run)
+sys.exit(cli.main([]))
+"""
+
+
+def test_an_interrupt_caught_inside_the_command_does_not_change_its_status_under_python_m(tmp_path):
+    (tmp_path / "caught_probe.py").write_text(CAUGHT_PROBE)
+    env = _env() | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    done = subprocess.run([sys.executable, "-m", "caught_probe"], env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, "")
 
 
 def test_end_to_end_a_mistake_is_one_line_without_traceback(tmp_path):
