@@ -228,9 +228,14 @@ def test_cli_study_under_torchrun_equals_one_process(tmp_path):
     pd.testing.assert_frame_equal(two, one)
 
 
-def test_children_import_this_checkout():
-    code = "import landscape, optim, studies; print(landscape.__file__, optim.__file__, studies.__file__)"
-    env = _checkout_env({k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+def test_children_import_this_checkout(tmp_path):
+    """Packages of the same names earlier on the caller's path (another copy of valley) lose to this checkout."""
+    for name in ("landscape", "optim", "studies"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+    # where `import` would load each package from (find_spec: the same search, without importing torch)
+    code = "import importlib.util as u; print(*(u.find_spec(n).origin for n in ('landscape', 'optim', 'studies')))"
+    env = _checkout_env({k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(tmp_path)})
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd="/", timeout=60)
     root = str(Path(__file__).resolve().parents[2])
     assert done.returncode == 0 and all(path.startswith(root) for path in done.stdout.split()), done.stdout

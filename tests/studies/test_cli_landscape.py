@@ -147,14 +147,16 @@ def _torchrun(command: list[str]) -> subprocess.CompletedProcess:
     return done
 
 
-def test_surface_and_curvature_under_torchrun_equal_one_process(trained, tmp_path):
+@pytest.mark.parametrize("command", ["surface", "curvature"])  # two tests: test workers can run them side by side
+def test_surface_and_curvature_under_torchrun_equal_one_process(trained, tmp_path, command):
     checkpoint, _, _ = trained
     torch.set_num_threads(1)
-    for name, args in (("s", _surface_args), ("c", _curvature_args)):
-        assert main(args(checkpoint, tmp_path / f"{name}1.csv")) == 0
-        done = _torchrun(args(checkpoint, tmp_path / f"{name}2.csv"))
-        assert done.stdout.count("on 2 process(es)") == 1  # rank 0 prints
-        one, two = (pd.read_csv(tmp_path / f"{name}{n}.csv") for n in (1, 2))
-        pd.testing.assert_frame_equal(two, one, check_exact=False, rtol=1e-6, atol=1e-12)
-    surface = json.loads((tmp_path / "s2.csv.meta.json").read_text())["config"]
-    assert surface["world_size"] == 2 and surface["chunks_computed"] == 4  # computed, not read from s1's chunks
+    args = {"surface": _surface_args, "curvature": _curvature_args}[command]
+    assert main(args(checkpoint, tmp_path / "one.csv")) == 0
+    done = _torchrun(args(checkpoint, tmp_path / "two.csv"))
+    assert done.stdout.count("on 2 process(es)") == 1  # rank 0 prints
+    one, two = (pd.read_csv(tmp_path / f"{n}.csv") for n in ("one", "two"))
+    pd.testing.assert_frame_equal(two, one, check_exact=False, rtol=1e-6, atol=1e-12)
+    if command == "surface":
+        config = json.loads((tmp_path / "two.csv.meta.json").read_text())["config"]
+        assert config["world_size"] == 2 and config["chunks_computed"] == 4  # computed, not read from one's chunks
