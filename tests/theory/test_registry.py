@@ -7,7 +7,7 @@ import sympy as sp
 import theory
 from theory import _registry
 from theory.__main__ import main
-from theory._result import make_result
+from theory._result import clearly_nonzero, is_zero, make_result
 
 
 def _quick_check():
@@ -57,3 +57,18 @@ def test_make_result_decides_pass_and_rejects_bad_tolerance():
     assert not make_result(symbolic_ok=True, value=math.nan, reference=1.0, tolerance=0.2, **common).passed
     with pytest.raises(ValueError, match="tolerance"):
         make_result(symbolic_ok=True, value=1.0, reference=1.0, tolerance=-1.0, **common)
+
+
+def test_a_clearly_nonzero_expression_is_refused_without_changing_any_verdict():
+    b, p = sp.symbols("b p", positive=True)
+    t = sp.symbols("t", positive=True, integer=True)
+    x = sp.symbols("x", real=True)  # not known positive: never sampled
+    identity = (1 - b**t) / (1 - b) - sp.summation(b ** sp.Symbol("i"), (sp.Symbol("i"), 0, t - 1)).doit()
+    assert not clearly_nonzero((1 - b**2) / (1 - b) - 1 - b) and is_zero((1 - b**2) / (1 - b) - 1 - b)
+    assert clearly_nonzero(b**p * 1.000001 - b**p) and not is_zero(b**p * 1.000001 - b**p)
+    assert clearly_nonzero(sp.Rational(1, 10**20) * t) and not is_zero(sp.Rational(1, 10**20) * t)
+    assert not clearly_nonzero(x**2 - 1)  # zero at x = 1: a real symbol is not sampled
+    assert not clearly_nonzero(1 / (t - 3))  # t = 3 at the sample point: no finite value there
+    assert not clearly_nonzero(identity)  # a sum (or its piecewise form) is never sampled
+    big = sp.sqrt(2) * sp.Integer(10) ** 40  # terms near 1e80 that cancel exactly: evaluated to 60 correct digits
+    assert not clearly_nonzero((big + b) ** 2 - big**2 - 2 * big * b - b**2)
