@@ -100,7 +100,7 @@ def watching_interrupts(notice: Callable[[], str] | None = None) -> Iterator[thr
     ``signal.pthread_kill`` (Windows) nothing is held back.
 
     Args:
-        notice: the line the watcher prints on stderr when it starts holding a Ctrl-C back (the wait lasts as long
+        notice: the line the watcher prints on stderr the first time it holds a Ctrl-C back (the wait lasts as long
             as the import, seconds while torch loads); ``None`` prints nothing.
     """
     received = threading.Event()
@@ -160,7 +160,7 @@ class _HeldInterrupt:
         self._watcher.start()
 
     def _watch(self, hold: int) -> None:
-        if self.notice is not None:  # printed here, not in the handler: a write interrupted by it would fail
+        if self.notice is not None and hold == 1:  # printed here, not in the handler: a write it cut would fail
             print(self.notice(), file=sys.stderr, flush=True)
         while self.waiting and self._holds == hold and not self.closing:
             frame = sys._current_frames().get(self.main)
