@@ -456,78 +456,61 @@ def test_ctrl_c_keeps_the_finished_chunks(checkpoint, tmp_path):
     assert not out.exists()
 
 
-PROBE = """
-import sys
-from studies import cli
+def _probe(tmp_path, probe: str, interrupted_module: str | None = None) -> tuple[int, str]:
+    """Exit status and stderr of ``python -m`` on the script ``probe`` (beside ``interrupted_module``, if given).
 
-def parse_args(self, *args, **kwargs):
-    exec("raise KeyboardInterrupt")  # Ctrl-C inside code built from a string, as dataclasses build theirs
+    The child gets the default SIGINT disposition, as a shell starts it (see above). The probes wait 60 s at most
+    after their import; 30 s without an exit means an interrupt never reached the main thread.
+    """
+    (tmp_path / "valley_probe.py").write_text(probe)
+    if interrupted_module is not None:
+        (tmp_path / "interrupted_module.py").write_text(f"import signal, time\n{interrupted_module}\n")
+    env = _env() | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    done = subprocess.run(
+        [sys.executable, "-m", "valley_probe"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    return done.returncode, done.stderr
 
-cli._Parser.parse_args = parse_args
-sys.exit(cli.main(["info"]))
-"""
+
+def _probe_command(body: str) -> str:
+    """A probe script running valley's ``main`` on a command ``probe`` whose function is ``run`` in ``body``."""
+    lines = [
+        "import argparse, sys, time",
+        "from studies import cli",
+        body,
+        'args = argparse.Namespace(command="probe", debug=False, func=run, kept=lambda args: kept(args))',
+        "cli._Parser.parse_args = lambda self, *a, **k: args",
+        "sys.exit(cli.main([]))",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+EXEC_INTERRUPT = 'exec("raise KeyboardInterrupt")  # Ctrl-C inside code built from a string, as dataclasses build'
+PRESS = "signal.raise_signal(signal.SIGINT)"
+HELD = "interrupt received; stopping once the module being imported has loaded (Ctrl-C again to stop now)\n"
 
 
 def test_ctrl_c_inside_exec_of_a_string_still_exits_130_under_python_m(tmp_path):
     """CPython flags a KeyboardInterrupt raised inside exec() of a string as unhandled even once it is caught;
     under ``python -m`` such a process killed itself with SIGINT (status -2) after saying it was interrupted."""
-    (tmp_path / "interrupt_probe.py").write_text(PROBE)
-    env = _env() | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
-    done = subprocess.run(
-        [sys.executable, "-m", "interrupt_probe"], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert (done.returncode, done.stderr) == (130, "valley: interrupted; nothing started\n")
+    probe = _probe_command(f"def run(args):\n    {EXEC_INTERRUPT}\n\ndef kept(args):\n    return 'all kept'")
+    assert _probe(tmp_path, probe) == (130, "valley probe: interrupted; all kept\n")
 
 
-IMPORT_PROBE = """
-import sys, time
-from studies import cli
+def test_an_interrupt_caught_inside_the_command_does_not_change_its_status_under_python_m(tmp_path):
+    body = f"def run(args):\n    try:\n        {EXEC_INTERRUPT}\n    except KeyboardInterrupt:\n        return 0"
+    assert _probe(tmp_path, _probe_command(body + "\n\nkept = None")) == (0, "")
 
-def parse_args(self, *args, **kwargs):
+
+IMPORTING = """
+def run(args):
     import interrupted_module  # Ctrl-C arrives while its body runs
     print("imported", file=sys.stderr)
-    time.sleep(60)
-
-cli._Parser.parse_args = parse_args
-sys.exit(cli.main(["info"]))
-"""
-
-
-PRESS = "signal.raise_signal(signal.SIGINT)"
-HELD = "interrupt received; stopping once the module being imported has loaded (Ctrl-C again to stop now)\n"
-
-
-@pytest.mark.parametrize(
-    ("body", "expected"),
-    [
-        ("time.sleep(0.3)", "imported\n"),  # the import finishes, then the interrupt
-        (f"time.sleep(0.1)\n{PRESS}\nwhile True:\n    time.sleep(0.01)", ""),  # never ends: a second press
-    ],
-)
-def test_ctrl_c_inside_an_import_waits_for_the_import_to_finish(tmp_path, body, expected):
-    """Raised inside an import, KeyboardInterrupt can abort the process from an extension's C++ (torch) or leave a
-    half-imported module: the interrupt is delivered once the import is over, or at once on a second Ctrl-C."""
-    (tmp_path / "import_probe.py").write_text(IMPORT_PROBE)
-    module = f"import signal, time\n{PRESS}\n{body}\n"
-    (tmp_path / "interrupted_module.py").write_text(module)
-    env = _env() | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
-    done = subprocess.run(
-        [sys.executable, "-m", "import_probe"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,  # the probe waits 60 s after the import: the interrupt must reach the main thread's wait
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a shell starts it (see above)
-    )
-    assert (done.returncode, done.stderr) == (130, f"valley: {HELD}{expected}valley: interrupted; nothing started\n")
-
-
-TWICE_PROBE = """
-import argparse, sys, time
-from studies import cli
-
-def run(args):
-    import interrupted_module  # Ctrl-C pressed twice while its body runs
     time.sleep(60)
 
 def kept(args):  # counting what is kept takes a while (a large cache)
@@ -535,50 +518,24 @@ def kept(args):  # counting what is kept takes a while (a large cache)
     while time.monotonic() < end:
         pass
     return "all kept"
-
-cli._Parser.parse_args = lambda self, *a, **k: argparse.Namespace(command="probe", debug=False, func=run, kept=kept)
-sys.exit(cli.main([]))
 """
 
 
-def test_ctrl_c_pressed_twice_inside_an_import_is_one_interrupt(tmp_path):
-    """An impatient user presses Ctrl-C again while the import goes on: one interrupt, not a burst whose second
-    lands while the first is being reported (a traceback, status -2)."""
-    (tmp_path / "twice_probe.py").write_text(TWICE_PROBE)
-    (tmp_path / "interrupted_module.py").write_text(f"import signal, time\n{PRESS}\ntime.sleep(0.225)\n{PRESS}\n")
-    env = _env() | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
-    done = subprocess.run(
-        [sys.executable, "-m", "twice_probe"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a shell starts it (see above)
-    )
-    assert (done.returncode, done.stderr) == (130, f"valley probe: {HELD}valley probe: interrupted; all kept\n")
-
-
-CAUGHT_PROBE = """
-import argparse, sys
-from studies import cli
-
-def run(args):
-    try:
-        exec("raise KeyboardInterrupt")  # an interrupt inside code built from a string, caught by a library
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-cli._Parser.parse_args = lambda self, *a, **k: argparse.Namespace(command="probe", debug=False, func=run)
-sys.exit(cli.main([]))
-"""
-
-
-def test_an_interrupt_caught_inside_the_command_does_not_change_its_status_under_python_m(tmp_path):
-    (tmp_path / "caught_probe.py").write_text(CAUGHT_PROBE)
-    env = _env() | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
-    done = subprocess.run([sys.executable, "-m", "caught_probe"], env=env, capture_output=True, text=True, timeout=120)
-    assert (done.returncode, done.stderr) == (0, "")
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (f"{PRESS}\ntime.sleep(0.3)", "imported\n"),  # the import finishes, then the interrupt
+        (f"{PRESS}\ntime.sleep(0.1)\n{PRESS}\nwhile True:\n    time.sleep(0.01)", ""),  # never ends: pressed again
+        (f"{PRESS}\ntime.sleep(0.225)\n{PRESS}", ""),  # pressed again: one interrupt, not a burst after the import
+    ],
+    ids=["import_finishes", "import_never_ends", "pressed_twice"],
+)
+def test_ctrl_c_inside_an_import_waits_for_the_import_to_finish(tmp_path, body, expected):
+    """Raised inside an import, KeyboardInterrupt can abort the process from an extension's C++ (torch) or leave a
+    half-imported module: the interrupt is delivered once the import is over, or at once on a second Ctrl-C. An
+    impatient second press is one interrupt, not a burst whose second lands while the first is being reported."""
+    status, err = _probe(tmp_path, _probe_command(IMPORTING), body)
+    assert (status, err) == (130, f"valley probe: {HELD}{expected}valley probe: interrupted; all kept\n")
 
 
 def test_end_to_end_a_mistake_is_one_line_without_traceback(tmp_path):
