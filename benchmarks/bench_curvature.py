@@ -56,6 +56,7 @@ from landscape.curvature import (
     power_iteration_eigenpairs,
     slq_density,
 )
+from studies import arguments
 
 
 def make_problem(
@@ -402,14 +403,15 @@ def _hutch_rows(name, run, exact, seeds):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per trace estimator and budget in (c)")
-    parser.add_argument("--eigen-seeds", type=int, default=5, help="start-vector seeds per eigen method in (b)")
-    parser.add_argument("--repeats", type=int, default=3, help="(a2) times each method repeats - 1 times")
+    whole = arguments.count  # a count >= 1; a bad one is one line
+    parser.add_argument("--threads", type=whole, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--seeds", type=whole, default=3, help="seeds per trace estimator and budget in (c)")
+    parser.add_argument("--eigen-seeds", type=whole, default=5, help="start-vector seeds per eigen method in (b)")
+    parser.add_argument("--repeats", type=whole, default=3, help="(a2) times each method repeats - 1 times")
     parser.add_argument(
-        "--product-repeats", type=int, default=15, help="timed products per column in (a1), interleaved, best shown"
+        "--product-repeats", type=whole, default=15, help="timed products per column in (a1), interleaved, best shown"
     )
-    parser.add_argument("--hutch-seeds", type=int, default=50, help="seeds per estimator in (a3)")
+    parser.add_argument("--hutch-seeds", type=whole, default=50, help="seeds per estimator in (a3)")
     parser.add_argument(
         "--parts",
         nargs="+",

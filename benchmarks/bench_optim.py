@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 import optim
+from studies.arguments import count
 
 try:
     import pytorch_optimizer
@@ -290,12 +291,6 @@ def bench_xgrad(steps=20, rounds=5):
         )
 
 
-def _rounds(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"rounds must be a whole number >= 1 (got {text!r})")
-    return int(text)
-
-
 def _device(text: str) -> torch.device:
     if text != "cpu" and not (text == "cuda" or text.startswith("cuda:") and text[5:].isdigit()):
         raise argparse.ArgumentTypeError(f"device must be cpu, cuda or cuda:N (got {text!r})")
@@ -304,7 +299,7 @@ def _device(text: str) -> torch.device:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Optimizer steps against the memory-bandwidth floor.")
-    parser.add_argument("rounds", nargs="?", type=_rounds, default=15, help="rounds; each case's best is shown")
+    parser.add_argument("rounds", nargs="?", type=count, default=15, help="rounds; each case's best is shown")
     parser.add_argument("parts", nargs="?", default="123", help="digits among 1, 2, 3 (default all)")
     parser.add_argument("--device", type=_device, default="cpu", help="device of parts 1 and 2 (cpu, cuda, cuda:N)")
     args = parser.parse_args()

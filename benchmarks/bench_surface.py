@@ -49,6 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from landscape.directions import random_direction
 from landscape.surfaces import make_grid, surface_2d
+from studies.arguments import count, count_or_zero
 from studies.models import make_model
 
 
@@ -256,16 +257,16 @@ def bench_big(points):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=51, help="MLP grid points per axis")
-    parser.add_argument("--cnn-points", type=int, default=11, help="CNN grid points per axis")
-    parser.add_argument("--cnn-samples", type=int, default=1000, help="CNN evaluation examples")
-    parser.add_argument("--big-points", type=int, default=401, help="grid points per axis of (s3); 0 skips it")
-    parser.add_argument("--resnet-points", type=int, default=5, help="ResNet grid points per axis")
-    parser.add_argument("--resnet-samples", type=int, default=128, help="ResNet evaluation examples")
-    parser.add_argument("--resnet-blocks", type=int, default=3, help="ResNet basic blocks per stage (3: ResNet-20)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per method (best time is shown)")
-    parser.add_argument("--chunk-size", type=int, default=64, help="grid points per chunk")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--points", type=count, default=51, help="MLP grid points per axis")
+    parser.add_argument("--cnn-points", type=count, default=11, help="CNN grid points per axis")
+    parser.add_argument("--cnn-samples", type=count, default=1000, help="CNN evaluation examples")
+    parser.add_argument("--big-points", type=count_or_zero, default=401, help="points per axis of (s3); 0 skips it")
+    parser.add_argument("--resnet-points", type=count, default=5, help="ResNet grid points per axis")
+    parser.add_argument("--resnet-samples", type=count, default=128, help="ResNet evaluation examples")
+    parser.add_argument("--resnet-blocks", type=count, default=3, help="ResNet basic blocks per stage (3: ResNet-20)")
+    parser.add_argument("--repeats", type=count, default=3, help="runs per method (best time is shown)")
+    parser.add_argument("--chunk-size", type=count, default=64, help="grid points per chunk")
+    parser.add_argument("--threads", type=count, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--parts", nargs="+", choices=("s1", "s2", "s3", "s4"), default=["s1", "s2", "s3", "s4"])
     args = parser.parse_args()
     if args.threads is not None:

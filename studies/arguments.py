@@ -48,3 +48,19 @@ def json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"widths\": [32]}}', got {text!r}")
     return value
+
+
+def count(text: str) -> int:
+    """A whole number of at least 1 (points, repeats, threads, ...); anything else is refused."""
+    return _whole(text, 1)
+
+
+def count_or_zero(text: str) -> int:
+    """A whole number of at least 0 (0 usually skips the work it counts)."""
+    return _whole(text, 0)
+
+
+def _whole(text: str, least: int) -> int:
+    if not text.strip().isdigit() or int(text) < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
+    return int(text)

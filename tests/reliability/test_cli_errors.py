@@ -5,9 +5,11 @@ Each case runs the command in process (``main(argv)``) and checks the status, th
 run the command as a subprocess: a real Ctrl-C (status 130, finished chunks kept) and one end-to-end error.
 """
 
+import argparse
 import hashlib
 import json
 import os
+import runpy
 import signal
 import stat
 import subprocess
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from studies import analyse, catalog
+from studies import analyse, arguments, catalog
 from studies.cli import main
 from studies.errors import UserError
 from studies.models import make_model
@@ -557,3 +559,24 @@ def test_a_checkpoint_with_nan_weights_is_said_in_one_warning_line(capsys, check
     err = capsys.readouterr().err
     assert err.startswith("valley surface: warning: ") and err.count("\n") == 1, err
     assert "holds 1 NaN or infinite values in 1 tensor(s)" in err
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "x", "2.5", ""])
+def test_a_count_that_is_not_a_whole_number_of_at_least_one_is_one_argparse_line(text):
+    with pytest.raises(argparse.ArgumentTypeError, match=f"expected a whole number >= 1, got {text!r}"):
+        arguments.count(text)
+    assert arguments.count(" 3") == 3 and arguments.count_or_zero("0") == 0
+
+
+@pytest.mark.parametrize(
+    ("script", "argv"),
+    [("bench_surface.py", ["--points", "0"]), ("bench_curvature.py", ["--threads", "0"]), ("bench_optim.py", ["0"])],
+)
+def test_the_benchmarks_refuse_a_bad_count_in_one_line(script, argv, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))  # bench_optim sets it
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "benchmarks" / script), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].endswith(f"expected a whole number >= 1, got {argv[-1]!r}")
