@@ -122,7 +122,7 @@ def compare(model, data, points, repeats, chunk_size, machine, anchor_normalizat
     return best, surfaces
 
 
-def print_table(best, surfaces, n, floors=None, machine=None):
+def print_table(best, surfaces, n, floors, machine):
     """Wall and CPU (process) seconds and the ratios on both; on a loaded machine the CPU ratios are the steadier."""
     fast, loop = surfaces["fast"], surfaces["loop"]
     rows = [(f"valley fast ({fast.config['evaluator']})", *best["fast"]), ("valley loop (reference)", *best["loop"])]
@@ -144,14 +144,12 @@ def print_table(best, surfaces, n, floors=None, machine=None):
     if fast.config.get("evaluator_calibration"):
         timing = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in fast.config["evaluator_calibration"].items())
         print(f"fast path calibration (CPU seconds per point, each way on its first points): {timing}")
-    if floors is not None:
-        compute, memory = floors
-        floor = max(compute, memory)
-        print(
-            f"floor ({machine}, best of this part's window): compute {compute:.3f} s, memory {memory:.3f} s;"
-            f" fast / floor = {best['fast'][0] / floor:.2f}"
-            f" (wall), {best['fast'][1] / floor:.2f} (CPU)"
-        )
+    compute, memory = floors
+    floor = max(compute, memory)
+    print(
+        f"floor ({machine}, best of this part's window): compute {compute:.3f} s, memory {memory:.3f} s;"
+        f" fast / floor = {best['fast'][0] / floor:.2f} (wall), {best['fast'][1] / floor:.2f} (CPU)"
+    )
     print(
         f"max |loss fast - loss loop| = {np.abs(fast.loss - loop.loss).max():.3e}, "
         f"max |accuracy fast - accuracy loop| = {np.abs(fast.accuracy - loop.accuracy).max():.3e}"
