@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install figures figures-full figures-paper data test lint format bench clean
+.PHONY: install figures figures-full figures-paper data test test-compiled lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ data:
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
+
+# Optional: every optimizer's compiled path (compiled=True) against its per-tensor path, on every branch (minutes).
+test-compiled: $(STAMP)
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 -m compiled tests/optim/test_compiled.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,14 +1,16 @@
-"""Optimizer steps against the memory-bandwidth floor on CPU: valley's two paths beside torch's Adam, and SAM's cost.
+"""Optimizer steps against the memory-bandwidth floor on CPU: valley's paths beside torch's Adam, and SAM's cost.
 
-Part 1: one ``step()`` on the parameter tensors of ResNet-18 (shapes written out below, 11,689,512 parameters)
-with fixed random gradients, for every valley optimizer on its per-tensor and its multi-tensor (``foreach``) path,
-beside ``torch.optim.Adam`` fused, foreach and for-loop. Each row reports ms per step and the bytes that must
-move per step (parameter read + written, gradient read, every state slot read + written) as a fraction of the
-memory bandwidth measured in the same run (a large copy and a large add; the faster one counts), and its time
-per byte relative to torch's fused Adam. Targets: every valley optimizer within 2x of fused Adam's time per byte
-and no slower per byte than torch's foreach Adam. AdamP and SGDP must also read θ and g of every tensor with at
+Part 1: one ``step()`` on the parameter tensors of ResNet-18 (shapes written out below, 11,689,512 parameters) with
+fixed random gradients, for every valley optimizer on its per-tensor and its multi-tensor (``foreach``) path, and on
+its compiled path (``compiled=True``, CPU only here) where it has one, beside ``torch.optim.Adam`` fused, foreach
+and for-loop; the first step of each compiled path, which compiles, is timed apart. Each row reports ms per step and
+the bytes that must move per step (parameter read + written, gradient read, every state slot read + written) as a
+fraction of the memory bandwidth measured in the same run (a large copy and a large add; the faster one counts), and
+its time per byte relative to torch's fused Adam. Targets: every valley optimizer within 2x of fused Adam's time per
+byte and no slower per byte than torch's foreach Adam. AdamP and SGDP must also read θ and g of every tensor with at
 least two dims once more, for the projection test, before any coordinate can be updated (the test is a reduction
-over the tensor); a line under the table gives their ratio with those bytes counted too (the verdict columns do not).
+over the tensor); a line under the table gives their ratio with those bytes counted too (the verdict columns do
+not).
 
 Part 2: SAM's overhead over its base step (momentum SGD): ``first_step()`` + ``second_step()`` minus the base
 step alone, for valley's SAM on both paths and for ``pytorch_optimizer``'s SAM (a row skipped when that package
@@ -66,22 +68,35 @@ def resnet18_shapes():
     return shapes
 
 
-# name -> (factory, state slots besides the parameter and the gradient)
+# name -> (factory taking the path's switch, state slots besides the parameter and the gradient)
 STEP_CASES: dict[str, tuple[Callable, int]] = {
-    "torch Adam fused": (lambda ps, fe: torch.optim.Adam(ps, lr=1e-3, fused=True), 2),
-    "torch Adam foreach": (lambda ps, fe: torch.optim.Adam(ps, lr=1e-3, foreach=True), 2),
-    "torch Adam for-loop": (lambda ps, fe: torch.optim.Adam(ps, lr=1e-3, foreach=False), 2),
-    "RAdam": (lambda ps, fe: optim.RAdam(ps, lr=1e-3, foreach=fe), 2),
-    "Adam2k": (lambda ps, fe: optim.Adam2k(ps, lr=1e-3, freeze_steps=0, foreach=fe), 2),
-    "AdamP": (lambda ps, fe: optim.AdamP(ps, lr=1e-3, weight_decay=1e-2, foreach=fe), 2),
-    "SGDP": (lambda ps, fe: optim.SGDP(ps, lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=fe), 1),
-    "AdaBelief": (lambda ps, fe: optim.AdaBelief(ps, lr=1e-3, weight_decay=1e-2, foreach=fe), 2),
-    "AdaM3": (lambda ps, fe: optim.AdaM3(ps, lr=1e-3, foreach=fe), 2),
-    "Expectigrad": (lambda ps, fe: optim.Expectigrad(ps, lr=1e-3, foreach=fe), 3),
+    "torch Adam fused": (lambda ps, **path: torch.optim.Adam(ps, lr=1e-3, fused=True), 2),
+    "torch Adam foreach": (lambda ps, **path: torch.optim.Adam(ps, lr=1e-3, foreach=True), 2),
+    "torch Adam for-loop": (lambda ps, **path: torch.optim.Adam(ps, lr=1e-3, foreach=False), 2),
+    "RAdam": (lambda ps, **path: optim.RAdam(ps, lr=1e-3, **path), 2),
+    "Adam2k": (lambda ps, **path: optim.Adam2k(ps, lr=1e-3, freeze_steps=0, **path), 2),
+    "AdamP": (lambda ps, **path: optim.AdamP(ps, lr=1e-3, weight_decay=1e-2, **path), 2),
+    "SGDP": (lambda ps, **path: optim.SGDP(ps, lr=0.1, momentum=0.9, weight_decay=1e-4, **path), 1),
+    "AdaBelief": (lambda ps, **path: optim.AdaBelief(ps, lr=1e-3, weight_decay=1e-2, **path), 2),
+    "AdaM3": (lambda ps, **path: optim.AdaM3(ps, lr=1e-3, **path), 2),
+    "Expectigrad": (lambda ps, **path: optim.Expectigrad(ps, lr=1e-3, **path), 3),
 }
 
 
 DEVICE = torch.device("cpu")  # set from --device in main()
+
+
+def paths(name: str) -> list[tuple[str, dict[str, bool]]]:
+    """The paths a case is timed on, as (label, switch).
+
+    torch's Adam as it is; valley's per-tensor, multi-tensor and, where the optimizer has one (on CPU), compiled.
+    """
+    if name.startswith("torch"):
+        return [("", {})]
+    found = [("per-tensor", {"foreach": False}), ("foreach", {"foreach": True})]
+    if "compiled" in getattr(optim, name).HYPERPARAMETERS and DEVICE.type == "cpu":
+        found.append(("compiled", {"compiled": True}))
+    return found
 
 
 def parameters(values, grads):
@@ -131,16 +146,19 @@ def bench_steps(rounds: int) -> None:
     grads = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]
     numel = sum(v.numel() for v in values)
     print(f"ResNet-18 parameter list: {len(shapes)} tensors, {numel:,} parameters (float32) on {DEVICE}")
-    cases, moved = {}, {}
+    cases, moved, first_steps = {}, {}, {}
     for name, (factory, slots) in STEP_CASES.items():
-        paths = [None] if name.startswith("torch") else [False, True]
-        for foreach in paths:
-            label = name if foreach is None else f"{name} {'foreach' if foreach else 'per-tensor'}"
-            opt = factory(parameters(values, grads), foreach)
-            for _ in range(2):  # state allocated, first-step branches passed
-                opt.step()
+        for path, switch in paths(name):
+            label = f"{name} {path}".strip()
+            opt = factory(parameters(values, grads), **switch)
+            start = time.perf_counter()
+            opt.step()
+            first_steps[label] = time.perf_counter() - start
+            opt.step()  # state allocated, first-step branches passed (and compiled)
             cases[label] = opt.step
             moved[label] = (3 + 2 * slots) * 4 * numel
+    compiled = {label: t for label, t in first_steps.items() if label.endswith("compiled")}
+    print("first step of each compiled path (compiles): " + ", ".join(f"{k} {t:.1f} s" for k, t in compiled.items()))
     bw_cases, bw_bytes = bandwidth_cases(numel)  # 47 MB per array, beyond the caches
     times, cpu = best_of({**bw_cases, **cases}, rounds)
     bandwidth = max(bw_bytes[k] / times[k] for k in bw_cases)
@@ -172,7 +190,7 @@ def bench_steps(rounds: int) -> None:
             f"{verdict}"
         )
     tested = 2 * 4 * sum(v.numel() for v in values if v.dim() >= 2)
-    for label in ("AdamP foreach", "SGDP foreach"):
+    for label in [f"{n} {p}" for n in ("AdamP", "SGDP") for p, _ in paths(n) if p != "per-tensor"]:
         ratio = times[label] / (moved[label] + tested) / fused
         print(
             f"{label}: counting the projection test's read of θ and g ({tested / 1e6:.0f} MB, needed in full before "

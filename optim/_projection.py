@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from optim._compiled import Rule, at, split
 from optim._foreach import buckets
 
 
@@ -124,6 +125,39 @@ def remove_radial(param: Tensor, update: Tensor, view: str, *, eps: float) -> Te
     radial = unit.mul_(coefficients)
     update_rows.sub_(radial)
     return torch.linalg.vector_norm(radial)
+
+
+def _cosines(param: Tensor, grad: Tensor, *, eps: float) -> Tensor:
+    """``[max_cosine, layer_cosine]`` of one tensor seen as rows, for the compiled path (one pass over θ and g)."""
+    dots = (grad * param).sum(1)
+    grad_norms, param_norms = (grad * grad).sum(1).sqrt(), (param * param).sum(1).sqrt()
+    channel = dots.abs() / (grad_norms.clamp(min=eps) * param_norms.clamp(min=eps))
+    layer_grad, layer_param = grad_norms.square().sum().sqrt(), param_norms.square().sum().sqrt()
+    return torch.stack([channel.amax(), dots.sum().abs() / (layer_grad.clamp(min=eps) * layer_param.clamp(min=eps))])
+
+
+_COSINES = Rule(_cosines, writes=(), pointwise=False)
+
+
+def compiled_radial_views(
+    owner: str, params: list[Tensor], grads: list[Tensor], *, delta: float, wd_ratio: float, eps: float
+) -> list[Projection]:
+    """:func:`radial_views` with the cosines of each float32/float64 tensor from one compiled kernel.
+
+    The kernel reads θ and g once for the row dots and both row norms (:func:`cosines` reads them three times);
+    the cosines of all tensors are read back in one transfer. Other tensors take :func:`radial_views`.
+    """
+    chosen, others = split([params, grads], pointwise=False)
+    found: dict[int, Projection] = dict(
+        zip(others, radial_views(*at([params, grads], others), delta=delta, wd_ratio=wd_ratio, eps=eps), strict=True)
+    )
+    if chosen:
+        scalars = dict(eps=eps)
+        values = _COSINES.run(owner, at([params, grads], chosen), [scalars] * len(chosen))
+        read = torch.stack([v.to(values[0].device, torch.float64) for v in values]).tolist()
+        for index, (max_cosine, layer_cosine) in zip(chosen, read, strict=True):
+            found[index] = decide(params[index], max_cosine, layer_cosine, delta=delta, wd_ratio=wd_ratio)
+    return [found[index] for index in range(len(params))]
 
 
 def with_radial_norms(projections: list[Projection], radial: dict[int, tuple[float, Tensor]]) -> list[Projection]:

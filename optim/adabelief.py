@@ -19,11 +19,12 @@ from optim._checks import (
     check_positive,
     evaluate,
 )
+from optim._compiled import Rule, at, split
 from optim._foreach import Workspace, buckets, fusable, fused_adam, pick, workspace, written
 from optim._state import adam_group
 from optim.radam import rectification
 
-__all__ = ["AdaBelief", "adabelief", "adabelief_foreach"]
+__all__ = ["AdaBelief", "adabelief", "adabelief_compiled", "adabelief_foreach"]
 
 
 def adabelief(
@@ -161,6 +162,95 @@ def adabelief_foreach(
     return [rectify and rectification(step, beta2)[0] >= 5 for step in steps]
 
 
+def _update(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_var: Tensor,
+    *,
+    decay: float,
+    weight_decay: float,
+    coupled: bool,
+    plain: bool,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    root: float,
+    step_size: float,
+) -> None:
+    r"""One tensor's step of :func:`adabelief` for the compiled path (:func:`adabelief_compiled`).
+
+    With d = ``decay`` (1 − γλ, or 1 without decoupled decay), r = ``root`` (:math:`\sqrt{1-β_2^t}`, or 1 when
+    rectified) and η = ``step_size``:
+    :math:`θ ← dθ`, then :math:`θ ← θ - η\,m_t/(\sqrt{s_t}/r + ε)`, or :math:`θ ← θ - η\,m_t` when ``plain``.
+    """
+    param.mul_(decay)
+    if coupled:
+        grad = grad + weight_decay * param
+    exp_avg.copy_(exp_avg + (1 - beta1) * (grad - exp_avg))
+    residual = grad - exp_avg
+    exp_avg_var.copy_(beta2 * exp_avg_var + (1 - beta2) * residual * residual + eps)
+    if plain:
+        param.sub_(step_size * exp_avg)
+    else:
+        param.sub_(step_size * exp_avg / (exp_avg_var.sqrt() / root + eps))
+
+
+_RULE = Rule(_update, writes=(0, 2, 3))
+
+
+def adabelief_compiled(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_vars: list[Tensor],
+    steps: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    rectify: bool,
+    work: Workspace | None = None,
+) -> list[bool]:
+    """:func:`adabelief` with its float32/float64 tensors' steps as compiled kernels (:mod:`optim._compiled`).
+
+    Other tensors (bfloat16, float16, large ones that are not contiguous) take :func:`adabelief_foreach`.
+    """
+    columns = [params, grads, exp_avgs, exp_avg_vars, steps]
+    chosen, others = split(columns)
+    scalars, shared = [], {}
+    for index in chosen:
+        step = steps[index]
+        if step in shared:
+            scalars.append(shared[step])
+            continue
+        rho_t, r_t = rectification(step, beta2)
+        bias_correction1, root = 1 - beta1**step, math.sqrt(1 - beta2**step)
+        plain = rectify and rho_t < 5
+        scalars.append(
+            dict(
+                decay=1 - lr * weight_decay if decoupled else 1.0,
+                weight_decay=weight_decay,
+                coupled=weight_decay != 0 and not decoupled,
+                plain=plain,
+                beta1=beta1,
+                beta2=beta2,
+                eps=eps,
+                root=1.0 if rectify else root,
+                step_size=lr * (r_t * root if rectify and not plain else 1.0) / bias_correction1,
+            )
+        )
+        shared[step] = scalars[-1]
+    _RULE.run("AdaBelief", at(columns[:4], chosen), scalars)  # first: if it cannot compile, nothing has changed
+    if others:
+        hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
+        adabelief_foreach(*at(columns, others), **hyper, rectify=rectify, work=work)
+    return [rectify and rectification(step, beta2)[0] >= 5 for step in steps]
+
+
 class AdaBelief(Checked):
     r"""AdaBelief: the step is large where the gradient agrees with its prediction m, small where it does not.
 
@@ -186,6 +276,8 @@ class AdaBelief(Checked):
         rectify: RAdam-style rectification. Default False, the paper's Algorithm 2 (the package defaults to True).
         foreach: the multi-tensor path (:func:`adabelief_foreach`); ``None`` (default) takes it when every
             parameter is on a device with multi-tensor kernels (CUDA), as torch does.
+        compiled: each tensor's step as one ``torch.compile``'d kernel (:func:`adabelief_compiled`; the first step
+            compiles, see :mod:`optim._compiled`); it takes precedence over ``foreach``. Default False.
 
     State per parameter: ``step``, ``exp_avg`` m, ``exp_avg_var`` s; with ``rectify`` also ``rho_t``, ``r_t``
     (NaN when not rectified) and ``rectified`` of the last step.
@@ -208,6 +300,7 @@ class AdaBelief(Checked):
         "decoupled": check_bool,
         "rectify": check_bool,
         "foreach": check_optional_bool,
+        "compiled": check_bool,
     }
 
     def __init__(
@@ -220,6 +313,7 @@ class AdaBelief(Checked):
         decoupled: bool = True,
         rectify: bool = False,
         foreach: bool | None = None,
+        compiled: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -229,6 +323,7 @@ class AdaBelief(Checked):
             decoupled=decoupled,
             rectify=rectify,
             foreach=foreach,
+            compiled=compiled,
         )
         super().__init__(params, defaults)
 
@@ -239,7 +334,11 @@ class AdaBelief(Checked):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_vars, states = adam_group(self, group, "exp_avg_var")
             beta1, beta2 = group["betas"]
-            kernel = pick(adabelief, adabelief_foreach, group.get("foreach"), params)
+            kernel = (
+                adabelief_compiled
+                if group.get("compiled")
+                else pick(adabelief, adabelief_foreach, group.get("foreach"), params)
+            )
             rectified = kernel(
                 params,
                 grads,

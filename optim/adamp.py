@@ -20,10 +20,17 @@ from optim._checks import (
     evaluate,
 )
 from optim._foreach import buckets, fused_adam, pick
-from optim._projection import Projection, radial_view, radial_views, remove_radial, with_radial_norms
+from optim._projection import (
+    Projection,
+    compiled_radial_views,
+    radial_view,
+    radial_views,
+    remove_radial,
+    with_radial_norms,
+)
 from optim._state import adam_group
 
-__all__ = ["AdamP", "adamp", "adamp_foreach"]
+__all__ = ["AdamP", "adamp", "adamp_compiled", "adamp_foreach"]
 
 
 def adamp(
@@ -90,14 +97,17 @@ def adamp_foreach(
     delta: float,
     wd_ratio: float,
     nesterov: bool,
+    projections: list[Projection] | None = None,
 ) -> list[Projection]:
     """:func:`adamp` on lists of tensors: one bucket per device, dtype, step count and projected view.
 
-    All projection tests are read back in one transfer; the removal of the radial part is per tensor (it needs
-    each tensor's row norms), and so is the norm of the removed part, read back in one transfer at the end.
+    All projection tests are read back in one transfer (or come as ``projections``, see :func:`adamp_compiled`);
+    the removal of the radial part is per tensor (it needs each tensor's row norms), and so is the norm of the
+    removed part, read back in one transfer at the end.
     Where nothing is projected (and no Nesterov) the step is AdamW's: torch's fused Adam kernel where it runs.
     """
-    projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps)
+    if projections is None:
+        projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps)
     keys = [(step, projection.view) for step, projection in zip(steps, projections, strict=True)]
     columns = [params, grads, exp_avgs, exp_avg_sqs, range(len(params))]
     radial: dict[int, tuple[float, Tensor]] = {}
@@ -149,6 +159,24 @@ def adamp_foreach(
     return with_radial_norms(projections, radial)
 
 
+def adamp_compiled(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    **hyper: Any,
+) -> list[Projection]:
+    """:func:`adamp_foreach` with the projection tests compiled: one pass over θ and g per tensor, instead of three.
+
+    The tests are :func:`optim._projection.compiled_radial_views`; the step is then the multi-tensor path's (whose
+    unprojected tensors already take torch's fused Adam, one pass).
+    """
+    kwargs = {key: hyper[key] for key in ("delta", "wd_ratio", "eps")}
+    projections = compiled_radial_views("AdamP", params, grads, **kwargs)
+    return adamp_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper, projections=projections)
+
+
 class AdamP(Checked):
     r"""AdamP: Adam whose update loses its radial component on scale-invariant weights.
 
@@ -180,6 +208,8 @@ class AdamP(Checked):
         nesterov: Nesterov momentum in u. Default False.
         foreach: the multi-tensor path (:func:`adamp_foreach`); ``None`` (default) takes it when every parameter
             is on a device with multi-tensor kernels (CUDA), as torch does.
+        compiled: the projection test as a ``torch.compile``'d kernel, the step on the multi-tensor path
+            (:func:`adamp_compiled`; the first step compiles, see :mod:`optim._compiled`). Default False.
 
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq`` and of the last step ``projection``
     ("none" | "channel" | "layer"), ``max_cosine`` (max channel |cos|), ``layer_cosine`` and ``radial_norm``
@@ -205,6 +235,7 @@ class AdamP(Checked):
         "wd_ratio": check_nonnegative,
         "nesterov": check_bool,
         "foreach": check_optional_bool,
+        "compiled": check_bool,
     }
 
     def __init__(
@@ -218,6 +249,7 @@ class AdamP(Checked):
         wd_ratio: float = 0.1,
         nesterov: bool = False,
         foreach: bool | None = None,
+        compiled: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -228,6 +260,7 @@ class AdamP(Checked):
             wd_ratio=wd_ratio,
             nesterov=nesterov,
             foreach=foreach,
+            compiled=compiled,
         )
         super().__init__(params, defaults)
 
@@ -238,7 +271,9 @@ class AdamP(Checked):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, states = adam_group(self, group)
             beta1, beta2 = group["betas"]
-            kernel = pick(adamp, adamp_foreach, group.get("foreach"), params)
+            kernel = (
+                adamp_compiled if group.get("compiled") else pick(adamp, adamp_foreach, group.get("foreach"), params)
+            )
             projections = kernel(
                 params,
                 grads,

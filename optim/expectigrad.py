@@ -20,9 +20,10 @@ from optim._checks import (
     check_unit_interval,
     evaluate,
 )
+from optim._compiled import Rule, at, split
 from optim._foreach import Workspace, buckets, fusable, fused_adagrad, pick, workspace, written
 
-__all__ = ["Expectigrad", "expectigrad", "expectigrad_foreach"]
+__all__ = ["Expectigrad", "expectigrad", "expectigrad_compiled", "expectigrad_foreach"]
 
 
 def expectigrad(
@@ -173,6 +174,69 @@ def _adagrad_step(
     return True
 
 
+def _update(
+    param: Tensor,
+    grad: Tensor,
+    sum_sq: Tensor,
+    counter: Tensor | None,
+    exp_avg: Tensor | None,
+    *,
+    lr: float,
+    beta: float,
+    eps: float,
+    step: float,
+    step_size: float,
+) -> None:
+    r"""One tensor's step of :func:`expectigrad` for the compiled path (:func:`expectigrad_compiled`).
+
+    With η = ``step_size`` (γ/(1−βᵗ)): :math:`s ← s + g^2`, :math:`n ← n + 1[g ≠ 0]` (n = t without a counter),
+    :math:`u = g/(\sqrt{s/n} + ε)`, then :math:`θ ← θ - γu`, or :math:`m ← βm + (1-β)u,\ θ ← θ - ηm`.
+    """
+    sum_sq.copy_(sum_sq + grad * grad)
+    if counter is None:
+        mean_sq = sum_sq / step
+    else:
+        counter.copy_(counter + (grad != 0).to(counter.dtype))
+        mean_sq = sum_sq / counter
+    update = grad / (mean_sq.sqrt() + eps)
+    if exp_avg is None:
+        param.sub_(lr * update)
+    else:
+        exp_avg.copy_(exp_avg + (1 - beta) * (update - exp_avg))
+        param.sub_(step_size * exp_avg)
+
+
+_RULE = Rule(_update, writes=(0, 2, 3, 4))
+
+
+def expectigrad_compiled(
+    params: list[Tensor],
+    grads: list[Tensor],
+    sum_sqs: list[Tensor],
+    counters: list[Tensor | None],
+    exp_avgs: list[Tensor | None],
+    steps: list[int],
+    *,
+    lr: float,
+    beta: float,
+    eps: float,
+    work: Workspace | None = None,
+) -> None:
+    """:func:`expectigrad` with its float32/float64 tensors' steps as compiled kernels (:mod:`optim._compiled`).
+
+    Other tensors (bfloat16, float16, large ones that are not contiguous) take :func:`expectigrad_foreach`.
+    """
+    columns = [params, grads, sum_sqs, counters, exp_avgs, steps]
+    chosen, others = split(columns)
+    shared: dict[int, dict[str, float]] = {}
+    for step in {steps[index] for index in chosen}:
+        shared[step] = dict(lr=lr, beta=beta, eps=eps, step=float(step), step_size=lr / (1 - beta**step))
+    # first: if it cannot compile, nothing has changed
+    _RULE.run("Expectigrad", at(columns[:5], chosen), [shared[steps[index]] for index in chosen])
+    if others:
+        expectigrad_foreach(*at(columns, others), lr=lr, beta=beta, eps=eps, work=work)
+
+
 def _keep_saved_counters(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
     """Before ``load_state_dict``: keep the saved counters, which torch would cast to each parameter's dtype."""
     saved = state_dict["state"]
@@ -224,6 +288,8 @@ class Expectigrad(Checked):
         sparse_counter: count only nonzero gradients (``True``, authors' default) or every step.
         foreach: the multi-tensor path (:func:`expectigrad_foreach`); ``None`` (default) takes it when every
             parameter is on a device with multi-tensor kernels (CUDA), as torch does.
+        compiled: each step as ``torch.compile``'d kernels (:func:`expectigrad_compiled`; the first step
+            compiles, see :mod:`optim._compiled`); it takes precedence over ``foreach``. Default False.
 
     State per parameter: ``step``, ``sum_sq`` s, ``counter`` n (sparse only; stored as n + the smallest normal
     float, which equals n exactly for n ≥ 1), ``exp_avg`` m (β > 0 only).
@@ -244,6 +310,7 @@ class Expectigrad(Checked):
         "eps": check_positive,
         "sparse_counter": check_bool,
         "foreach": check_optional_bool,
+        "compiled": check_bool,
     }
 
     def __init__(
@@ -254,8 +321,10 @@ class Expectigrad(Checked):
         eps: float = 1e-8,
         sparse_counter: bool = True,
         foreach: bool | None = None,
+        compiled: bool = False,
     ) -> None:
-        super().__init__(params, dict(lr=lr, beta=beta, eps=eps, sparse_counter=sparse_counter, foreach=foreach))
+        defaults = dict(lr=lr, beta=beta, eps=eps, sparse_counter=sparse_counter, foreach=foreach, compiled=compiled)
+        super().__init__(params, defaults)
         self.register_load_state_dict_pre_hook(_keep_saved_counters)
         self.register_load_state_dict_post_hook(_restore_saved_counters)
 
@@ -304,7 +373,12 @@ class Expectigrad(Checked):
         loss = evaluate(closure)
         for group in self.param_groups:
             params, grads, sum_sqs, counters, exp_avgs, states = self._init_group(group)
-            pick(expectigrad, expectigrad_foreach, group.get("foreach"), params)(
+            kernel = (
+                expectigrad_compiled
+                if group.get("compiled")
+                else pick(expectigrad, expectigrad_foreach, group.get("foreach"), params)
+            )
+            kernel(
                 params,
                 grads,
                 sum_sqs,

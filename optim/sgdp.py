@@ -20,9 +20,16 @@ from optim._checks import (
     evaluate,
 )
 from optim._foreach import buckets, fused_sgd, pick
-from optim._projection import Projection, radial_view, radial_views, remove_radial, with_radial_norms
+from optim._projection import (
+    Projection,
+    compiled_radial_views,
+    radial_view,
+    radial_views,
+    remove_radial,
+    with_radial_norms,
+)
 
-__all__ = ["SGDP", "sgdp", "sgdp_foreach"]
+__all__ = ["SGDP", "sgdp", "sgdp_compiled", "sgdp_foreach"]
 
 
 def sgdp(
@@ -74,12 +81,14 @@ def sgdp_foreach(
     eps: float,
     delta: float,
     wd_ratio: float,
+    projections: list[Projection] | None = None,
 ) -> list[Projection]:
     """:func:`sgdp` on lists of tensors: one bucket per device, dtype and projected view (see :func:`adamp_foreach`).
 
     Where nothing is projected the step is momentum SGD's: torch's fused SGD kernel where it runs.
     """
-    projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps)
+    if projections is None:
+        projections = radial_views(params, grads, delta=delta, wd_ratio=wd_ratio, eps=eps)
     keys = [projection.view for projection in projections]
     radial: dict[int, tuple[float, Tensor]] = {}
     for view, (params_, grads_, buffers_, indices) in buckets(
@@ -109,6 +118,15 @@ def sgdp_foreach(
     return with_radial_norms(projections, radial)
 
 
+def sgdp_compiled(
+    params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], **hyper: Any
+) -> list[Projection]:
+    """:func:`sgdp_foreach` with the projection tests compiled (see :func:`optim.adamp.adamp_compiled`)."""
+    kwargs = {key: hyper[key] for key in ("delta", "wd_ratio", "eps")}
+    projections = compiled_radial_views("SGDP", params, grads, **kwargs)
+    return sgdp_foreach(params, grads, momentum_buffers, **hyper, projections=projections)
+
+
 class SGDP(Checked):
     r"""SGDP: momentum SGD whose step loses its radial component on scale-invariant weights.
 
@@ -136,6 +154,8 @@ class SGDP(Checked):
         wd_ratio: weight-decay factor on projected tensors. Default 0.1 (official code).
         foreach: the multi-tensor path (:func:`sgdp_foreach`); ``None`` (default) takes it when every parameter
             is on a device with multi-tensor kernels (CUDA), as torch does.
+        compiled: the projection test as a ``torch.compile``'d kernel, the step on the multi-tensor path
+            (:func:`sgdp_compiled`; the first step compiles, see :mod:`optim._compiled`). Default False.
 
     State per parameter: ``momentum_buffer`` b and of the last step ``projection``, ``max_cosine``,
     ``layer_cosine``, ``radial_norm`` (as :class:`~optim.AdamP`).
@@ -161,6 +181,7 @@ class SGDP(Checked):
         "delta": check_positive,
         "wd_ratio": check_nonnegative,
         "foreach": check_optional_bool,
+        "compiled": check_bool,
     }
 
     def check_relations(self, group: Mapping[str, Any]) -> None:
@@ -180,6 +201,7 @@ class SGDP(Checked):
         delta: float = 0.1,
         wd_ratio: float = 0.1,
         foreach: bool | None = None,
+        compiled: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -191,6 +213,7 @@ class SGDP(Checked):
             delta=delta,
             wd_ratio=wd_ratio,
             foreach=foreach,
+            compiled=compiled,
         )
         super().__init__(params, defaults)
 
@@ -216,7 +239,7 @@ class SGDP(Checked):
         loss = evaluate(closure)
         for group in self.param_groups:
             params, grads, buffers, states = self._init_group(group)
-            kernel = pick(sgdp, sgdp_foreach, group.get("foreach"), params)
+            kernel = sgdp_compiled if group.get("compiled") else pick(sgdp, sgdp_foreach, group.get("foreach"), params)
             projections = kernel(
                 params,
                 grads,

@@ -1,12 +1,20 @@
-"""The multi-tensor path of every registry entry equals its per-tensor path, state included."""
+"""The multi-tensor and compiled paths of every registry entry equal its per-tensor path, state included.
+
+Compiling takes seconds per optimizer, device, dtype and branch, so the default suite compiles one case of the
+compiled path (``compiled=True``); ``make test-compiled`` (``pytest -m compiled``) compares every optimizer that
+has one on every branch.
+"""
 
 import copy
+import importlib
 import math
+import sys
 
 import pytest
 import torch
 
 import optim
+from optim import _compiled
 from optim._foreach import buckets, use_foreach
 
 OTHER = {torch.float64: torch.float32, torch.float32: torch.float64, torch.bfloat16: torch.float32}
@@ -247,3 +255,95 @@ def test_buckets_keep_order_and_split_by_dtype_and_key():
     a, b, c, d = torch.zeros(1), torch.zeros(1, dtype=torch.float64), torch.zeros(2), torch.zeros(3)
     found = buckets([[a, b, c, d], ["a", "b", "c", "d"]], keys=[1, 1, 2, 1])
     assert [(key, names) for key, (_, names) in found] == [(1, ["a", "d"]), (1, ["b"]), (2, ["c"])]
+
+
+COMPILED = [
+    name for name in optim.names() if "compiled" in getattr(optim.registry.entry(name).cls, "HYPERPARAMETERS", {})
+]
+MODULES = {importlib.import_module(optim.registry.entry(name).cls.__module__) for name in COMPILED}
+RULES = [
+    value
+    for name, module in list(sys.modules.items())
+    if name.startswith("optim.")
+    for value in vars(module).values()
+    if isinstance(value, _compiled.Rule)
+]
+
+
+# State scalars: AdamP's and SGDP's cosines come from another summation order than the per-tensor path's (whose
+# matrix products the multi-tensor path shares), so in float32 they agree to its rounding, ~1e-7 of |cos| <= 1.
+STATE_TOL = {torch.float64: (1e-5, 1e-12), torch.float32: (1e-5, 1e-5), torch.bfloat16: (4e-2, 1e-2)}
+
+
+def compare_compiled(name, dtype, kwargs, steps=12):
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        params, loss_fn = mixed_problem(dtype)
+        opt = optim.make(name, params, **{**kwargs, "compiled": compiled})
+        run(opt, loss_fn, steps)
+        runs.append((params, opt))
+    (reference, per_tensor), (params, compiled_) = runs
+    for p, q in zip(params, reference, strict=True):
+        assert_close(p.detach(), q.detach())
+    assert_same_state(compiled_, per_tensor, STATE_TOL[dtype])
+
+
+def test_compiled_equals_per_tensor_in_the_default_suite(monkeypatch):
+    """AdaBelief in float64 with coupled decay: small tensors in one batch, in batches of at most 10 elements, then
+    each tensor in a call of its own."""
+    kwargs = {"lr": 0.02, "weight_decay": 0.1, "decoupled": False}
+    compare_compiled("adabelief", torch.float64, kwargs)
+    monkeypatch.setattr(_compiled, "BATCH", 10)
+    compare_compiled("adabelief", torch.float64, kwargs)
+    monkeypatch.setattr(_compiled, "OWN_CALL", 8)
+    compare_compiled("adabelief", torch.float64, kwargs)
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_equals_per_tensor(name, dtype, kwargs_for):
+    compare_compiled(name, dtype, kwargs_for(name))
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize(("name", "overrides"), [v for v in VARIANTS if v[0] in COMPILED], ids=str)
+def test_compiled_equals_per_tensor_on_every_branch(name, overrides, kwargs_for):
+    compare_compiled(name, torch.float64, {**kwargs_for(name), **overrides})
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_low_precision_takes_the_multi_tensor_path(name, kwargs_for):
+    """bfloat16 tensors never reach the compiler (it would not round at every op as the per-tensor path does)."""
+    compare_compiled(name, torch.bfloat16, kwargs_for(name))
+
+
+def test_every_compiled_entry_is_listed():
+    assert {"adabelief", "adamp", "expectigrad", "sgdp"} <= set(COMPILED)
+    assert all(any(name.endswith("_compiled") for name in vars(module)) for module in MODULES)
+    assert len(RULES) == 3  # AdaBelief's, Expectigrad's, and the projection test of AdamP and SGDP
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_a_compiler_failure_changes_nothing(name, monkeypatch):
+    """If torch.compile fails (no C++ compiler, say), the step stops with one line and changes nothing."""
+
+    def broken(*args, **kwargs):
+        raise OSError("cc: not found\nmore lines")
+
+    for rule in RULES:
+        monkeypatch.setattr(rule, "_compiled", broken)
+        monkeypatch.setattr(rule, "_ready", set())
+    torch.manual_seed(0)
+    params, loss_fn = mixed_problem(torch.float64)
+    opt = optim.make(name, params, lr=0.02, compiled=True)
+    opt.zero_grad()
+    loss_fn().backward()
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(RuntimeError, match=r"compiled=True could not compile .*\(OSError: cc: not found\); no param"):
+        opt.step()
+    for p, q in zip(params, before, strict=True):
+        assert torch.equal(p.detach(), q)
+    for state in opt.state.values():  # moment buffers untouched (a sparse counter starts at a tiny offset)
+        assert all(v.abs().max() < 1e-30 for k, v in state.items() if torch.is_tensor(v) and k != "step")

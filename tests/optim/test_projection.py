@@ -38,9 +38,22 @@ def _train(opt_factory, loss_fn, steps=10, seed=0):
 
 
 FACTORIES = {
-    "adamp": lambda ps: optim.AdamP(ps, lr=0.01, weight_decay=0.1),
-    "sgdp": lambda ps: optim.SGDP(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
+    "adamp": lambda ps, **path: optim.AdamP(ps, lr=0.01, weight_decay=0.1, **path),
+    "sgdp": lambda ps, **path: optim.SGDP(ps, lr=0.1, momentum=0.9, weight_decay=0.1, **path),
 }
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("loss_fn", [row_invariant_loss, layer_invariant_loss], ids=["channel", "layer"])
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_compiled_path_projects_as_the_per_tensor_path(name, loss_fn):
+    (w, opt, _, views), (w_c, opt_c, _, views_c) = (
+        _train(lambda ps, c=compiled: FACTORIES[name](ps, compiled=c), loss_fn) for compiled in (False, True)
+    )
+    assert views_c == views
+    torch.testing.assert_close(w_c, w, rtol=1e-12, atol=1e-14)
+    for key in ("max_cosine", "layer_cosine", "radial_norm"):
+        assert opt_c.state[w_c][key] == pytest.approx(opt.state[w][key], rel=1e-9, abs=1e-15)
 
 
 @pytest.mark.parametrize("name", list(FACTORIES))

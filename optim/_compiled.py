@@ -1,0 +1,191 @@
+"""The compiled path: an optimizer's update of one tensor, compiled by ``torch.compile`` into a single kernel.
+
+A multi-tensor step is a chain of element-wise ops, each one pass over memory; torch's fused Adam does its whole
+update in one pass. An optimizer with ``compiled=True`` writes its update for one tensor as a :class:`Rule`;
+``torch.compile`` fuses the rule into one kernel (one pass over the tensors it reads and writes, plus one per
+reduction, such as AdamP's projection test). Shapes are dynamic, so one compiled kernel serves every tensor of a
+device and dtype, whatever its size; step-dependent factors are passed as Python floats, which ``torch.compile``
+turns into inputs rather than constants, so no step recompiles. Only boolean switches (a branch of the rule) and a
+new device or dtype compile again.
+
+The first step pays for the compilation (about 10 s on a CPU, which needs a C++ compiler for it; a cache under the
+system's temporary folder shortens it in later processes). float32 and float64 tensors take the compiled rule; others
+(bfloat16, float16, whose rounding at every op the compiled kernel would not keep) take the multi-tensor path.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+COMPILED_DTYPES = (torch.float32, torch.float64)
+KINDS = 64
+"""Most compiled graphs of one rule (devices x dtypes x switch settings)."""
+BATCH = 1 << 18
+"""Most elements in one batch of small tensors."""
+KEPT = 16
+"""Most sets of flat work tensors a rule keeps between steps (one per batch: at most KEPT x BATCH x arguments)."""
+OWN_CALL = 1 << 16
+"""Fewest elements for which a tensor gets a call of its own; smaller ones are batched (pointwise rules).
+
+Each call of a compiled kernel costs 0.1-0.2 ms of Python on a CPU, about what a pass over 2^16 float32 values
+takes. A pointwise rule runs on the small tensors of a step together: copied into one flat work tensor per
+argument, updated in one call, and the tensors it changes copied back.
+"""
+
+
+class Rule:
+    """An update rule for one tensor, compiled on first use with dynamic shapes.
+
+    ``update(*tensors, **scalars)`` changes the tensors at the positions ``writes`` in place (a position may hold
+    ``None`` for a state the optimizer does not keep, such as Expectigrad's momentum at β = 0). A ``pointwise``
+    rule treats every element alike and sees its tensors flattened; otherwise (AdamP's projection, which reduces
+    over rows) it sees them as one row per output channel and may return per-tensor measurements.
+    """
+
+    def __init__(self, update: Callable[..., Any], *, writes: Sequence[int], pointwise: bool = True) -> None:
+        self.update = update
+        self.writes = tuple(writes)
+        self.pointwise = pointwise
+        self._compiled: Callable[..., Any] | None = None  # torch.compile's wrapper, made on first use
+        self._ready: set[tuple[Any, ...]] = set()
+        self._work_kept: dict[tuple[Any, ...], tuple[list[Tensor], list[list[Tensor]]]] = {}
+
+    def prepare(self, owner: str, columns: Sequence[Sequence[Tensor]], scalars: Sequence[Mapping[str, Any]]) -> None:
+        """Compile for every kind of row of ``columns`` (devices, dtypes, boolean switches) not compiled yet.
+
+        Each kind compiles on small stand-in tensors, so a failure (no C++ compiler, say) changes no parameter and
+        no state tensor (the step counters have counted the step, so the optimizer is not to be stepped again);
+        it is raised as a ``RuntimeError`` naming ``owner``.
+        """
+        with torch._dynamo.config.patch(recompile_limit=KINDS):
+            for row, values in zip(zip(*columns, strict=True), scalars, strict=True):
+                self._prepare(owner, row, values)
+
+    def run(self, owner: str, columns: Sequence[Sequence[Tensor]], scalars: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Run the rule on each row of parallel ``columns`` (a tensor and its partners) with its scalars.
+
+        Returns the rule's result for each row (``None`` for batched rows: rows that share their scalars, the same
+        dict, may be batched). Compiles first (:meth:`prepare`); a kernel that runs several rules prepares them
+        all before it runs any.
+        """
+        self.prepare(owner, columns, scalars)
+        rows = list(zip(*columns, strict=True))
+        results: list[Any] = [None] * len(rows)
+        batches: list[list[int]] = []
+        # every device x dtype x switch kind is one compiled graph of the same function: allow more of them than
+        # torch's default of 8 per function before it gives up
+        with torch._dynamo.config.patch(recompile_limit=KINDS):
+            compiled = self._wrapper()
+            filling: dict[tuple[Any, ...], tuple[list[int], int]] = {}  # per kind: its open batch and its size
+            for index, (row, values) in enumerate(zip(rows, scalars, strict=True)):
+                numel = row[0].numel()  # the row's tensors share device, dtype and shape with row[0]
+                if not (self.pointwise and numel < OWN_CALL):
+                    results[index] = compiled(*map(self._view, row), **values)
+                    continue
+                kind = (id(values), row[0].device, row[0].dtype, tuple(t is None for t in row))
+                batch, size = filling.get(kind, ([], BATCH))
+                if size + numel > BATCH:
+                    batch, size = [], 0
+                    batches.append(batch)
+                batch.append(index)
+                filling[kind] = batch, size + numel
+            for indices in batches:
+                self._batched(compiled, [rows[i] for i in indices], scalars[indices[0]])
+        return results
+
+    def _batched(self, compiled: Callable[..., Any], rows: list[Sequence[Tensor]], scalars: Mapping[str, Any]) -> None:
+        """One call on the rows' tensors gathered into flat work tensors, then the changed ones copied back."""
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        kept = [i for i, column in enumerate(columns) if column[0] is not None]
+        flats, views = self._work([columns[i] for i in kept])
+        for view, i in zip(views, kept, strict=True):
+            torch._foreach_copy_(view, columns[i])
+        arguments: list[Tensor | None] = [None] * len(columns)
+        for flat, i in zip(flats, kept, strict=True):
+            arguments[i] = flat
+        compiled(*arguments, **scalars)
+        for view, i in zip(views, kept, strict=True):
+            if i in self.writes:
+                torch._foreach_copy_(columns[i], view)
+
+    def _work(self, columns: list[list[Tensor]]) -> tuple[list[Tensor], list[list[Tensor]]]:
+        """Flat work tensors for a batch (kept for the next step) and, per column, its tensors' views into them.
+
+        At least two elements (one would compile once more); the kept ones are found again by thread, dtypes and
+        shapes (optimizers of the same shapes share them, one at a time).
+        """
+        key = (threading.get_ident(), *((c[0].device, c[0].dtype) for c in columns), *(t.shape for t in columns[0]))
+        if key not in self._work_kept:
+            sizes = [t.numel() for t in columns[0]]
+            total = max(sum(sizes), 2)
+            flats = [c[0].new_zeros(total) for c in columns]
+            views = [[part.view(t.shape) for part, t in zip(f.split(sizes), columns[0], strict=False)] for f in flats]
+            if len(self._work_kept) >= KEPT:
+                self._work_kept.pop(next(iter(self._work_kept)))
+            self._work_kept[key] = flats, views
+        return self._work_kept[key]
+
+    def _wrapper(self) -> Callable[..., Any]:
+        if self._compiled is None:
+            self._compiled = torch.compile(self.update, dynamic=True, fullgraph=True)
+        return self._compiled
+
+    def _prepare(self, owner: str, row: Sequence[Tensor], scalars: Mapping[str, Any]) -> None:
+        switches = tuple(sorted((k, v) for k, v in scalars.items() if isinstance(v, bool)))
+        kind = (tuple(None if t is None else (t.device, t.dtype) for t in row), switches)
+        if kind in self._ready:
+            return
+        shape = (3,) if self.pointwise else (2, 3)  # distinct sizes: equal ones would compile as one symbol
+        stand_ins = [None if t is None else torch.full(shape, 0.5, dtype=t.dtype, device=t.device) for t in row]
+        try:
+            self._wrapper()(*stand_ins, **scalars)
+        except Exception as error:  # torch.compile raises many types; all mean the same to the caller
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise RuntimeError(
+                f"{owner}: compiled=True could not compile its update with torch.compile "
+                f"({type(error).__name__}: {first[:200]}); no parameter was changed; build the optimizer with "
+                "compiled=False"
+            ) from error
+        self._ready.add(kind)
+
+    def _view(self, tensor: Tensor | None) -> Tensor | None:
+        """The tensor as the rule sees it: same memory, outside autograd (one compiled kind), flat or in rows."""
+        if tensor is None:
+            return None
+        tensor = tensor.detach()
+        return tensor.view(-1) if self.pointwise else tensor.view(tensor.shape[0], -1)
+
+
+def compilable(tensors: Sequence[Tensor], pointwise: bool = True) -> bool:
+    """Whether a tensor and its partners take a compiled rule.
+
+    They must be float32 or float64 and of one shape; a tensor large enough for a call of its own must be
+    contiguous, so that the rule's view shares its memory, and a non-pointwise rule needs at least two rows of at
+    least two elements (a size of 1 would compile once more).
+    """
+    first = tensors[0]
+    if first.dtype not in COMPILED_DTYPES or any(t.shape != first.shape for t in tensors):
+        return False
+    if pointwise:
+        return first.numel() < OWN_CALL or all(t.is_contiguous() for t in tensors)
+    rows = first.dim() >= 2 and first.shape[0] >= 2 and first[0].numel() >= 2
+    return rows and all(t.is_contiguous() for t in tensors)
+
+
+def split(columns: Sequence[Sequence[Any]], pointwise: bool = True) -> tuple[list[int], list[int]]:
+    """Indices of the rows of parallel ``columns`` (tensors first) that take the compiled rule, and the others."""
+    compiled, others = [], []
+    for index in range(len(columns[0])):
+        tensors = [column[index] for column in columns if isinstance(column[index], Tensor)]
+        (compiled if compilable(tensors, pointwise) else others).append(index)
+    return compiled, others
+
+
+def at(columns: Sequence[Sequence[Any]], indices: Sequence[int]) -> list[list[Any]]:
+    """Each of the parallel ``columns`` restricted to the rows ``indices``."""
+    return [[column[i] for i in indices] for column in columns]
