@@ -314,9 +314,27 @@ def test_compiled_equals_per_tensor_on_every_branch(name, overrides, kwargs_for)
 
 
 @pytest.mark.parametrize("name", COMPILED)
-def test_low_precision_takes_the_multi_tensor_path(name, kwargs_for):
+def test_low_precision_takes_the_multi_tensor_path(name, kwargs_for, monkeypatch):
     """bfloat16 tensors never reach the compiler (it would not round at every op as the per-tensor path does)."""
-    compare_compiled(name, torch.bfloat16, kwargs_for(name))
+
+    def not_to_be_called(*args, **kwargs):
+        raise AssertionError("a bfloat16 tensor reached torch.compile")
+
+    for rule in RULES:
+        monkeypatch.setattr(rule, "_compiled", not_to_be_called)
+        monkeypatch.setattr(rule, "_ready", set())
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        params, loss_fn = mixed_problem(torch.bfloat16)
+        params[-1].data = params[-1].data.to(torch.bfloat16)  # the problem's one float32 tensor, too
+        opt = optim.make(name, params, **{**kwargs_for(name), "compiled": compiled})
+        run(opt, loss_fn, 12)
+        runs.append((params, opt))
+    (reference, per_tensor), (params, compiled_) = runs
+    for p, q in zip(params, reference, strict=True):
+        assert_close(p.detach(), q.detach())
+    assert_same_state(compiled_, per_tensor, STATE_TOL[torch.bfloat16])
 
 
 def test_every_compiled_entry_is_listed():
