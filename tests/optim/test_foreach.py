@@ -1,8 +1,9 @@
 """The multi-tensor and compiled paths of every registry entry equal its per-tensor path, state included.
 
-Compiling takes seconds per optimizer, device, dtype and branch, so the default suite compiles one case of the
-compiled path (``compiled=True``); ``make test-compiled`` (``pytest -m compiled``) compares every optimizer that
-has one on every branch.
+Compiling takes seconds per optimizer, device, dtype and branch (10-20 s for the first), more than the default
+suite can spend; it checks what the compiled path (``compiled=True``) does without compiling (bfloat16 routing, a
+compiler failure), and ``make test-compiled`` (``pytest -m compiled``) compares every optimizer that has one with
+its per-tensor path on every branch.
 """
 
 import copy
@@ -275,11 +276,13 @@ RULES = [
 STATE_TOL = {torch.float64: (1e-5, 1e-12), torch.float32: (1e-5, 1e-5), torch.bfloat16: (4e-2, 1e-2)}
 
 
-def compare_compiled(name, dtype, kwargs, steps=12):
+def compare_compiled(name, dtype, kwargs, steps=12, one_dtype=False):
     runs = []
     for compiled in (False, True):
         torch.manual_seed(0)
         params, loss_fn = mixed_problem(dtype)
+        if one_dtype:  # the problem's one tensor of the other dtype, too: one compiled kind
+            params[-1].data = params[-1].data.to(dtype)
         opt = optim.make(name, params, **{**kwargs, "compiled": compiled})
         run(opt, loss_fn, steps)
         runs.append((params, opt))
@@ -289,15 +292,16 @@ def compare_compiled(name, dtype, kwargs, steps=12):
     assert_same_state(compiled_, per_tensor, STATE_TOL[dtype])
 
 
-def test_compiled_equals_per_tensor_in_the_default_suite(monkeypatch):
+@pytest.mark.compiled
+def test_compiled_batches_and_own_calls_equal_per_tensor(monkeypatch):
     """AdaBelief in float64 with coupled decay: small tensors in one batch, in batches of at most 10 elements, then
     each tensor in a call of its own."""
     kwargs = {"lr": 0.02, "weight_decay": 0.1, "decoupled": False}
-    compare_compiled("adabelief", torch.float64, kwargs)
+    compare_compiled("adabelief", torch.float64, kwargs, one_dtype=True)
     monkeypatch.setattr(_compiled, "BATCH", 10)
-    compare_compiled("adabelief", torch.float64, kwargs)
+    compare_compiled("adabelief", torch.float64, kwargs, one_dtype=True)
     monkeypatch.setattr(_compiled, "OWN_CALL", 8)
-    compare_compiled("adabelief", torch.float64, kwargs)
+    compare_compiled("adabelief", torch.float64, kwargs, one_dtype=True)
 
 
 @pytest.mark.compiled
@@ -323,18 +327,7 @@ def test_low_precision_takes_the_multi_tensor_path(name, kwargs_for, monkeypatch
     for rule in RULES:
         monkeypatch.setattr(rule, "_compiled", not_to_be_called)
         monkeypatch.setattr(rule, "_ready", set())
-    runs = []
-    for compiled in (False, True):
-        torch.manual_seed(0)
-        params, loss_fn = mixed_problem(torch.bfloat16)
-        params[-1].data = params[-1].data.to(torch.bfloat16)  # the problem's one float32 tensor, too
-        opt = optim.make(name, params, **{**kwargs_for(name), "compiled": compiled})
-        run(opt, loss_fn, 12)
-        runs.append((params, opt))
-    (reference, per_tensor), (params, compiled_) = runs
-    for p, q in zip(params, reference, strict=True):
-        assert_close(p.detach(), q.detach())
-    assert_same_state(compiled_, per_tensor, STATE_TOL[torch.bfloat16])
+    compare_compiled(name, torch.bfloat16, kwargs_for(name), one_dtype=True)
 
 
 def test_every_compiled_entry_is_listed():
