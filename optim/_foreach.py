@@ -9,7 +9,7 @@ factors, it runs as torch's fused kernel (one pass over memory; :func:`fused_ada
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -34,9 +34,21 @@ def use_foreach(foreach: bool | None, tensors: Sequence[Tensor]) -> bool:
     return bool(tensors) and all(t.device.type in devices for t in tensors)
 
 
-def pick(per_tensor: Kernel, multi_tensor: Kernel, foreach: bool | None, tensors: Sequence[Tensor]) -> Kernel:
-    """Return ``multi_tensor`` when :func:`use_foreach` says so, else ``per_tensor`` (same signature)."""
-    return multi_tensor if use_foreach(foreach, tensors) else per_tensor
+def pick(
+    per_tensor: Kernel,
+    multi_tensor: Kernel,
+    group: Mapping[str, Any],
+    tensors: Sequence[Tensor],
+    compiled: Kernel | None = None,
+) -> Kernel:
+    """The kernel a param group asks for, all of one signature.
+
+    ``compiled`` (:mod:`optim._compiled`) when the optimizer has one and the group says ``compiled=True``; else
+    ``multi_tensor`` when :func:`use_foreach` says so for the group's ``foreach``; else ``per_tensor``.
+    """
+    if compiled is not None and group.get("compiled"):
+        return compiled
+    return multi_tensor if use_foreach(group.get("foreach"), tensors) else per_tensor
 
 
 def buckets(

@@ -334,11 +334,7 @@ class AdaBelief(Checked):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_vars, states = adam_group(self, group, "exp_avg_var")
             beta1, beta2 = group["betas"]
-            kernel = (
-                adabelief_compiled
-                if group.get("compiled")
-                else pick(adabelief, adabelief_foreach, group.get("foreach"), params)
-            )
+            kernel = pick(adabelief, adabelief_foreach, group, params, adabelief_compiled)
             rectified = kernel(
                 params,
                 grads,

@@ -143,7 +143,7 @@ class Adam2k(Checked):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, states = adam_group(self, group)
             beta1, beta2 = group["betas"]
-            pick(adam2k, adam2k_foreach, group.get("foreach"), params)(
+            pick(adam2k, adam2k_foreach, group, params)(
                 params,
                 grads,
                 exp_avgs,

@@ -170,7 +170,7 @@ class AdaM3(Checked):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, states = adam_group(self, group)
             beta1, beta2 = group["betas"]
-            pick(adam3, adam3_foreach, group.get("foreach"), params)(
+            pick(adam3, adam3_foreach, group, params)(
                 params,
                 grads,
                 exp_avgs,

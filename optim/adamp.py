@@ -165,16 +165,20 @@ def adamp_compiled(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     steps: list[int],
+    *,
+    delta: float,
+    wd_ratio: float,
+    eps: float,
     **hyper: Any,
 ) -> list[Projection]:
     """:func:`adamp_foreach` with the projection tests compiled: one pass over θ and g per tensor, instead of three.
 
     The tests are :func:`optim._projection.compiled_radial_views`; the step is then the multi-tensor path's (whose
-    unprojected tensors already take torch's fused Adam, one pass).
+    unprojected tensors already take torch's fused Adam, one pass). ``hyper``: the other keywords of :func:`adamp`.
     """
-    kwargs = {key: hyper[key] for key in ("delta", "wd_ratio", "eps")}
-    projections = compiled_radial_views("AdamP", params, grads, **kwargs)
-    return adamp_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper, projections=projections)
+    test = dict(delta=delta, wd_ratio=wd_ratio, eps=eps)
+    projections = compiled_radial_views("AdamP", params, grads, **test)
+    return adamp_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, **test, **hyper, projections=projections)
 
 
 class AdamP(Checked):
@@ -271,9 +275,7 @@ class AdamP(Checked):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, states = adam_group(self, group)
             beta1, beta2 = group["betas"]
-            kernel = (
-                adamp_compiled if group.get("compiled") else pick(adamp, adamp_foreach, group.get("foreach"), params)
-            )
+            kernel = pick(adamp, adamp_foreach, group, params, adamp_compiled)
             projections = kernel(
                 params,
                 grads,

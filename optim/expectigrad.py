@@ -373,11 +373,7 @@ class Expectigrad(Checked):
         loss = evaluate(closure)
         for group in self.param_groups:
             params, grads, sum_sqs, counters, exp_avgs, states = self._init_group(group)
-            kernel = (
-                expectigrad_compiled
-                if group.get("compiled")
-                else pick(expectigrad, expectigrad_foreach, group.get("foreach"), params)
-            )
+            kernel = pick(expectigrad, expectigrad_foreach, group, params, expectigrad_compiled)
             kernel(
                 params,
                 grads,

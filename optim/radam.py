@@ -237,7 +237,7 @@ class RAdam(Checked):
             params, grads, exp_avgs, exp_avg_sqs, states = adam_group(self, group)
             beta1, beta2 = group["betas"]
             steps = [state["step"] for state in states]
-            kernel = pick(radam, radam_foreach, group.get("foreach"), params)
+            kernel = pick(radam, radam_foreach, group, params)
             rectified = kernel(
                 params,
                 grads,

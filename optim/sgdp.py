@@ -119,12 +119,19 @@ def sgdp_foreach(
 
 
 def sgdp_compiled(
-    params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], **hyper: Any
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    delta: float,
+    wd_ratio: float,
+    eps: float,
+    **hyper: Any,
 ) -> list[Projection]:
     """:func:`sgdp_foreach` with the projection tests compiled (see :func:`optim.adamp.adamp_compiled`)."""
-    kwargs = {key: hyper[key] for key in ("delta", "wd_ratio", "eps")}
-    projections = compiled_radial_views("SGDP", params, grads, **kwargs)
-    return sgdp_foreach(params, grads, momentum_buffers, **hyper, projections=projections)
+    test = dict(delta=delta, wd_ratio=wd_ratio, eps=eps)
+    projections = compiled_radial_views("SGDP", params, grads, **test)
+    return sgdp_foreach(params, grads, momentum_buffers, **test, **hyper, projections=projections)
 
 
 class SGDP(Checked):
@@ -239,7 +246,7 @@ class SGDP(Checked):
         loss = evaluate(closure)
         for group in self.param_groups:
             params, grads, buffers, states = self._init_group(group)
-            kernel = sgdp_compiled if group.get("compiled") else pick(sgdp, sgdp_foreach, group.get("foreach"), params)
+            kernel = pick(sgdp, sgdp_foreach, group, params, sgdp_compiled)
             projections = kernel(
                 params,
                 grads,

@@ -16,7 +16,7 @@ import torch
 
 import optim
 from optim import _compiled
-from optim._foreach import buckets, use_foreach
+from optim._foreach import buckets, pick, use_foreach
 
 OTHER = {torch.float64: torch.float32, torch.float32: torch.float64, torch.bfloat16: torch.float32}
 OWN = ["radam", "adam2k", "adamp", "sgdp", "adabelief", "adam3", "expectigrad"]
@@ -250,6 +250,15 @@ def test_default_rule_is_torchs():
     assert not use_foreach(None, [])
     opt = optim.RAdam(cpu)
     assert opt.param_groups[0]["foreach"] is None
+
+
+def test_pick_takes_compiled_first_then_the_foreach_rule():
+    cpu = [torch.zeros(1)]
+    kernels = ("per-tensor", "multi-tensor")
+    assert pick(*kernels, {"compiled": True, "foreach": False}, cpu, "compiled") == "compiled"
+    assert pick(*kernels, {"compiled": True, "foreach": True}, cpu) == "multi-tensor"  # no compiled kernel
+    assert pick(*kernels, {"compiled": False, "foreach": True}, cpu, "compiled") == "multi-tensor"
+    assert pick(*kernels, {"foreach": None}, cpu, "compiled") == "per-tensor"  # a state_dict from before compiled
 
 
 def test_buckets_keep_order_and_split_by_dtype_and_key():
