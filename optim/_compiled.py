@@ -62,9 +62,13 @@ class Rule:
         no state tensor (the step counters have counted the step, so the optimizer is not to be stepped again);
         it is raised as a ``RuntimeError`` naming ``owner``.
         """
+        seen = set()  # rows that share scalars (one dict), device and dtype are one kind: checked once per call
         with torch._dynamo.config.patch(recompile_limit=KINDS):
             for row, values in zip(zip(*columns, strict=True), scalars, strict=True):
-                self._prepare(owner, row, values)
+                key = (id(values), row[0].device, row[0].dtype, tuple(t is None for t in row))
+                if key not in seen:
+                    seen.add(key)
+                    self._prepare(owner, row, values)
 
     def run(self, owner: str, columns: Sequence[Sequence[Tensor]], scalars: Sequence[Mapping[str, Any]]) -> list[Any]:
         """Run the rule on each row of parallel ``columns`` (a tensor and its partners) with its scalars.
@@ -164,12 +168,12 @@ class Rule:
 def compilable(tensors: Sequence[Tensor], pointwise: bool = True) -> bool:
     """Whether a tensor and its partners take a compiled rule.
 
-    They must be float32 or float64 and of one shape; a tensor large enough for a call of its own must be
+    They must be float32 or float64, all of one dtype and shape; a tensor large enough for a call of its own must be
     contiguous, so that the rule's view shares its memory, and a non-pointwise rule needs at least two rows of at
     least two elements (a size of 1 would compile once more).
     """
     first = tensors[0]
-    if first.dtype not in COMPILED_DTYPES or any(t.shape != first.shape for t in tensors):
+    if first.dtype not in COMPILED_DTYPES or any(t.shape != first.shape or t.dtype != first.dtype for t in tensors):
         return False
     if pointwise:
         return first.numel() < OWN_CALL or all(t.is_contiguous() for t in tensors)
