@@ -38,7 +38,7 @@ test: $(STAMP)
 
 # Optional: every optimizer's compiled path (compiled=True) against its per-tensor path, on every branch (minutes).
 test-compiled: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 -m compiled tests/optim/test_compiled.py
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 -m compiled
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -29,6 +29,16 @@ def test_readme_names_only_files_of_the_repository() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+def test_make_targets_named_in_the_readme_exist_and_name_existing_paths() -> None:
+    root = README.parent
+    makefile = (root / "Makefile").read_text()
+    targets = set(re.findall(r"^([\w-]+):", makefile, flags=re.M))
+    named = set(re.findall(r"`(?:sudo )?make ([\w-]+)", README.read_text()))
+    assert named and named <= targets, named - targets
+    for path in re.findall(r"\b((?:tests|benchmarks|optim|landscape|studies|theory)/[\w/.]+\.py)", makefile):
+        assert (root / path).exists(), path
+
+
 def test_own_model_tour_runs() -> None:
     import matplotlib.pyplot as plt
     import torch
