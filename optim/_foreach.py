@@ -51,6 +51,15 @@ def pick(
     return multi_tensor if use_foreach(group.get("foreach"), tensors) else per_tensor
 
 
+def copies(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """New tensors equal to ``tensors``, in one multi-tensor op.
+
+    x · 1 = x exactly (signed zeros, infinities and NaN included). ``torch._foreach_clone`` would say it more
+    plainly but is missing from torch releases valley supports (2.11 has none).
+    """
+    return list(torch._foreach_mul(list(tensors), 1.0))
+
+
 def buckets(
     lists: Sequence[Sequence[Any]], keys: Sequence[Hashable] | None = None, *, cpu_parts: bool = True
 ) -> list[tuple[Hashable, list[list[Any]]]]:

@@ -9,6 +9,7 @@ import torch
 from torch.optim import Optimizer
 
 from optim._checks import Check, check_optional_bool, evaluate
+from optim._foreach import copies
 from optim._wrapper import Wrapper
 
 __all__ = ["ExtraGradient"]
@@ -60,7 +61,7 @@ class ExtraGradient(Wrapper):
     def extrapolate(self) -> None:
         """Save θ and take the base step with the current gradients (to θ̃)."""
         for _, params in self._batches("extragradient_foreach", lambda group: group["params"]):
-            for p, point in zip(params, torch._foreach_clone(params), strict=True):
+            for p, point in zip(params, copies(params), strict=True):
                 self.state[p]["point"] = point  # θ, restored by step()
         self.base_optimizer.step()
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from optim._checks import as_params, check_nonnegative, check_optional_bool, check_positive
-from optim._foreach import batches, use_foreach
+from optim._foreach import batches, copies, use_foreach
 
 __all__ = ["CheckpointRepulsion"]
 
@@ -64,11 +64,11 @@ class CheckpointRepulsion:
     @torch.no_grad()
     def add_checkpoint(self) -> None:
         """Store a detached copy of the current parameters."""
-        copies: list[Any] = [None] * len(self.params)
-        for params, _, indices in self._batches(copies):
-            for index, copy in zip(indices, torch._foreach_clone(params), strict=True):
-                copies[index] = copy
-        self.checkpoints.append(copies)
+        checkpoint: list[Any] = [None] * len(self.params)
+        for params, _, indices in self._batches(checkpoint):
+            for index, copy in zip(indices, copies(params), strict=True):
+                checkpoint[index] = copy
+        self.checkpoints.append(checkpoint)
 
     def clear(self) -> None:
         """Forget all checkpoints."""

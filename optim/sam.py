@@ -12,6 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from optim._checks import Check, check_bool, check_nonnegative, check_optional_bool, evaluate
+from optim._foreach import copies
 from optim._wrapper import GLOBAL, Wrapper
 
 __all__ = ["SAM", "frozen_bn"]
@@ -160,7 +161,7 @@ class SAM(Wrapper):
         perturbed, e_norms, grad_norms = [], [], []
         for (group, params), batch_norms in zip(found, norms, strict=True):
             scale = group["sam_rho"] / scaled_norm if scaled_norm > 0 else 0.0
-            for p, point in zip(params, torch._foreach_clone(params), strict=True):
+            for p, point in zip(params, copies(params), strict=True):
                 self.state[p]["point"] = point  # w, restored by second_step
             grads = [p.grad for p in params]
             if group["sam_adaptive"]:

@@ -19,7 +19,7 @@ from optim._checks import (
     check_unit_interval,
     evaluate,
 )
-from optim._foreach import buckets, fused_sgd, pick
+from optim._foreach import buckets, copies, fused_sgd, pick
 from optim._projection import (
     Projection,
     compiled_radial_views,
@@ -106,7 +106,7 @@ def sgdp_foreach(
         if nesterov:
             directions = torch._foreach_add(grads_, buffers_, alpha=momentum)
         elif view != "none":
-            directions = torch._foreach_clone(buffers_)  # valley projects a copy, as sgdp()
+            directions = copies(buffers_)  # valley projects a copy, as sgdp()
         else:
             directions = buffers_
         if view != "none":

@@ -11,6 +11,7 @@ from torch.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 
 from optim._checks import Check, check_count, check_optional_bool, evaluate
 from optim._directions import direction
+from optim._foreach import copies
 from optim._wrapper import GLOBAL, Wrapper
 from optim.adabelief import AdaBelief
 from optim.adam3 import AdaM3
@@ -95,7 +96,7 @@ class XGrad(Wrapper):
                     continue
                 deltas = [delta[0] for _, delta in found if delta is not None]
                 torch._foreach_mul_(deltas, float(group["lr"]) * group["xgrad_steps"])
-                cached.append((params, torch._foreach_clone(params)))
+                cached.append((params, copies(params)))
                 torch._foreach_sub_(params, deltas)
                 displacements += [norm.to(torch.float64) for norm in torch._foreach_norm(deltas)]
         norm = torch.stack(displacements).norm().item() if displacements else 0.0  # one device sync
@@ -117,7 +118,7 @@ class XGrad(Wrapper):
             return [p for p in group["params"] if p.grad is not None]
 
         for _, params in self._batches("xgrad_foreach", with_grad):
-            for p, grad in zip(params, torch._foreach_clone([p.grad for p in params]), strict=True):
+            for p, grad in zip(params, copies([p.grad for p in params]), strict=True):
                 self.state[p]["grad"] = grad  # last gradient, for Δ
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
