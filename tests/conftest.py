@@ -1,8 +1,32 @@
-"""Keep every test independent of the data sets installed on the machine running it."""
+"""Keep every test independent of the data sets installed on the machine running it; pick the device of the
+optimizer path comparisons (``--device cuda`` runs them on a GPU; every other test runs on the CPU)."""
 
 import pytest
+import torch
 
 from studies import data
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="device of the tests that take the `device` fixture (the optimizer path comparisons): cpu or cuda",
+    )
+
+
+def pytest_configure(config):
+    text = config.getoption("--device")
+    if text not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"--device must be cpu or cuda (got {text!r})")
+    if text == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("--device cuda asked, but torch sees no CUDA device")
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    """The device named by ``--device`` (cpu unless asked)."""
+    return torch.device(request.config.getoption("--device"))
 
 
 @pytest.fixture(autouse=True)

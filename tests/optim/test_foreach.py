@@ -16,30 +16,30 @@ import torch
 
 import optim
 from optim import _compiled
-from optim._foreach import buckets, pick, use_foreach
+from optim._foreach import buckets, copies, pick, use_foreach
 
 OTHER = {torch.float64: torch.float32, torch.float32: torch.float64, torch.bfloat16: torch.float32}
 OWN = ["radam", "adam2k", "adamp", "sgdp", "adabelief", "adam3", "expectigrad"]
 
 
-def mixed_problem(dtype, seed=0):
+def mixed_problem(dtype, seed=0, device="cpu"):
     """Tensors that take different per-tensor decisions within one param group.
 
     ``w`` enters only through its row directions (scale invariant: AdamP/SGDP project it), ``v`` and ``b`` are
     plain quadratics, ``e`` has a gradient only in its first two coordinates (Expectigrad's sparse counter),
     ``y`` has a zero gradient in its first coordinate at the first call only (that coordinate's count lags one
     step behind for good), ``z`` gets a gradient only on every other call (its step count falls behind), and ``o``
-    has the other floating dtype (a second device-and-dtype bucket).
+    has the other floating dtype (a second device-and-dtype bucket). Drawn on the CPU, then moved to ``device``.
     """
     gen = torch.Generator().manual_seed(seed)
     shapes = {"w": (4, 3), "v": (3, 4), "b": (3,), "e": (5,), "y": (3,), "z": (2, 2), "o": (3,)}
-    targets = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
+    targets = {k: torch.randn(s, generator=gen, dtype=torch.float64).to(device) for k, s in shapes.items()}
     params = {
         k: torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64) + 1.0) for k, s in shapes.items()
     }
-    direction = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    direction = torch.randn(4, 3, generator=gen, dtype=torch.float64).to(device)
     for key, p in params.items():
-        p.data = p.data.to(OTHER[dtype] if key == "o" else dtype)
+        p.data = p.data.to(device, OTHER[dtype] if key == "o" else dtype)
     calls = [0]
 
     def loss_fn():
@@ -122,11 +122,11 @@ VARIANTS = [
 ]
 
 
-def compare_paths(name, dtype, kwargs, steps=12):
+def compare_paths(name, dtype, kwargs, device, steps=12):
     runs = []
     for foreach in (False, True):
         torch.manual_seed(0)
-        params, loss_fn = mixed_problem(dtype)
+        params, loss_fn = mixed_problem(dtype, device=device)
         opt = optim.make(name, params, **{**kwargs, "foreach": foreach})
         run(opt, loss_fn, steps)
         runs.append((params, opt))
@@ -138,23 +138,23 @@ def compare_paths(name, dtype, kwargs, steps=12):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_foreach_equals_per_tensor(name, dtype, kwargs_for):
-    compare_paths(name, dtype, kwargs_for(name))
+def test_foreach_equals_per_tensor(name, dtype, kwargs_for, device):
+    compare_paths(name, dtype, kwargs_for(name), device)
 
 
 @pytest.mark.parametrize("name", OWN)
-def test_foreach_equals_per_tensor_in_bfloat16(name, kwargs_for):
+def test_foreach_equals_per_tensor_in_bfloat16(name, kwargs_for, device):
     """bfloat16 has no fused kernels: the plain multi-tensor arithmetic runs, to bfloat16 rounding."""
-    compare_paths(name, torch.bfloat16, kwargs_for(name), steps=6)
+    compare_paths(name, torch.bfloat16, kwargs_for(name), device, steps=6)
 
 
 @pytest.mark.parametrize(("name", "overrides"), VARIANTS)
-def test_foreach_equals_per_tensor_on_every_branch(name, overrides, kwargs_for):
-    compare_paths(name, torch.float64, {**kwargs_for(name), **overrides}, steps=14)
+def test_foreach_equals_per_tensor_on_every_branch(name, overrides, kwargs_for, device):
+    compare_paths(name, torch.float64, {**kwargs_for(name), **overrides}, device, steps=14)
 
 
 @pytest.mark.parametrize("name", OWN)
-def test_foreach_equals_per_tensor_where_memory_is_not_one_dense_block(name, kwargs_for):
+def test_foreach_equals_per_tensor_where_memory_is_not_one_dense_block(name, kwargs_for, device):
     """A parameter sliced from a larger tensor, and gradients set by hand in another layout than their parameter.
 
     torch's fused kernels walk memory in storage order whatever the strides, so the multi-tensor path must not
@@ -163,12 +163,15 @@ def test_foreach_equals_per_tensor_where_memory_is_not_one_dense_block(name, kwa
     runs = []
     for foreach in (False, True):
         gen = torch.Generator().manual_seed(0)
-        base = torch.randn(4, 10, generator=gen, dtype=torch.float64)
-        params = [torch.nn.Parameter(base[:, ::2]), torch.nn.Parameter(torch.randn(3, 5, generator=gen).double())]
+        base = torch.randn(4, 10, generator=gen, dtype=torch.float64).to(device)
+        params = [
+            torch.nn.Parameter(base[:, ::2]),
+            torch.nn.Parameter(torch.randn(3, 5, generator=gen).double().to(device)),
+        ]
         opt = make(name, params, kwargs_for, foreach)
         for _ in range(8):  # RAdam's rectified (fused) steps start at step 6
-            params[0].grad = torch.randn(4, 5, generator=gen, dtype=torch.float64)  # contiguous: strides differ
-            params[1].grad = torch.randn(5, 3, generator=gen, dtype=torch.float64).t()  # transposed layout
+            params[0].grad = torch.randn(4, 5, generator=gen, dtype=torch.float64).to(device)  # strides differ
+            params[1].grad = torch.randn(5, 3, generator=gen, dtype=torch.float64).to(device).t()  # transposed
             opt.step()
         runs.append((base, params))
     (base_ref, reference), (base, params) = runs
@@ -178,12 +181,12 @@ def test_foreach_equals_per_tensor_where_memory_is_not_one_dense_block(name, kwa
 
 
 @pytest.mark.parametrize("name", OWN)
-def test_foreach_follows_a_parameter_whose_layout_changes(name, kwargs_for):
+def test_foreach_follows_a_parameter_whose_layout_changes(name, kwargs_for, device):
     """A model turned channels-last between steps: kept work buffers must follow the new layout."""
     runs = []
     for foreach in (False, True):
         gen = torch.Generator().manual_seed(1)
-        weight = torch.nn.Parameter(torch.randn(4, 3, 2, 2, generator=gen, dtype=torch.float64))
+        weight = torch.nn.Parameter(torch.randn(4, 3, 2, 2, generator=gen, dtype=torch.float64).to(device))
         opt = make(name, [weight], kwargs_for, foreach)
         for step in range(8):
             if step == 4:
@@ -192,16 +195,17 @@ def test_foreach_follows_a_parameter_whose_layout_changes(name, kwargs_for):
                     if isinstance(value, torch.Tensor) and value.dim() == 4:
                         value.data = value.data.contiguous(memory_format=torch.channels_last)
             layout = torch.contiguous_format if step < 4 else torch.channels_last
-            weight.grad = torch.randn(4, 3, 2, 2, generator=gen, dtype=torch.float64).contiguous(memory_format=layout)
+            grad = torch.randn(4, 3, 2, 2, generator=gen, dtype=torch.float64).to(device)
+            weight.grad = grad.contiguous(memory_format=layout)
             opt.step()
         runs.append(weight.detach())
     assert_close(runs[1], runs[0])
 
 
 @pytest.mark.parametrize("first", [False, True], ids=["per_tensor_then_foreach", "foreach_then_per_tensor"])
-def test_state_dict_moves_between_paths(name, first, kwargs_for):
+def test_state_dict_moves_between_paths(name, first, kwargs_for, device):
     torch.manual_seed(0)
-    params, loss_fn = mixed_problem(torch.float64)
+    params, loss_fn = mixed_problem(torch.float64, device=device)
     opt = make(name, params, kwargs_for, first)
     run(opt, loss_fn, 5)
     saved_state = copy.deepcopy(opt.state_dict())
@@ -210,7 +214,7 @@ def test_state_dict_moves_between_paths(name, first, kwargs_for):
     run(opt, loss_fn, 7)
 
     torch.manual_seed(0)
-    resumed_params, resumed_loss_fn = mixed_problem(torch.float64)
+    resumed_params, resumed_loss_fn = mixed_problem(torch.float64, device=device)
     resumed_loss_fn.calls[0] = calls_at_save
     with torch.no_grad():
         for p, saved in zip(resumed_params, saved_params, strict=True):
@@ -226,8 +230,8 @@ def test_state_dict_moves_between_paths(name, first, kwargs_for):
     assert_same_state(resumed, opt)
 
 
-def test_problem_takes_different_decisions_per_tensor(kwargs_for):
-    params, loss_fn = mixed_problem(torch.float64)
+def test_problem_takes_different_decisions_per_tensor(kwargs_for, device):
+    params, loss_fn = mixed_problem(torch.float64, device=device)
     w, v, b, e, y, z, o = params
     opts = {name: make(name, params, kwargs_for, True) for name in ("adamp", "radam", "expectigrad")}
     for opt in opts.values():
@@ -236,7 +240,7 @@ def test_problem_takes_different_decisions_per_tensor(kwargs_for):
     assert (state[w]["projection"], state[v]["projection"]) == ("channel", "none")
     assert opts["radam"].state[z]["step"] < opts["radam"].state[v]["step"]
     assert (opts["expectigrad"].state[e]["counter"] < 1).tolist() == [False, False, True, True, True]
-    params, loss_fn = mixed_problem(torch.float64)
+    params, loss_fn = mixed_problem(torch.float64, device=device)
     expectigrad = make("expectigrad", params, kwargs_for, True)
     run(expectigrad, loss_fn, 3)
     assert expectigrad.state[params[4]]["counter"].tolist() == [2.0, 3.0, 3.0]
@@ -285,11 +289,11 @@ RULES = [
 STATE_TOL = {torch.float64: (1e-5, 1e-12), torch.float32: (1e-5, 1e-5), torch.bfloat16: (4e-2, 1e-2)}
 
 
-def compare_compiled(name, dtype, kwargs, steps=12, one_dtype=False):
+def compare_compiled(name, dtype, kwargs, device, steps=12, one_dtype=False):
     runs = []
     for compiled in (False, True):
         torch.manual_seed(0)
-        params, loss_fn = mixed_problem(dtype)
+        params, loss_fn = mixed_problem(dtype, device=device)
         if one_dtype:  # the problem's one tensor of the other dtype, too: one compiled kind
             params[-1].data = params[-1].data.to(dtype)
         opt = optim.make(name, params, **{**kwargs, "compiled": compiled})
@@ -302,32 +306,33 @@ def compare_compiled(name, dtype, kwargs, steps=12, one_dtype=False):
 
 
 @pytest.mark.compiled
-def test_compiled_batches_and_own_calls_equal_per_tensor(monkeypatch):
+def test_compiled_batches_and_own_calls_equal_per_tensor(monkeypatch, device):
     """AdaBelief in float64 with coupled decay: small tensors in one batch, in batches of at most 10 elements, then
-    each tensor in a call of its own."""
+    each tensor in a call of its own (on a GPU: all in one batch, then batches of at most 10, the larger alone)."""
     kwargs = {"lr": 0.02, "weight_decay": 0.1, "decoupled": False}
-    compare_compiled("adabelief", torch.float64, kwargs, one_dtype=True)
+    compare_compiled("adabelief", torch.float64, kwargs, device, one_dtype=True)
     monkeypatch.setattr(_compiled, "BATCH", 10)
-    compare_compiled("adabelief", torch.float64, kwargs, one_dtype=True)
+    monkeypatch.setattr(_compiled, "DEVICE_BATCH", 10)
+    compare_compiled("adabelief", torch.float64, kwargs, device, one_dtype=True)
     monkeypatch.setattr(_compiled, "OWN_CALL", 8)
-    compare_compiled("adabelief", torch.float64, kwargs, one_dtype=True)
+    compare_compiled("adabelief", torch.float64, kwargs, device, one_dtype=True)
 
 
 @pytest.mark.compiled
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", COMPILED)
-def test_compiled_equals_per_tensor(name, dtype, kwargs_for):
-    compare_compiled(name, dtype, kwargs_for(name))
+def test_compiled_equals_per_tensor(name, dtype, kwargs_for, device):
+    compare_compiled(name, dtype, kwargs_for(name), device)
 
 
 @pytest.mark.compiled
 @pytest.mark.parametrize(("name", "overrides"), [v for v in VARIANTS if v[0] in COMPILED], ids=str)
-def test_compiled_equals_per_tensor_on_every_branch(name, overrides, kwargs_for):
-    compare_compiled(name, torch.float64, {**kwargs_for(name), **overrides})
+def test_compiled_equals_per_tensor_on_every_branch(name, overrides, kwargs_for, device):
+    compare_compiled(name, torch.float64, {**kwargs_for(name), **overrides}, device)
 
 
 @pytest.mark.parametrize("name", COMPILED)
-def test_low_precision_takes_the_multi_tensor_path(name, kwargs_for, monkeypatch):
+def test_low_precision_takes_the_multi_tensor_path(name, kwargs_for, monkeypatch, device):
     """bfloat16 tensors never reach the compiler (it would not round at every op as the per-tensor path does)."""
 
     def not_to_be_called(*args, **kwargs):
@@ -336,7 +341,7 @@ def test_low_precision_takes_the_multi_tensor_path(name, kwargs_for, monkeypatch
     for rule in RULES:
         monkeypatch.setattr(rule, "_compiled", not_to_be_called)
         monkeypatch.setattr(rule, "_ready", set())
-    compare_compiled(name, torch.bfloat16, kwargs_for(name), one_dtype=True)
+    compare_compiled(name, torch.bfloat16, kwargs_for(name), device, one_dtype=True)
 
 
 def test_every_compiled_entry_is_listed():
@@ -346,7 +351,7 @@ def test_every_compiled_entry_is_listed():
 
 
 @pytest.mark.parametrize("name", COMPILED)
-def test_a_compiler_failure_changes_nothing(name, monkeypatch):
+def test_a_compiler_failure_changes_nothing(name, monkeypatch, device):
     """If torch.compile fails (no C++ compiler, say), the step stops with one line and changes nothing."""
 
     def broken(*args, **kwargs):
@@ -356,7 +361,7 @@ def test_a_compiler_failure_changes_nothing(name, monkeypatch):
         monkeypatch.setattr(rule, "_compiled", broken)
         monkeypatch.setattr(rule, "_ready", set())
     torch.manual_seed(0)
-    params, loss_fn = mixed_problem(torch.float64)
+    params, loss_fn = mixed_problem(torch.float64, device=device)
     opt = optim.make(name, params, lr=0.02, compiled=True)
     opt.zero_grad()
     loss_fn().backward()
@@ -367,3 +372,13 @@ def test_a_compiler_failure_changes_nothing(name, monkeypatch):
         assert torch.equal(p.detach(), q)
     for state in opt.state.values():  # moment buffers untouched (a sparse counter starts at a tiny offset)
         assert all(v.abs().max() < 1e-30 for k, v in state.items() if torch.is_tensor(v) and k != "step")
+
+
+def test_copies_are_new_tensors_with_equal_bits():
+    dense = torch.tensor([-0.0, 0.0, float("inf"), -float("inf"), float("nan"), 1e-310, -3.5], dtype=torch.float64)
+    strided = torch.arange(12.0).reshape(3, 4)[:, ::2]
+    made = copies([dense, strided])
+    assert torch.equal(made[0].view(torch.int64)[:4], dense.view(torch.int64)[:4])  # signed zeros and infinities
+    assert made[0][4].isnan() and torch.equal(made[0][5:], dense[5:])  # NaN, a subnormal
+    assert torch.equal(made[1], strided)
+    assert all(m.data_ptr() != t.data_ptr() for m, t in zip(made, (dense, strided), strict=True))
