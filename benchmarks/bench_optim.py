@@ -2,7 +2,7 @@
 
 Part 1: one ``step()`` on the parameter tensors of ResNet-18 (shapes written out below, 11,689,512 parameters) with
 fixed random gradients, for every valley optimizer on its per-tensor and its multi-tensor (``foreach``) path, and on
-its compiled path (``compiled=True``, CPU only here) where it has one, beside ``torch.optim.Adam`` fused, foreach
+its compiled path (``compiled=True``) where it has one, beside ``torch.optim.Adam`` fused, foreach
 and for-loop; the first step of each compiled path, which compiles, is timed apart. Each row reports ms per step and
 the bytes that must move per step (parameter read + written, gradient read, every state slot read + written) as a
 fraction of the memory bandwidth measured in the same run (a large copy and a large add; the faster one counts), and
@@ -21,10 +21,12 @@ Part 3: a small CNN's full training step with and without XGrad around the same 
 Timing: wall time, 2 intra-op threads, every case once per round in rotating order, best of the rounds (machine
 noise only ever adds time). Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE`` unless set):
 on a machine shared with other processes a spinning thread makes two-thread runs stall several-fold.
-On a GPU (``--device cuda``) parts 1 and 2 run there: tensors on the device, each case followed by a
-synchronisation, bandwidth measured on the device; torch's default rule then takes the multi-tensor path for
-``foreach=None``, and the table shows valley's per-tensor and multi-tensor paths beside torch's fused Adam. Part 3
-stays on CPU.
+On a GPU (``--device cuda``) parts 1 and 2 run there: tensors on the device, bandwidth measured on the device,
+each timing ten calls of a case between two synchronisations (queued device work overlaps the host's Python, as in
+training, so a case's time is the larger of the two; one call per synchronisation would add the wait each time).
+torch's default rule then takes the multi-tensor path for ``foreach=None``, and the table shows valley's
+per-tensor, multi-tensor and compiled paths beside torch's fused Adam (the compiled kernels are then Triton's).
+Part 3 stays on CPU.
 
 Run: ``python benchmarks/bench_optim.py [rounds] [parts] [--device cpu|cuda]``, e.g. ``5 12`` for parts 1 and 2
 only (default: 15 rounds, all parts, CPU).
@@ -84,17 +86,18 @@ STEP_CASES: dict[str, tuple[Callable, int]] = {
 
 
 DEVICE = torch.device("cpu")  # set from --device in main()
+CALLS = 1  # calls of a case per timing: 10 on a GPU (main())
 
 
 def paths(name: str) -> list[tuple[str, dict[str, bool]]]:
     """The paths a case is timed on, as (label, switch).
 
-    torch's Adam as it is; valley's per-tensor, multi-tensor and, where the optimizer has one (on CPU), compiled.
+    torch's Adam as it is; valley's per-tensor, multi-tensor and, where the optimizer has one, compiled.
     """
     if name.startswith("torch"):
         return [("", {})]
     found = [("per-tensor", {"foreach": False}), ("foreach", {"foreach": True})]
-    if "compiled" in getattr(optim, name).HYPERPARAMETERS and DEVICE.type == "cpu":
+    if "compiled" in getattr(optim, name).HYPERPARAMETERS:
         found.append(("compiled", {"compiled": True}))
     return found
 
@@ -125,10 +128,11 @@ def best_of(cases: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[s
         for name in names[r % len(names) :] + names[: r % len(names)]:
             synchronize()
             start, start_cpu = time.perf_counter(), time.process_time()
-            cases[name]()
+            for _ in range(CALLS):
+                cases[name]()
             synchronize()
-            cpu[name].append(time.process_time() - start_cpu)
-            wall[name].append(time.perf_counter() - start)
+            cpu[name].append((time.process_time() - start_cpu) / CALLS)
+            wall[name].append((time.perf_counter() - start) / CALLS)
     return {n: min(v) for n, v in wall.items()}, {n: min(v) for n, v in cpu.items()}
 
 
@@ -328,7 +332,8 @@ if __name__ == "__main__":
     if DEVICE.type == "cuda" and not (torch.cuda.is_available() and (DEVICE.index or 0) < torch.cuda.device_count()):
         sys.exit(f"bench_optim: --device {DEVICE} asked, but torch sees no such CUDA device")
     if DEVICE.type == "cuda":
-        print(f"device: {torch.cuda.get_device_name(DEVICE)}")
+        print(f"device: {torch.cuda.get_device_name(DEVICE)}; each timing: 10 calls between synchronisations")
+        CALLS = 10
     torch.set_num_threads(2)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, wall time, best of {rounds} rounds")

@@ -36,6 +36,10 @@ Each call of a compiled kernel costs 0.1-0.2 ms of Python on a CPU, about what a
 takes. A pointwise rule runs on the small tensors of a step together: copied into one flat work tensor per
 argument, updated in one call, and the tensors it changes copied back.
 """
+DEVICE_BATCH = 1 << 24
+"""Both limits above on a GPU (any device but the CPU): a call costs the same Python there, while a pass over
+memory is some fifty times faster, so every tensor of up to 2^24 elements is batched (the copies into and out of
+the work tensors move more bytes, but one call replaces dozens)."""
 
 
 class Rule:
@@ -88,12 +92,13 @@ class Rule:
             filling: dict[tuple[Any, ...], tuple[list[int], int]] = {}  # per kind: its open batch and its size
             for index, (row, values) in enumerate(zip(rows, scalars, strict=True)):
                 numel = row[0].numel()  # the row's tensors share device, dtype and shape with row[0]
-                if not (self.pointwise and numel < OWN_CALL):
+                own_call, limit = (OWN_CALL, BATCH) if row[0].device.type == "cpu" else (DEVICE_BATCH, DEVICE_BATCH)
+                if not (self.pointwise and numel < own_call):
                     results[index] = compiled(*map(self._view, row), **values)
                     continue
                 kind = (id(values), row[0].device, row[0].dtype, tuple(t is None for t in row))
-                batch, size = filling.get(kind, ([], BATCH))
-                if size + numel > BATCH:
+                batch, size = filling.get(kind, ([], limit))
+                if size + numel > limit:
                     batch, size = [], 0
                     batches.append(batch)
                 batch.append(index)
