@@ -19,13 +19,13 @@ import json
 import math
 import os
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from landscape.files import atomic_write
+from studies.store import installed_version
 
 #: Where the committed reference tables live.
 REFERENCE_DIR = Path(__file__).parent / "reference"
@@ -88,7 +88,7 @@ def with_provenance(
     return table.assign(
         scale=scale,
         command=command,
-        valley_version=metadata.version("valley"),
+        valley_version=installed_version(),
         torch_version=torch.__version__,
         device=device,
         runs=int(frame["run"].nunique()),

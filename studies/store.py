@@ -29,6 +29,7 @@ import pickle
 import platform
 import time
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,24 @@ _METRICS = "metrics.csv"
 def frame_csv(frame: pd.DataFrame) -> str:
     """The CSV text valley writes for a DataFrame (no index)."""
     return frame.to_csv(index=False)
+
+
+# pandas before 3.0 parses floats in a CSV to within an ulp unless asked for round-trip parsing; 3.0 and later parse
+# them exactly by default (and deprecate the option).
+_EXACT_FLOATS: dict[str, Any] = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+
+
+def read_frame(data: bytes, **read_csv: Any) -> pd.DataFrame:
+    """The DataFrame of CSV bytes written by :func:`frame_csv`, every float bit for bit as written."""
+    return pd.read_csv(io.BytesIO(data), **{**_EXACT_FLOATS, **read_csv})
+
+
+def installed_version() -> str:
+    """Valley's installed version, or a note that it runs from a source tree that was not installed."""
+    try:
+        return metadata.version("valley")
+    except metadata.PackageNotFoundError:
+        return "not installed (run from a source tree)"
 
 
 def write_frame(path: str | os.PathLike, frame: pd.DataFrame) -> None:
@@ -75,7 +94,7 @@ def cached_table(
     data = None if force else read_verified(path)
     if data is not None:
         try:
-            return pd.read_csv(io.BytesIO(data), **read_csv), True
+            return read_frame(data, **read_csv), True
         except (ValueError, UnicodeDecodeError) as error:  # recorded as written, yet unreadable
             warn_damaged(path, f"it cannot be parsed as CSV ({error})")
     frame = make()
@@ -228,7 +247,7 @@ class RunStore:
         if meta["rows"] == 0 and not metrics.strip():
             return pd.DataFrame()  # a run that returned an empty frame
         try:
-            frame = pd.read_csv(io.BytesIO(metrics))
+            frame = read_frame(metrics)
         except (ValueError, UnicodeDecodeError) as error:  # recorded as written, yet unreadable
             warn_damaged(folder / _METRICS, f"it cannot be parsed ({error})", "recomputing the run")
             return None

@@ -569,3 +569,22 @@ def test_written_files_follow_the_umask(tmp_path, umask_027):
     assert len(files) >= 20
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(umask_027)}
     assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "fig" / "f.pdf").exists()
+
+
+def test_a_cached_table_reads_back_every_float_bit_for_bit(tmp_path):
+    """pandas before 3.0 parses some floats an ulp off unless asked for round-trip parsing: the store asks."""
+    values = np.random.default_rng(0).standard_normal(20_000) * 10.0 ** np.arange(-8, 12).repeat(1000)
+    made, hit = cached_table(tmp_path / "t.csv", lambda: pd.DataFrame({"v": values}))
+    read, hit_again = cached_table(tmp_path / "t.csv", lambda: pytest.fail("recomputed"))
+    assert (hit, hit_again) == (False, True)
+    assert np.array_equal(read["v"].to_numpy().view(np.int64), values.view(np.int64))
+
+
+def test_an_uninstalled_source_tree_is_named_as_such(monkeypatch):
+    from studies import store
+
+    def absent(name):
+        raise store.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(store.metadata, "version", absent)
+    assert store.installed_version() == "not installed (run from a source tree)"
