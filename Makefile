@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install figures figures-full figures-paper data test test-compiled lint format bench clean
+.PHONY: install figures figures-full figures-paper data test test-compiled test-gpu lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: $(STAMP)
 # Optional: every optimizer's compiled path (compiled=True) against its per-tensor path, on every branch (minutes).
 test-compiled: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 -m compiled
+
+# Optional, on a machine with a CUDA GPU: every optimizer's paths (per-tensor, multi-tensor, compiled) compared there.
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --device cuda -m "compiled or not compiled" tests/optim/test_foreach.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
