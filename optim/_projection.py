@@ -104,27 +104,33 @@ def radial_view(param: Tensor, grad: Tensor, *, delta: float, wd_ratio: float, e
     return radial_views([param], [grad], delta=delta, wd_ratio=wd_ratio, eps=eps)[0]
 
 
-def remove_radial(param: Tensor, update: Tensor, view: str, *, eps: float) -> Tensor:
-    r"""Remove the radial part of ``update`` in place for ``view``; return the norm of the removed part (0-dim).
+def radial_factor(param: Tensor, direction: Tensor, view: str, *, eps: float) -> tuple[Tensor, Tensor]:
+    r"""The removal of a direction's radial part, folded into the parameter step.
+
+    With :math:`\hat θ = θ/(\lVert θ\rVert + ε)` per row (``view`` ``"channel"``) or of the whole tensor
+    (``"layer"``) and :math:`c = \hat θ·d`, a step :math:`θ ← aθ - γ(d - \hat θ c)` is
 
     .. math::
-        \hat θ = θ/(\lVert θ\rVert_{row} + ε),\qquad u ← u - \hat θ \textstyle\sum_{row}(\hat θ ⊙ u).
+        θ ← θ\,(a + γk) - γd,\qquad k = c/(\lVert θ\rVert + ε),
+
+    so the projected direction is never written: one read of θ and d for the row dots, one of θ for the row norms,
+    where removing the radial part from d takes about ten passes. Returns k (shaped to scale θ: one value per
+    row, or a 0-dim tensor for ``"layer"``) and :math:`\lVert \hat θ c\rVert`, the norm of the removed part,
+    from the per-row values alone.
     """
     rows = param.shape[0]
-    param_rows = param.reshape(rows, -1)
-    update_rows = update.view(rows, -1)
+    param_rows, direction_rows = param.reshape(rows, 1, -1), direction.reshape(rows, 1, -1)
+    dots = torch.bmm(direction_rows, param_rows.transpose(1, 2)).view(rows)  # no product written out
+    row_norms = torch.linalg.vector_norm(param_rows, dim=(1, 2))
     if view == "channel":
-        norms = torch.linalg.vector_norm(param_rows, dim=1, keepdim=True)
+        denominators = row_norms + eps
     else:
-        norms = torch.linalg.vector_norm(param_rows).expand(rows, 1)
-    unit = param_rows / norms.add(eps)
+        dots, denominators = dots.sum(), torch.linalg.vector_norm(row_norms) + eps
+    coefficients = dots / denominators
+    factors = coefficients / denominators
     if view == "channel":
-        coefficients = torch.linalg.vecdot(unit, update_rows).unsqueeze(1)
-    else:
-        coefficients = torch.linalg.vecdot(unit.flatten(), update_rows.flatten()).expand(rows, 1)
-    radial = unit.mul_(coefficients)
-    update_rows.sub_(radial)
-    return torch.linalg.vector_norm(radial)
+        factors = factors.view(rows, *[1] * (param.dim() - 1))
+    return factors, torch.linalg.vector_norm(coefficients * row_norms / denominators)
 
 
 def _cosines(param: Tensor, grad: Tensor, *, eps: float) -> Tensor:

@@ -23,9 +23,9 @@ from optim._foreach import buckets, fused_adam, pick
 from optim._projection import (
     Projection,
     compiled_radial_views,
+    radial_factor,
     radial_view,
     radial_views,
-    remove_radial,
     with_radial_norms,
 )
 from optim._state import adam_group
@@ -69,12 +69,14 @@ def adamp(
             update = (exp_avg * beta1).add_(grad, alpha=1 - beta1).div_(denom)
         else:
             update = torch.div(exp_avg, denom, out=denom)
-        if projection.view != "none":
-            radial_norm = step_size * remove_radial(param, update, projection.view, eps=eps).item()
-            projection = projection._replace(radial_norm=radial_norm)
+        decay = 1 - lr * weight_decay * projection.wd_ratio if weight_decay > 0 else 1.0
+        if projection.view != "none":  # the removal of u's radial part folded into the scale of θ (radial_factor)
+            factor, norm = radial_factor(param, update, projection.view, eps=eps)
+            projection = projection._replace(radial_norm=step_size * norm.item())
+            param.mul_(factor.mul_(step_size).add_(decay))
+        elif weight_decay > 0:
+            param.mul_(decay)
         projections.append(projection)
-        if weight_decay > 0:
-            param.mul_(1 - lr * weight_decay * projection.wd_ratio)
         if update is None:
             param.addcdiv_(exp_avg, denom, value=-step_size)
         else:
@@ -147,11 +149,14 @@ def adamp_foreach(
             torch._foreach_div_(updates, denoms)
         else:
             updates = torch._foreach_div(exp_avgs_, denoms)
-        if view != "none":
+        decay = 1 - lr * weight_decay * ratio if weight_decay > 0 else 1.0
+        if view != "none":  # the removal of u's radial part folded into the scale of θ (radial_factor)
             for index, param, update in zip(indices, params_, updates, strict=True):
-                radial[index] = (step_size, remove_radial(param, update, view, eps=eps))
-        if weight_decay > 0:
-            torch._foreach_mul_(params_, 1 - lr * weight_decay * ratio)
+                factor, norm = radial_factor(param, update, view, eps=eps)
+                param.mul_(factor.mul_(step_size).add_(decay))
+                radial[index] = (step_size, norm)
+        elif weight_decay > 0:
+            torch._foreach_mul_(params_, decay)
         if updates is None:
             torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-step_size)
         else:

@@ -19,13 +19,13 @@ from optim._checks import (
     check_unit_interval,
     evaluate,
 )
-from optim._foreach import buckets, copies, fused_sgd, pick
+from optim._foreach import buckets, fused_sgd, pick
 from optim._projection import (
     Projection,
     compiled_radial_views,
+    radial_factor,
     radial_view,
     radial_views,
-    remove_radial,
     with_radial_norms,
 )
 
@@ -50,20 +50,18 @@ def sgdp(
     projections = []
     for param, grad, buf in zip(params, grads, momentum_buffers, strict=True):
         buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-        if nesterov:
-            direction = grad.add(buf, alpha=momentum)
-        else:
-            # The authors' code projects the momentum buffer itself in place; valley projects a copy.
-            direction = buf
+        direction = grad.add(buf, alpha=momentum) if nesterov else buf
         projection = radial_view(param, grad, delta=delta, wd_ratio=wd_ratio, eps=eps)
+        decay = 1 - lr * weight_decay * projection.wd_ratio / (1 - momentum)
         if projection.view != "none":
-            if direction is buf:
-                direction = buf.clone()
-            radial_norm = lr * remove_radial(param, direction, projection.view, eps=eps).item()
-            projection = projection._replace(radial_norm=radial_norm)
+            # The authors' code projects the momentum buffer itself in place; valley leaves b as it is and folds
+            # the projection into the scale of θ (radial_factor).
+            factor, norm = radial_factor(param, direction, projection.view, eps=eps)
+            projection = projection._replace(radial_norm=lr * norm.item())
+            param.mul_(factor.mul_(lr).add_(decay))
+        elif weight_decay != 0:
+            param.mul_(decay)
         projections.append(projection)
-        if weight_decay != 0:
-            param.mul_(1 - lr * weight_decay * projection.wd_ratio / (1 - momentum))
         param.add_(direction, alpha=-lr)
     return projections
 
@@ -103,17 +101,12 @@ def sgdp_foreach(
             continue
         torch._foreach_mul_(buffers_, momentum)
         torch._foreach_add_(buffers_, grads_, alpha=1 - dampening)
-        if nesterov:
-            directions = torch._foreach_add(grads_, buffers_, alpha=momentum)
-        elif view != "none":
-            directions = copies(buffers_)  # valley projects a copy, as sgdp()
-        else:
-            directions = buffers_
-        if view != "none":
+        directions = torch._foreach_add(grads_, buffers_, alpha=momentum) if nesterov else buffers_
+        if view != "none":  # b stays unprojected, as in sgdp(): the projection is folded into θ's scale
             for index, param, direction in zip(indices, params_, directions, strict=True):
-                radial[index] = (lr, remove_radial(param, direction, view, eps=eps))
-        if weight_decay != 0 and view != "none":
-            torch._foreach_mul_(params_, decay)
+                factor, norm = radial_factor(param, direction, view, eps=eps)
+                param.mul_(factor.mul_(lr).add_(decay))
+                radial[index] = (lr, norm)
         torch._foreach_add_(params_, directions, alpha=-lr)
     return with_radial_norms(projections, radial)
 
@@ -146,8 +139,9 @@ class SGDP(Checked):
         θ ← θ\Big(1 - \frac{γλ_{eff}}{1-μ}\Big),\quad θ ← θ - γ d.
 
     Unlike torch's SGD, the first momentum step is :math:`b = (1-τ)g` (the buffer starts at 0), as in the
-    authors' code. The authors project the momentum buffer in place; valley projects a copy, so b stays the
-    plain momentum average (one-line deviation, keeps b comparable across optimizers).
+    authors' code. The authors project the momentum buffer in place; valley projects only the step, so b stays
+    the plain momentum average (one-line deviation, keeps b comparable across optimizers). The projection is
+    applied as a scale of θ (:func:`optim._projection.radial_factor`), never writing the projected direction.
 
     Args:
         params: Iterable of parameters or param groups.
