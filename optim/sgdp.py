@@ -19,6 +19,7 @@ from optim._checks import (
     check_unit_interval,
     evaluate,
 )
+from optim._compiled import Rule, at, split
 from optim._foreach import buckets, fused_sgd, pick
 from optim._projection import (
     Projection,
@@ -111,20 +112,67 @@ def sgdp_foreach(
     return with_radial_norms(projections, radial)
 
 
+def _plain_step(
+    param: Tensor,
+    grad: Tensor,
+    buf: Tensor,
+    *,
+    momentum: float,
+    dampening: float,
+    decay: float,
+    lr: float,
+    nesterov: bool,
+) -> None:
+    r"""One unprojected tensor's step of :func:`sgdp` for the compiled path: decay, momentum and step in one pass.
+
+    :math:`b ← μb + (1-τ)g`, :math:`d = g + μb` (Nesterov) or :math:`d = b`, :math:`θ ← aθ - γd` with
+    a = ``decay`` (:math:`1 - γλ/(1-μ)`).
+    """
+    buf.copy_(momentum * buf + (1 - dampening) * grad)
+    direction = grad + momentum * buf if nesterov else buf
+    param.copy_(decay * param - lr * direction)
+
+
+_RULE = Rule(_plain_step, writes=(0, 2))
+
+
 def sgdp_compiled(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor],
     *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    eps: float,
     delta: float,
     wd_ratio: float,
-    eps: float,
-    **hyper: Any,
 ) -> list[Projection]:
-    """:func:`sgdp_foreach` with the projection tests compiled (see :func:`optim.adamp.adamp_compiled`)."""
+    """:func:`sgdp_foreach` with compiled kernels (:mod:`optim._compiled`): projection tests and plain steps.
+
+    The projection test of each tensor is one compiled kernel; so is the step of every float32/float64 tensor that
+    is not projected (decay, momentum and step in one pass, where torch's fused SGD needs a pass of its own for the
+    decay). Projected tensors and the others take :func:`sgdp_foreach`.
+    """
     test = dict(delta=delta, wd_ratio=wd_ratio, eps=eps)
     projections = compiled_radial_views("SGDP", params, grads, **test)
-    return sgdp_foreach(params, grads, momentum_buffers, **test, **hyper, projections=projections)
+    columns = [params, grads, momentum_buffers]
+    plain = [index for index, projection in enumerate(projections) if projection.view == "none"]
+    chosen = [plain[i] for i in split(at(columns, plain))[0]]
+    scalars = dict(
+        momentum=momentum, dampening=dampening, decay=1 - lr * weight_decay / (1 - momentum), lr=lr, nesterov=nesterov
+    )
+    _RULE.run("SGDP", at(columns, chosen), [scalars] * len(chosen))  # no state changed before it compiled
+    others = sorted(set(range(len(params))) - set(chosen))
+    if others:
+        hyper = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
+        done = sgdp_foreach(*at(columns, others), **test, **hyper, projections=[projections[i] for i in others])
+        projections = list(projections)
+        for index, projection in zip(others, done, strict=True):
+            projections[index] = projection
+    return projections
 
 
 class SGDP(Checked):

@@ -347,7 +347,7 @@ def test_low_precision_takes_the_multi_tensor_path(name, kwargs_for, monkeypatch
 def test_every_compiled_entry_is_listed():
     assert {"adabelief", "adamp", "expectigrad", "sgdp"} <= set(COMPILED)
     assert all(any(name.endswith("_compiled") for name in vars(module)) for module in MODULES)
-    assert len(RULES) == 3  # AdaBelief's, Expectigrad's, and the projection test of AdamP and SGDP
+    assert len(RULES) == 4  # AdaBelief's, Expectigrad's, SGDP's plain step, the projection test of AdamP and SGDP
 
 
 @pytest.mark.parametrize("name", COMPILED)
