@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy.special import gammaln
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -65,6 +64,8 @@ def exact_mean(rho_t: np.ndarray | float, sigma: float = 1.0) -> np.ndarray:
     NaN for :math:`\rho \le 1`. The mean of :math:`\psi` when
     :math:`\psi^2 \sim` Scale-inv-:math:`\chi^2(\rho, \tau^2)`.
     """
+    from scipy.special import gammaln  # here, not at the top: scipy.special takes 0.2 s to import
+
     rho_t = np.asarray(rho_t, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         value = np.sqrt(rho_t / 2) * np.exp(gammaln((rho_t - 1) / 2) - gammaln(rho_t / 2)) / sigma
@@ -78,6 +79,8 @@ def exact_variance(rho_t: np.ndarray | float, sigma: float = 1.0) -> np.ndarray:
         >>> round(float(exact_variance(1000.0)), 7)  # close to 1/(2 rho)
         0.0005019
     """
+    from scipy.special import gammaln
+
     rho_t = np.asarray(rho_t, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.exp(2 * (gammaln((rho_t - 1) / 2) - gammaln(rho_t / 2)))

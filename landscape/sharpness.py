@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy.optimize import Bounds, minimize
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -236,6 +235,8 @@ def epsilon_sharpness(
                 best[0] = value
             g = grad.double().cpu().numpy()
             return -value, -(g if matrix is None else matrix.T @ g)
+
+        from scipy.optimize import Bounds, minimize  # here: scipy.optimize takes 0.3 s to import
 
         result = minimize(
             negative,

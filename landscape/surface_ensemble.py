@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from torch import nn
 
 from landscape._data import Data
@@ -57,6 +56,8 @@ class SurfaceEnsemble:
             half = np.full_like(mean, np.nan)
             return mean, np.full_like(mean, np.nan), half
         std = values.std(axis=0, ddof=1)
+        from scipy import stats  # here, not at the top: scipy.stats takes half a second to import
+
         return mean, std, stats.t.ppf((1 + self.confidence) / 2, n - 1) * std / np.sqrt(n)
 
     def frame(self) -> pd.DataFrame:
