@@ -41,7 +41,6 @@ from studies.models import make_model
 from studies.runner import Context, Study
 from studies.store import config_hash
 from studies.train import TrainState, train
-from theory.radam import simulated_adaptive_lr_variance, variance_curves
 
 OPTIMIZERS = ("Adam", "Adam-2k", "Adam-eps", "Adam + warmup", "RAdam")
 BETAS = (0.9, 0.999)
@@ -133,6 +132,9 @@ class GradientHistogram:
 def run(config: dict[str, Any], ctx: Context) -> pd.DataFrame:
     """A theory run (Figure 8 or 9 data) or one training run."""
     if config["kind"] == "theory":
+        # here, not at the top: theory loads sympy (about a second), which no other run of any study needs
+        from theory.radam import simulated_adaptive_lr_variance, variance_curves
+
         if config["figure"] == "fig8":
             return variance_curves()
         frame = simulated_adaptive_lr_variance(BETAS, config["steps"], config["samples"], seed=0)
