@@ -104,6 +104,22 @@ def radial_view(param: Tensor, grad: Tensor, *, delta: float, wd_ratio: float, e
     return radial_views([param], [grad], delta=delta, wd_ratio=wd_ratio, eps=eps)[0]
 
 
+def projected_step(param: Tensor, direction: Tensor, view: str, *, step: float, decay: float, eps: float) -> Tensor:
+    r"""The step :math:`θ ← aθ - γ(d - \hat θ c)` as :math:`θ ← θ(a + γk) - γd` (:func:`radial_factor`), in place.
+
+    ``step`` is γ, ``decay`` is a. Returns :math:`\lVert \hat θ c\rVert` (0-dim). The radial parts of γkθ and γd
+    cancel only if both are added at the precision of the result: a float16/bfloat16 parameter is updated in
+    float32 and rounded once (in its own precision, a + γk rounds to 1 whenever γk < 2⁻⁸, and θ·d can overflow).
+    """
+    factor, norm = radial_factor(param, direction, view, eps=eps)
+    scale = factor.mul_(step).add_(decay)
+    if param.dtype in (torch.float32, torch.float64):
+        param.mul_(scale).add_(direction, alpha=-step)
+    else:
+        param.copy_(param.float().mul_(scale).add_(direction.float(), alpha=-step))
+    return norm
+
+
 def radial_factor(param: Tensor, direction: Tensor, view: str, *, eps: float) -> tuple[Tensor, Tensor]:
     r"""The removal of a direction's radial part, folded into the parameter step.
 
@@ -116,8 +132,11 @@ def radial_factor(param: Tensor, direction: Tensor, view: str, *, eps: float) ->
     so the projected direction is never written: one read of θ and d for the row dots, one of θ for the row norms,
     where removing the radial part from d takes about ten passes. Returns k (shaped to scale θ: one value per
     row, or a 0-dim tensor for ``"layer"``) and :math:`\lVert \hat θ c\rVert`, the norm of the removed part,
-    from the per-row values alone.
+    from the per-row values alone. Half-precision tensors are measured in float32 (θ·d overflows float16 long
+    before θ̂·d does).
     """
+    if param.dtype not in (torch.float32, torch.float64):
+        param, direction = param.float(), direction.float()
     rows = param.shape[0]
     param_rows, direction_rows = param.reshape(rows, 1, -1), direction.reshape(rows, 1, -1)
     dots = torch.bmm(direction_rows, param_rows.transpose(1, 2)).view(rows)  # no product written out

@@ -23,7 +23,7 @@ from optim._foreach import buckets, fused_adam, pick
 from optim._projection import (
     Projection,
     compiled_radial_views,
-    radial_factor,
+    projected_step,
     radial_view,
     radial_views,
     with_radial_norms,
@@ -70,17 +70,17 @@ def adamp(
         else:
             update = torch.div(exp_avg, denom, out=denom)
         decay = 1 - lr * weight_decay * projection.wd_ratio if weight_decay > 0 else 1.0
-        if projection.view != "none":  # the removal of u's radial part folded into the scale of θ (radial_factor)
-            factor, norm = radial_factor(param, update, projection.view, eps=eps)
+        if projection.view != "none":  # the removal of u's radial part folded into the scale of θ
+            norm = projected_step(param, update, projection.view, step=step_size, decay=decay, eps=eps)
             projection = projection._replace(radial_norm=step_size * norm.item())
-            param.mul_(factor.mul_(step_size).add_(decay))
-        elif weight_decay > 0:
-            param.mul_(decay)
-        projections.append(projection)
-        if update is None:
-            param.addcdiv_(exp_avg, denom, value=-step_size)
         else:
-            param.add_(update, alpha=-step_size)
+            if weight_decay > 0:
+                param.mul_(decay)
+            if update is None:
+                param.addcdiv_(exp_avg, denom, value=-step_size)
+            else:
+                param.add_(update, alpha=-step_size)
+        projections.append(projection)
     return projections
 
 
@@ -150,12 +150,11 @@ def adamp_foreach(
         else:
             updates = torch._foreach_div(exp_avgs_, denoms)
         decay = 1 - lr * weight_decay * ratio if weight_decay > 0 else 1.0
-        if view != "none":  # the removal of u's radial part folded into the scale of θ (radial_factor)
+        if view != "none":  # the removal of u's radial part folded into the scale of θ
             for index, param, update in zip(indices, params_, updates, strict=True):
-                factor, norm = radial_factor(param, update, view, eps=eps)
-                param.mul_(factor.mul_(step_size).add_(decay))
-                radial[index] = (step_size, norm)
-        elif weight_decay > 0:
+                radial[index] = (step_size, projected_step(param, update, view, step=step_size, decay=decay, eps=eps))
+            continue
+        if weight_decay > 0:
             torch._foreach_mul_(params_, decay)
         if updates is None:
             torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-step_size)

@@ -24,7 +24,7 @@ from optim._foreach import buckets, fused_sgd, pick
 from optim._projection import (
     Projection,
     compiled_radial_views,
-    radial_factor,
+    projected_step,
     radial_view,
     radial_views,
     with_radial_norms,
@@ -53,17 +53,17 @@ def sgdp(
         buf.mul_(momentum).add_(grad, alpha=1 - dampening)
         direction = grad.add(buf, alpha=momentum) if nesterov else buf
         projection = radial_view(param, grad, delta=delta, wd_ratio=wd_ratio, eps=eps)
-        decay = 1 - lr * weight_decay * projection.wd_ratio / (1 - momentum)
+        decay = 1 - lr * weight_decay * projection.wd_ratio / (1 - momentum) if weight_decay != 0 else 1.0
         if projection.view != "none":
             # The authors' code projects the momentum buffer itself in place; valley leaves b as it is and folds
-            # the projection into the scale of θ (radial_factor).
-            factor, norm = radial_factor(param, direction, projection.view, eps=eps)
+            # the projection into the scale of θ (projected_step).
+            norm = projected_step(param, direction, projection.view, step=lr, decay=decay, eps=eps)
             projection = projection._replace(radial_norm=lr * norm.item())
-            param.mul_(factor.mul_(lr).add_(decay))
-        elif weight_decay != 0:
-            param.mul_(decay)
+        else:
+            if weight_decay != 0:
+                param.mul_(decay)
+            param.add_(direction, alpha=-lr)
         projections.append(projection)
-        param.add_(direction, alpha=-lr)
     return projections
 
 
@@ -93,7 +93,8 @@ def sgdp_foreach(
     for view, (params_, grads_, buffers_, indices) in buckets(
         [params, grads, momentum_buffers, range(len(params))], keys
     ):
-        decay = 1 - lr * weight_decay * (1.0 if view == "none" else wd_ratio) / (1 - momentum)
+        ratio = 1.0 if view == "none" else wd_ratio
+        decay = 1 - lr * weight_decay * ratio / (1 - momentum) if weight_decay != 0 else 1.0
         if weight_decay != 0 and view == "none":  # a projection reads θ first, so there it comes later
             torch._foreach_mul_(params_, decay)
         if view == "none" and fused_sgd(
@@ -103,12 +104,11 @@ def sgdp_foreach(
         torch._foreach_mul_(buffers_, momentum)
         torch._foreach_add_(buffers_, grads_, alpha=1 - dampening)
         directions = torch._foreach_add(grads_, buffers_, alpha=momentum) if nesterov else buffers_
-        if view != "none":  # b stays unprojected, as in sgdp(): the projection is folded into θ's scale
-            for index, param, direction in zip(indices, params_, directions, strict=True):
-                factor, norm = radial_factor(param, direction, view, eps=eps)
-                param.mul_(factor.mul_(lr).add_(decay))
-                radial[index] = (lr, norm)
-        torch._foreach_add_(params_, directions, alpha=-lr)
+        if view == "none":
+            torch._foreach_add_(params_, directions, alpha=-lr)
+            continue
+        for index, param, direction in zip(indices, params_, directions, strict=True):  # b stays unprojected
+            radial[index] = (lr, projected_step(param, direction, view, step=lr, decay=decay, eps=eps))
     return with_radial_norms(projections, radial)
 
 
@@ -161,9 +161,8 @@ def sgdp_compiled(
     columns = [params, grads, momentum_buffers]
     plain = [index for index, projection in enumerate(projections) if projection.view == "none"]
     chosen = [plain[i] for i in split(at(columns, plain))[0]]
-    scalars = dict(
-        momentum=momentum, dampening=dampening, decay=1 - lr * weight_decay / (1 - momentum), lr=lr, nesterov=nesterov
-    )
+    decay = 1 - lr * weight_decay / (1 - momentum) if weight_decay != 0 else 1.0
+    scalars = dict(momentum=momentum, dampening=dampening, decay=decay, lr=lr, nesterov=nesterov)
     _RULE.run("SGDP", at(columns, chosen), [scalars] * len(chosen))  # no state changed before it compiled
     others = sorted(set(range(len(params))) - set(chosen))
     if others:
@@ -189,7 +188,7 @@ class SGDP(Checked):
     Unlike torch's SGD, the first momentum step is :math:`b = (1-τ)g` (the buffer starts at 0), as in the
     authors' code. The authors project the momentum buffer in place; valley projects only the step, so b stays
     the plain momentum average (one-line deviation, keeps b comparable across optimizers). The projection is
-    applied as a scale of θ (:func:`optim._projection.radial_factor`), never writing the projected direction.
+    applied as a scale of θ (:func:`optim._projection.projected_step`), never writing the projected direction.
 
     Args:
         params: Iterable of parameters or param groups.
@@ -203,8 +202,9 @@ class SGDP(Checked):
         wd_ratio: weight-decay factor on projected tensors. Default 0.1 (official code).
         foreach: the multi-tensor path (:func:`sgdp_foreach`); ``None`` (default) takes it when every parameter
             is on a device with multi-tensor kernels (CUDA), as torch does.
-        compiled: the projection test as a ``torch.compile``'d kernel, the step on the multi-tensor path
-            (:func:`sgdp_compiled`; the first step compiles, see :mod:`optim._compiled`). Default False.
+        compiled: the projection test and the step of each unprojected tensor as ``torch.compile``'d kernels,
+            projected tensors on the multi-tensor path (:func:`sgdp_compiled`; the first step compiles, see
+            :mod:`optim._compiled`). Default False.
 
     State per parameter: ``momentum_buffer`` b and of the last step ``projection``, ``max_cosine``,
     ``layer_cosine``, ``radial_norm`` (as :class:`~optim.AdamP`).

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import optim
+from optim._projection import projected_step
 
 TARGET = torch.tensor([[0.3, -0.5, 0.2, 0.7, -0.1], [0.0, 0.4, -0.9, 0.1, 0.5], [0.6, 0.1, 0.1, -0.3, 0.2]])
 
@@ -149,3 +150,47 @@ def test_float16_cosines_do_not_overflow(name):
     opt.step()
     assert opt.state[w]["projection"] == "none"
     assert opt.state[w]["max_cosine"] == pytest.approx(0.7, abs=1e-3)
+
+
+def _explicit_step(param, direction, view, step, decay, eps):
+    """θ ← aθ - γ(d - θ̂ (θ̂·d)) with the radial part removed explicitly, in float64 (the authors' order)."""
+    theta, d = param.double().reshape(len(param), -1), direction.double().reshape(len(param), -1)
+    norms = theta.norm(dim=1, keepdim=True) if view == "channel" else theta.norm().expand(len(theta), 1)
+    unit = theta / (norms + eps)
+    coefficients = (unit * d).sum(1, keepdim=True) if view == "channel" else (unit * d).sum().expand(len(theta), 1)
+    return (decay * theta - step * (d - unit * coefficients)).reshape(param.shape)
+
+
+# float16 and bfloat16: one rounding of the exact result (half an ulp; float32 work adds far less)
+HALF_ULP = {torch.float64: 1e-15, torch.float32: 2.0**-24 * 4, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+
+
+@pytest.mark.parametrize("dtype", list(HALF_ULP), ids=str)
+@pytest.mark.parametrize("view", ["channel", "layer"])
+def test_projected_step_rounds_once_in_every_precision(dtype, view):
+    """The folded step equals the explicit removal to the rounding of the parameter's own precision."""
+    gen = torch.Generator().manual_seed(3)
+    theta = (torch.randn(6, 4, 3, generator=gen, dtype=torch.float64) * 3).to(dtype)
+    direction = (theta.double() * 0.4 + 1e-2 * torch.randn(6, 4, 3, generator=gen, dtype=torch.float64)).to(dtype)
+    expected = _explicit_step(theta, direction, view, step=0.05, decay=0.999, eps=1e-8)
+    param = theta.clone()
+    projected_step(param, direction, view, step=0.05, decay=0.999, eps=1e-8)
+    error = (param.double() - expected).abs() / expected.abs()
+    assert param.dtype == dtype and error.max().item() <= HALF_ULP[dtype]
+
+
+def test_half_precision_projection_neither_overflows_nor_loses_the_projection():
+    """float16: θ·d of rows of norm 300 overflows float16 (65504); bfloat16: a + γk rounds to 1 in bfloat16."""
+    w = torch.nn.Parameter(torch.full((2, 4), 150.0, dtype=torch.float16))
+    opt = optim.SGDP([w], lr=0.01, momentum=0.9)
+    opt.state[w]["momentum_buffer"] = w.detach().clone()  # radial momentum, norm 300 per row
+    w.grad = torch.tensor([[1.0, -1.0, 1.0, -1.0]] * 2, dtype=torch.float16)  # g ⟂ θ: the channel view
+    opt.step()
+    assert opt.state[w]["projection"] == "channel" and torch.isfinite(w).all()
+    assert opt.state[w]["radial_norm"] == pytest.approx(0.9 * 0.01 * 300 * 2**0.5, rel=1e-3)
+    v = torch.nn.Parameter(torch.full((2, 4), 0.5, dtype=torch.bfloat16))  # rows of norm 1
+    opt = optim.SGDP([v], lr=0.1, momentum=0.9)
+    opt.state[v]["momentum_buffer"] = (v.detach() / 27).clone()
+    v.grad = torch.tensor([[1e-3, -1e-3, 1e-3, -1e-3]] * 2, dtype=torch.bfloat16)
+    opt.step()  # the step is -0.1 g, tangential: each coordinate stays within rounding of 0.5
+    assert opt.state[v]["projection"] == "channel" and v.detach().float().norm(dim=1).tolist() == [1.0, 1.0]

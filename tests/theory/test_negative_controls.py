@@ -126,12 +126,12 @@ def _landscape_sam_sharpness(monkeypatch):
 
 
 def _sgdp_projection_eps(monkeypatch):
-    original = optim.sgdp.radial_factor
+    original = optim._projection.radial_factor
 
     def wrong_eps(param, update, view, *, eps):
         return original(param, update, view, eps=1e-3)  # the normaliser theta/(|theta| + eps) with a visible eps
 
-    monkeypatch.setattr(optim.sgdp, "radial_factor", wrong_eps)
+    monkeypatch.setattr(optim._projection, "radial_factor", wrong_eps)
     return adamp.norm_growth()
 
 
