@@ -36,10 +36,17 @@ Each call of a compiled kernel costs 0.1-0.2 ms of Python on a CPU, about what a
 takes. A pointwise rule runs on the small tensors of a step together: copied into one flat work tensor per
 argument, updated in one call, and the tensors it changes copied back.
 """
-DEVICE_BATCH = 1 << 24
-"""Both limits above on a GPU (any device but the CPU): a call costs the same Python there, while a pass over
-memory is some fifty times faster, so every tensor of up to 2^24 elements is batched (the copies into and out of
-the work tensors move more bytes, but one call replaces dozens)."""
+DEVICE_OWN_CALL, DEVICE_BATCH = 1 << 20, 1 << 24
+"""The two limits above on a GPU (any device but the CPU). A call costs the same Python there while a pass over
+memory is some fifty times faster, so tensors of up to 2^20 elements are batched (the copies into and out of the
+work tensors move more bytes, but one call replaces dozens: ResNet-18's step on an H200 took 2.0 ms with its
+tensors batched, 3.2 ms with the CPU's limits). Work tensors are not kept there: torch's caching allocator
+already reuses the memory, so a step holds at most one batch's."""
+
+
+def limits(device: torch.device) -> tuple[int, int]:
+    """(fewest elements for a call of its own, most elements in one batch) for tensors on ``device``."""
+    return (OWN_CALL, BATCH) if device.type == "cpu" else (DEVICE_OWN_CALL, DEVICE_BATCH)
 
 
 class Rule:
@@ -92,7 +99,7 @@ class Rule:
             filling: dict[tuple[Any, ...], tuple[list[int], int]] = {}  # per kind: its open batch and its size
             for index, (row, values) in enumerate(zip(rows, scalars, strict=True)):
                 numel = row[0].numel()  # the row's tensors share device, dtype and shape with row[0]
-                own_call, limit = (OWN_CALL, BATCH) if row[0].device.type == "cpu" else (DEVICE_BATCH, DEVICE_BATCH)
+                own_call, limit = limits(row[0].device)
                 if not (self.pointwise and numel < own_call):
                     results[index] = compiled(*map(self._view, row), **values)
                     continue
@@ -123,21 +130,24 @@ class Rule:
                 torch._foreach_copy_(columns[i], view)
 
     def _work(self, columns: list[list[Tensor]]) -> tuple[list[Tensor], list[list[Tensor]]]:
-        """Flat work tensors for a batch (kept for the next step) and, per column, its tensors' views into them.
+        """Flat work tensors for a batch and, per column, its tensors' views into them.
 
-        At least two elements (one would compile once more); the kept ones are found again by thread, dtypes and
-        shapes (optimizers of the same shapes share them, one at a time).
+        At least two elements (one would compile once more). On a CPU they are kept for the next step (fresh large
+        allocations cost page faults there), found again by thread, dtypes and shapes (optimizers of the same shapes
+        share them, one at a time); elsewhere they are made for each batch.
         """
         key = (threading.get_ident(), *((c[0].device, c[0].dtype) for c in columns), *(t.shape for t in columns[0]))
-        if key not in self._work_kept:
-            sizes = [t.numel() for t in columns[0]]
-            total = max(sum(sizes), 2)
-            flats = [c[0].new_zeros(total) for c in columns]
-            views = [[part.view(t.shape) for part, t in zip(f.split(sizes), columns[0], strict=False)] for f in flats]
+        if key in self._work_kept:
+            return self._work_kept[key]
+        sizes = [t.numel() for t in columns[0]]
+        total = max(sum(sizes), 2)
+        flats = [c[0].new_empty(total) for c in columns]
+        views = [[part.view(t.shape) for part, t in zip(f.split(sizes), columns[0], strict=False)] for f in flats]
+        if columns[0][0].device.type == "cpu":
             if len(self._work_kept) >= KEPT:
                 self._work_kept.pop(next(iter(self._work_kept)))
             self._work_kept[key] = flats, views
-        return self._work_kept[key]
+        return flats, views
 
     def _wrapper(self) -> Callable[..., Any]:
         if self._compiled is None:
@@ -181,7 +191,7 @@ def compilable(tensors: Sequence[Tensor], pointwise: bool = True) -> bool:
     if first.dtype not in COMPILED_DTYPES or any(t.shape != first.shape or t.dtype != first.dtype for t in tensors):
         return False
     if pointwise:
-        return first.numel() < OWN_CALL or all(t.is_contiguous() for t in tensors)
+        return first.numel() < limits(first.device)[0] or all(t.is_contiguous() for t in tensors)
     rows = first.dim() >= 2 and first.shape[0] >= 2 and first[0].numel() >= 2
     return rows and all(t.is_contiguous() for t in tensors)
 

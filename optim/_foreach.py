@@ -52,12 +52,13 @@ def pick(
 
 
 def copies(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """New tensors equal to ``tensors``, in one multi-tensor op.
+    """New tensors equal to ``tensors`` bit for bit, of the same dtypes and layouts, filled by one multi-tensor copy.
 
-    x · 1 = x exactly (signed zeros, infinities and NaN included). ``torch._foreach_clone`` would say it more
-    plainly but is missing from torch releases valley supports (2.11 has none).
+    (``torch._foreach_clone`` would say it more plainly but is missing from torch releases valley supports: 2.11.)
     """
-    return list(torch._foreach_mul(list(tensors), 1.0))
+    made = [torch.empty_like(t) for t in tensors]
+    torch._foreach_copy_(made, list(tensors))
+    return made
 
 
 def buckets(

@@ -308,13 +308,14 @@ def compare_compiled(name, dtype, kwargs, device, steps=12, one_dtype=False):
 @pytest.mark.compiled
 def test_compiled_batches_and_own_calls_equal_per_tensor(monkeypatch, device):
     """AdaBelief in float64 with coupled decay: small tensors in one batch, in batches of at most 10 elements, then
-    each tensor in a call of its own (on a GPU: all in one batch, then batches of at most 10, the larger alone)."""
+    each tensor in a call of its own (the limits of a GPU alike)."""
     kwargs = {"lr": 0.02, "weight_decay": 0.1, "decoupled": False}
     compare_compiled("adabelief", torch.float64, kwargs, device, one_dtype=True)
     monkeypatch.setattr(_compiled, "BATCH", 10)
     monkeypatch.setattr(_compiled, "DEVICE_BATCH", 10)
     compare_compiled("adabelief", torch.float64, kwargs, device, one_dtype=True)
     monkeypatch.setattr(_compiled, "OWN_CALL", 8)
+    monkeypatch.setattr(_compiled, "DEVICE_OWN_CALL", 8)
     compare_compiled("adabelief", torch.float64, kwargs, device, one_dtype=True)
 
 
@@ -377,8 +378,22 @@ def test_a_compiler_failure_changes_nothing(name, monkeypatch, device):
 def test_copies_are_new_tensors_with_equal_bits():
     dense = torch.tensor([-0.0, 0.0, float("inf"), -float("inf"), float("nan"), 1e-310, -3.5], dtype=torch.float64)
     strided = torch.arange(12.0).reshape(3, 4)[:, ::2]
-    made = copies([dense, strided])
-    assert torch.equal(made[0].view(torch.int64)[:4], dense.view(torch.int64)[:4])  # signed zeros and infinities
-    assert made[0][4].isnan() and torch.equal(made[0][5:], dense[5:])  # NaN, a subnormal
+    last = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    others = [torch.tensor([complex(-0.0, -1.0), complex(1.0, float("inf"))]), torch.tensor([3, -7]), last]
+    made = copies([dense, strided, *others])
+    assert torch.equal(made[0].view(torch.int64), dense.view(torch.int64))  # signed zeros, inf, NaN, a subnormal
     assert torch.equal(made[1], strided)
-    assert all(m.data_ptr() != t.data_ptr() for m, t in zip(made, (dense, strided), strict=True))
+    assert torch.equal(made[2].view(torch.float32), others[0].view(torch.float32))  # complex: -0 and inf parts
+    assert made[3].dtype == torch.int64 and made[3].tolist() == [3, -7]
+    assert made[4].stride() == last.stride() and torch.equal(made[4], last)
+    assert all(m.data_ptr() != t.data_ptr() for m, t in zip(made, [dense, strided, *others], strict=True))
+
+
+def test_a_gpu_batches_larger_tensors_and_keeps_no_work_tensors():
+    """Off the CPU (here the meta device) tensors below 2^20 elements are batched, strided ones too."""
+    strided = torch.empty(1 << 18, 2, device="meta")[:, 0]  # 2^18 elements, not contiguous
+    assert _compiled.compilable([strided]) and not _compiled.compilable([torch.empty(1 << 18, 2)[:, 0]])
+    assert _compiled.limits(torch.device("meta")) == (_compiled.DEVICE_OWN_CALL, _compiled.DEVICE_BATCH)
+    rule = _compiled.Rule(lambda x: None, writes=())
+    flats, views = rule._work([[torch.empty(3, device="meta"), torch.empty(2, 2, device="meta")]])
+    assert flats[0].shape == (7,) and [v.shape for v in views[0]] == [(3,), (2, 2)] and not rule._work_kept
