@@ -1,5 +1,8 @@
 """Keep every test independent of the data sets installed on the machine running it; pick the device of the
-optimizer path comparisons (``--device cuda`` runs them on a GPU; every other test runs on the CPU)."""
+optimizer path comparisons (``--device cuda`` runs them on a GPU; every other test runs on the CPU); one intra-op
+thread per parallel (xdist) worker."""
+
+import os
 
 import pytest
 import torch
@@ -16,6 +19,8 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers: the parallelism is theirs, one thread each
+        torch.set_num_threads(1)  # (four workers of two threads on two cores lose a third of the time to contention)
     text = config.getoption("--device")
     if text not in ("cpu", "cuda"):
         raise pytest.UsageError(f"--device must be cpu or cuda (got {text!r})")
