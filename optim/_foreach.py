@@ -57,7 +57,8 @@ def copies(tensors: Sequence[Tensor]) -> list[Tensor]:
     (``torch._foreach_clone`` would say it more plainly but is missing from torch releases valley supports: 2.11.)
     """
     made = [torch.empty_like(t) for t in tensors]
-    torch._foreach_copy_(made, list(tensors))
+    if made:  # multi-tensor ops refuse empty lists
+        torch._foreach_copy_(made, list(tensors))
     return made
 
 

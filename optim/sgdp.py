@@ -33,6 +33,11 @@ from optim._projection import (
 __all__ = ["SGDP", "sgdp", "sgdp_compiled", "sgdp_foreach"]
 
 
+def _decay(lr: float, weight_decay: float, ratio: float, momentum: float) -> float:
+    r"""SGDP's decoupled decay factor :math:`a = 1 - γλ\,\mathrm{ratio}/(1-μ)` (1 without decay, whatever μ)."""
+    return 1 - lr * weight_decay * ratio / (1 - momentum) if weight_decay != 0 else 1.0
+
+
 def sgdp(
     params: list[Tensor],
     grads: list[Tensor],
@@ -53,7 +58,7 @@ def sgdp(
         buf.mul_(momentum).add_(grad, alpha=1 - dampening)
         direction = grad.add(buf, alpha=momentum) if nesterov else buf
         projection = radial_view(param, grad, delta=delta, wd_ratio=wd_ratio, eps=eps)
-        decay = 1 - lr * weight_decay * projection.wd_ratio / (1 - momentum) if weight_decay != 0 else 1.0
+        decay = _decay(lr, weight_decay, projection.wd_ratio, momentum)
         if projection.view != "none":
             # The authors' code projects the momentum buffer itself in place; valley leaves b as it is and folds
             # the projection into the scale of θ (projected_step).
@@ -93,8 +98,7 @@ def sgdp_foreach(
     for view, (params_, grads_, buffers_, indices) in buckets(
         [params, grads, momentum_buffers, range(len(params))], keys
     ):
-        ratio = 1.0 if view == "none" else wd_ratio
-        decay = 1 - lr * weight_decay * ratio / (1 - momentum) if weight_decay != 0 else 1.0
+        decay = _decay(lr, weight_decay, 1.0 if view == "none" else wd_ratio, momentum)
         if weight_decay != 0 and view == "none":  # a projection reads θ first, so there it comes later
             torch._foreach_mul_(params_, decay)
         if view == "none" and fused_sgd(
@@ -161,7 +165,7 @@ def sgdp_compiled(
     columns = [params, grads, momentum_buffers]
     plain = [index for index, projection in enumerate(projections) if projection.view == "none"]
     chosen = [plain[i] for i in split(at(columns, plain))[0]]
-    decay = 1 - lr * weight_decay / (1 - momentum) if weight_decay != 0 else 1.0
+    decay = _decay(lr, weight_decay, 1.0, momentum)
     scalars = dict(momentum=momentum, dampening=dampening, decay=decay, lr=lr, nesterov=nesterov)
     _RULE.run("SGDP", at(columns, chosen), [scalars] * len(chosen))  # no state changed before it compiled
     others = sorted(set(range(len(params))) - set(chosen))

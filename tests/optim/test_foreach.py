@@ -387,6 +387,7 @@ def test_copies_are_new_tensors_with_equal_bits():
     assert made[3].dtype == torch.int64 and made[3].tolist() == [3, -7]
     assert made[4].stride() == last.stride() and torch.equal(made[4], last)
     assert all(m.data_ptr() != t.data_ptr() for m, t in zip(made, [dense, strided, *others], strict=True))
+    assert copies([]) == []
 
 
 def test_a_gpu_batches_larger_tensors_and_keeps_no_work_tensors():
