@@ -136,6 +136,46 @@ def make_result(
     )
 
 
+def checked_formula(formula: object, default: sp.Basic, *also: sp.Symbol) -> sp.Basic:
+    """The formula a check tests: ``default`` when ``formula`` is None, else ``formula`` in the default's symbols.
+
+    ``also`` names further symbols the check gives a value (Adam's β₂ where the default has only β₁).
+
+    A formula in any other symbol could not be evaluated (sympy fails deep inside the check, or worse, compares it
+    as an unknown constant), so it is refused up front with the symbols named.
+
+    Raises:
+        ValueError: ``formula`` is not a sympy expression, or uses a symbol the default does not (a symbol of the
+            same name with other assumptions counts as another symbol; use the check module's own).
+
+    Example:
+        >>> import sympy as sp
+        >>> t = sp.Symbol("t", positive=True)
+        >>> checked_formula(None, 1 / t)
+        1/t
+        >>> checked_formula(2 / t + sp.Symbol("z"), 1 / t)
+        Traceback (most recent call last):
+        ...
+        ValueError: the claimed formula uses z, which this check does not define (its symbols: t)
+    """
+    if formula is None:
+        return default
+    if isinstance(formula, (int, float)) and not isinstance(formula, bool):  # a constant claim
+        formula = sp.sympify(formula)
+    if not isinstance(formula, (sp.Basic, sp.MatrixBase)):
+        raise ValueError(f"the claimed formula must be a sympy expression, got {type(formula).__name__}: {formula!r}")
+    defined = default.free_symbols | set(also)
+    unknown = formula.free_symbols - defined
+    if unknown:
+        known = ", ".join(sorted(map(str, defined))) or "none"
+        names = ", ".join(sorted(map(str, unknown)))
+        clash = {str(u) for u in unknown} & {str(k) for k in defined}
+        hint = f"; {', '.join(sorted(clash))} differ from the check's only in their assumptions" if clash else ""
+        undefined = f"the claimed formula uses {names}, which this check does not define (its symbols: {known})"
+        raise ValueError(undefined + hint)
+    return formula
+
+
 def generic_branch(expr: sp.Basic) -> sp.Basic:
     """Replace every sympy ``Piecewise`` by its branch whose condition is ``True`` (e.g. the β ≠ 1 case of a sum).
 

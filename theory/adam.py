@@ -19,7 +19,7 @@ import numpy as np
 import sympy as sp
 import torch
 
-from theory._result import CheckResult, generic_branch, is_zero, make_result, mean_and_se
+from theory._result import CheckResult, checked_formula, generic_branch, is_zero, make_result, mean_and_se
 
 __all__ = ["bias_correction", "momentum_terminal_velocity", "sparse_step_bound"]
 
@@ -59,7 +59,7 @@ def bias_correction(
         The check result; value = MC mean of v_t at ``ts[0]``, reference = E[g²]·formula. torch Adam's
         ``exp_avg_sq`` under a constant gradient 1 must equal the formula to 1e-14 as well.
     """
-    formula = BIAS if formula is None else formula
+    formula = checked_formula(formula, BIAS)
     total = sp.summation((1 - beta2_) * beta2_ ** (t_ - i_), (i_, 1, t_))
     symbolic_ok = is_zero(total - formula)
     claimed = sp.lambdify((t_, beta2_), formula, "math")
@@ -131,7 +131,7 @@ def sparse_step_bound(
     Returns:
         The check result; value = max |torch Adam's |Δ_t|/γ − formula| over ``ts``.
     """
-    formula = RATIO if formula is None else formula
+    formula = checked_formula(formula, RATIO)
     spike = sp.KroneckerDelta(i_, t_)  # g_i = g at i = t, 0 before; g_i^2 = g^2 at i = t
     m = sp.summation((1 - beta1_) * beta1_ ** (t_ - i_) * spike * g_, (i_, 1, t_))
     v = sp.summation((1 - beta2_) * beta2_ ** (t_ - i_) * spike * g_**2, (i_, 1, t_))
@@ -199,7 +199,7 @@ def momentum_terminal_velocity(
     Returns:
         The check result; value = torch SGD's step length at ``steps``, reference = the formula.
     """
-    formula = TERMINAL if formula is None else formula
+    formula = checked_formula(formula, TERMINAL)
     partial = gamma_ * g_ * generic_branch(sp.summation(mu_**k_, (k_, 0, t_ - 1)))
     limit = sp.limit(partial.subs(mu_, sp.exp(-s_)), t_, sp.oo)
     symbolic_ok = is_zero(limit - formula.subs(mu_, sp.exp(-s_)))

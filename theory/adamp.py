@@ -18,7 +18,7 @@ from __future__ import annotations
 import sympy as sp
 import torch
 
-from theory._result import CheckResult, is_zero, make_result
+from theory._result import CheckResult, checked_formula, is_zero, make_result
 
 __all__ = ["norm_growth", "scale_invariance"]
 
@@ -55,7 +55,7 @@ def scale_invariance(formula: sp.Expr | None = None, scale: float = 3.7, seed: i
     Returns:
         The check result; value = max |∇f(cw) − factor·∇f(w)| by autograd (float64), reference 0.
     """
-    formula = GRADIENT_SCALE if formula is None else formula
+    formula = checked_formula(formula, GRADIENT_SCALE)
     w = sp.symbols("w1:4", real=True)
     a, b = (1, 2, -1), (sp.Rational(1, 2), -3, 2)
     dot_a = sum(x * y for x, y in zip(a, w, strict=True))
@@ -130,7 +130,7 @@ def norm_growth(
         step by step. The projected update (``optim.SGDP`` if present, else a reference loop) must satisfy
         ‖w_{t+1}‖² = ‖w_t‖² + ‖Δw‖² (no cross term).
     """
-    formula = GROWTH if formula is None else formula
+    formula = checked_formula(formula, GROWTH)
     w, p = sp.Matrix(sp.symbols("w1:4", real=True)), sp.Matrix(sp.symbols("p1:4", real=True))
     expansion_ok = is_zero(
         (w - gamma_ * p).dot(w - gamma_ * p) - (w.dot(w) - 2 * gamma_ * w.dot(p) + gamma_**2 * p.dot(p))

@@ -22,7 +22,7 @@ import sympy as sp
 import torch
 from torch import nn
 
-from theory._result import CheckResult, is_zero, make_result, variance_and_se
+from theory._result import CheckResult, checked_formula, is_zero, make_result, variance_and_se
 
 __all__ = ["hutchinson"]
 
@@ -79,7 +79,7 @@ def hutchinson(formula: sp.Expr | None = None, samples: int = 20_000, seed: int 
         Hutchinson (k SE, and its reported SE against the exact one), Lanczos top-3 (1e-10) and SLQ first moment
         (k SE) are folded in.
     """
-    formula = VARIANCE if formula is None else formula
+    formula = checked_formula(formula, VARIANCE)
     forms = [(sp.Matrix(z).T * H_ * sp.Matrix(z))[0] for z in itertools.product((-1, 1), repeat=3)]
     mean = sp.Rational(1, len(forms)) * sum(forms)
     variance = sp.Rational(1, len(forms)) * sum(f**2 for f in forms) - mean**2

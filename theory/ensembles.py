@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from theory._result import CheckResult, is_zero, make_result, mean_and_se
+from theory._result import CheckResult, checked_formula, is_zero, make_result, mean_and_se
 
 __all__ = ["ensemble_error"]
 
@@ -48,7 +48,7 @@ def ensemble_error(
     Returns:
         The check result; value = MC mean of (mean error)² at ``covariances[0]``, reference = formula.
     """
-    formula = ENSEMBLE_ERROR if formula is None else formula
+    formula = checked_formula(formula, ENSEMBLE_ERROR)
     i, j = sp.symbols("i j", positive=True, integer=True)
     covariance = c_ + (v_ - c_) * sp.KroneckerDelta(i, j)
     inner = sp.summation(covariance, (j, 1, k_))

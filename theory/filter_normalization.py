@@ -20,7 +20,7 @@ import sympy as sp
 import torch
 from torch import nn
 
-from theory._result import CheckResult, is_zero, make_result
+from theory._result import CheckResult, checked_formula, is_zero, make_result
 
 __all__ = ["filter_normalization"]
 
@@ -71,7 +71,7 @@ def filter_normalization(
         direction normalised by the formula (float64), reference 0. ``landscape``'s filter-normalised
         ``surface_1d`` must show the same invariance; the unnormalised direction's difference is reported.
     """
-    formula = SCALE if formula is None else formula
+    formula = checked_formula(formula, SCALE)
     c = sp.Symbol("c", positive=True)
     scaled = {t: c * t for t in theta_}
     homogeneous = is_zero(formula.subs(scaled, simultaneous=True) - c * formula)

@@ -26,7 +26,15 @@ import sympy as sp
 import torch
 from scipy.special import gammaln
 
-from theory._result import CheckResult, generic_branch, is_zero, make_result, mean_and_se, variance_and_se
+from theory._result import (
+    CheckResult,
+    checked_formula,
+    generic_branch,
+    is_zero,
+    make_result,
+    mean_and_se,
+    variance_and_se,
+)
 
 __all__ = [
     "adaptive_lr_monte_carlo",
@@ -107,7 +115,7 @@ def center_of_mass(formula: sp.Expr | None = None, beta2: float = 0.999) -> Chec
         The check result. The numeric half solves the center-of-mass equation in float64 for t up to 5000 and
         reads ``rho_t`` from ``optim.RAdam``'s state when that optimizer exists.
     """
-    claimed = RHO_T if formula is None else formula
+    claimed = checked_formula(formula, RHO_T)
     com = (1 - beta2_) * generic_branch(sp.summation(beta2_ ** (t_ - i_) * i_, (i_, 1, t_))) / (1 - beta2_**t_)
     f = sp.Symbol("f", positive=True)
     sma_com = sp.summation(t_ + 1 - j_, (j_, 1, f)) / f
@@ -206,7 +214,7 @@ def scaled_inv_chi2_moments(
     Returns:
         The check result; numeric value = Var[ψ²]/(4E[ψ²]) estimated from the draws, reference = the formula.
     """
-    formula = FIRST_ORDER if formula is None else formula
+    formula = checked_formula(formula, FIRST_ORDER)
     mean = rho_ * tau_**2 / (rho_ - 2) if mean is None else mean
     variance = 2 * rho_**2 * tau_**4 / ((rho_ - 2) ** 2 * (rho_ - 4)) if variance is None else variance
     norm, m1, m2 = _moment(sp.Integer(0)), _moment(sp.Integer(1)), _moment(sp.Integer(2))
@@ -280,7 +288,7 @@ def exact_variance(
         The check result; value = MC Var[ψ] at ``rhos[0]``, reference = formula; the other ρ, monotonicity on
         [5, 500] and Var(5)/Var(500) > 100 are folded in and reported in the note.
     """
-    formula = EXACT if formula is None else formula
+    formula = checked_formula(formula, EXACT)
     variance = _moment(sp.Integer(1)) - _moment(sp.Rational(1, 2)) ** 2
     derived = is_zero(sp.gammasimp(variance - formula))
     beta_form = tau_**2 * (
@@ -350,7 +358,7 @@ def rectification(formula: sp.Expr | None = None, beta2: float = 0.999, steps: i
     Returns:
         The check result; value = max |r_t(impl) − formula| over the rectified steps.
     """
-    formula = R_T if formula is None else formula
+    formula = checked_formula(formula, R_T)
     v_inf = FIRST_ORDER.subs(rho_, rho_inf_)
     v_t = FIRST_ORDER.subs(rho_, rho_t_)
     symbolic_ok = is_zero(v_inf / v_t - formula**2) and sp.simplify(formula.subs({rho_t_: 10, rho_inf_: 20})) > 0
@@ -445,7 +453,7 @@ def adaptive_lr_monte_carlo(
     Returns:
         The check result; value = MC Var of the simple-average ψ at ``sma_ts[0]``, reference = formula at ρ = t.
     """
-    formula = EXACT if formula is None else formula
+    formula = checked_formula(formula, EXACT)
     symbolic_ok = is_zero(sp.gammasimp(_moment(sp.Integer(1)) - _moment(sp.Rational(1, 2)) ** 2 - formula))
     rng = np.random.default_rng(seed)
     sma = []

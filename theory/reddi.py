@@ -23,7 +23,7 @@ from collections.abc import Callable
 import sympy as sp
 import torch
 
-from theory._result import CheckResult, is_zero, make_result
+from theory._result import CheckResult, checked_formula, is_zero, make_result
 
 __all__ = ["reddi_counterexample"]
 
@@ -103,7 +103,7 @@ def reddi_counterexample(
     """
     if not c > 2:
         raise ValueError(f"Invalid C (must exceed 2): {c}")
-    formula = DISPLACEMENT if formula is None else formula
+    formula = checked_formula(formula, DISPLACEMENT)
     s_full = k_ * (C_**2 + 2)  # sum of g^2 after k full periods
     means = [(s_full + C_**2) / (3 * k_ + 1), (s_full + C_**2 + 1) / (3 * k_ + 2), (s_full + C_**2 + 2) / (3 * k_ + 3)]
     limits = [sp.limit(m, k_, sp.oo) for m in means]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sympy as sp
 import torch
 
-from theory._result import CheckResult, is_zero, make_result
+from theory._result import CheckResult, checked_formula, is_zero, make_result
 
 __all__ = ["kernel_gradient"]
 
@@ -44,7 +44,7 @@ def kernel_gradient(
         checkpoints), reference 0. Uses ``optim.CheckpointRepulsion.penalty()`` when it exists, else the kernel
         written here in torch.
     """
-    formula = DERIVATIVE if formula is None else formula
+    formula = checked_formula(formula, DERIVATIVE)
     derived = sp.diff(KERNEL, theta_)
     derivative_ok = is_zero(derived - formula)
     at_checkpoint = is_zero(formula.subs(theta_, theta_c_))

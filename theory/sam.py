@@ -19,7 +19,7 @@ import sympy as sp
 import torch
 from scipy.optimize import minimize
 
-from theory._result import CheckResult, is_zero, make_result
+from theory._result import CheckResult, checked_formula, is_zero, make_result
 
 __all__ = ["dual_norm", "quadratic_sharpness"]
 
@@ -57,7 +57,7 @@ def dual_norm(formula: sp.Matrix | None = None, p: float = 3.0, rho: float = 0.0
         The check result; value = ε̂·g of the claimed ε̂ at a random g, reference = the maximum of ε·g over the
         p-ball found by SLSQP. ``optim.SAM``'s perturbation is compared with ρg/‖g‖ when it exists.
     """
-    formula = EPSILON if formula is None else formula
+    formula = checked_formula(formula, EPSILON)
     s_value = sum(gi**q_ for gi in g_)
     norm_p = sp.powsimp(sp.expand(sum(e**p_ for e in formula)), force=True).subs(S_, s_value)
     dot = sp.powsimp(sp.expand(sum(e * gi for e, gi in zip(formula, g_, strict=True))).subs(S_, s_value), force=True)
@@ -184,7 +184,7 @@ def quadratic_sharpness(
     Returns:
         The check result; value = max found by projected gradient ascent (float64), reference = formula.
     """
-    formula = QUADRATIC_MAX if formula is None else formula
+    formula = checked_formula(formula, QUADRATIC_MAX)
     hessian = sp.Matrix([[3, 1, 0], [1, 3, 0], [0, 0, 1]])
     e = sp.symbols("e1:4", real=True)
     lam = sp.Symbol("lambda", real=True)

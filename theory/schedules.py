@@ -17,7 +17,7 @@ from __future__ import annotations
 import sympy as sp
 import torch
 
-from theory._result import CheckResult, is_zero, make_result
+from theory._result import CheckResult, checked_formula, is_zero, make_result
 
 __all__ = ["cosine_annealing"]
 
@@ -49,7 +49,7 @@ def cosine_annealing(
         The check result; value = max |torch's lr − formula| over ``CosineAnnealingWarmRestarts`` and the
         first cycle of ``CosineAnnealingLR``, reference 0, tolerance 1e-12·η_max.
     """
-    formula = COSINE if formula is None else formula
+    formula = checked_formula(formula, COSINE)
     ends = is_zero(formula.subs(t_, 0) - eta_max_) and is_zero(formula.subs(t_, T_) - eta_min_)
     derivative = sp.diff(formula, t_)
     flat_ends = is_zero(derivative.subs(t_, 0)) and is_zero(derivative.subs(t_, T_))

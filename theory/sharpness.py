@@ -21,7 +21,7 @@ import sympy as sp
 import torch
 from torch import nn
 
-from theory._result import CheckResult, is_zero, make_result
+from theory._result import CheckResult, checked_formula, is_zero, make_result
 
 __all__ = ["dinh_reparametrization", "keskar_box_maximum"]
 
@@ -57,7 +57,7 @@ def keskar_box_maximum(
         The check result; value = φ from ``landscape.sharpness.epsilon_sharpness`` (or a scipy L-BFGS-B fallback),
         reference = 100·formula/(1 + f(0)).
     """
-    formula = BOX_MAXIMUM if formula is None else formula
+    formula = checked_formula(formula, BOX_MAXIMUM)
     y = sp.symbols("y1:4", real=True)
     f = sum(hi * yi**2 for hi, yi in zip(h_, y, strict=True)) / 2
     stationary = sp.solve([sp.diff(f, yi) for yi in y], y, dict=True)
@@ -129,7 +129,7 @@ def dinh_reparametrization(
         the formula over ``alphas``. The models rescaled by ``landscape.reparam.rescale_relu_layers`` must compute the
         same outputs and have the predicted eigenvalue.
     """
-    formula = TOP_EIGENVALUE if formula is None else formula
+    formula = checked_formula(formula, TOP_EIGENVALUE)
     w1, w2 = sp.symbols("w1 w2", real=True)
     loss = (w2 * sp.Max(0, w1 * 1) - 1) ** 2 / 2
     point = {w1: alpha_, w2: 1 / alpha_}

@@ -50,7 +50,7 @@ from torch.nn import functional as F
 from landscape.sharpness_dynamics import SharpnessDynamics
 from optim import make
 from optim.preconditioner import stability
-from theory._result import CheckResult, is_zero, make_result
+from theory._result import CheckResult, checked_formula, is_zero, make_result
 
 __all__ = [
     "ADAM",
@@ -205,7 +205,7 @@ def _threshold_check(
 
 def gd_threshold(formula: sp.Expr | None = None, lr: float = 0.1, steps: int = 1000) -> CheckResult:
     """Item 22: gradient descent is stable on a quadratic iff λ_max(H) < 2/η."""
-    formula = GD if formula is None else formula
+    formula = checked_formula(formula, GD)
     return _threshold_check("gd", 22, "GD stability threshold 2/eta", formula, "sgd", {"lr": lr}, steps)
 
 
@@ -213,7 +213,7 @@ def heavy_ball_threshold(
     formula: sp.Expr | None = None, lr: float = 0.1, momentum: float = 0.9, steps: int = 1000
 ) -> CheckResult:
     """Item 23: heavy-ball momentum (torch SGD) is stable iff λ_max(H) < (2 + 2β)/η."""
-    formula = HEAVY_BALL if formula is None else formula
+    formula = checked_formula(formula, HEAVY_BALL)
     hyper = {"lr": lr, "momentum": momentum}
     title = "Heavy-ball stability threshold (2+2 beta)/eta"
     return _threshold_check("heavy_ball", 23, title, formula, "momentum", hyper, steps)
@@ -223,7 +223,7 @@ def nesterov_threshold(
     formula: sp.Expr | None = None, lr: float = 0.1, momentum: float = 0.9, steps: int = 1000
 ) -> CheckResult:
     """Item 24: Nesterov momentum (torch SGD) is stable iff λ_max(H) < (2 + 2β)/((1 + 2β)η)."""
-    formula = NESTEROV if formula is None else formula
+    formula = checked_formula(formula, NESTEROV)
     hyper = {"lr": lr, "momentum": momentum}
     title = "Nesterov stability threshold (2+2 beta)/((1+2 beta) eta)"
     return _threshold_check("nesterov", 24, title, formula, "nesterov", hyper, steps)
@@ -272,7 +272,7 @@ def adam_threshold(
     formula: sp.Expr | None = None, lr: float = 0.01, betas: tuple[float, float] = (0.9, 0.999), steps: int = 1000
 ) -> CheckResult:
     """Item 25: Adam with a frozen P is stable iff λ_max(P⁻¹H) < (2 + 2β₁)/((1 − β₁)η) (38/η for β₁ = 0.9)."""
-    formula = ADAM if formula is None else formula
+    formula = checked_formula(formula, ADAM, beta2_)  # the claim may use β₂: it is given one
     derived = derived_threshold("adam")
     symbolic_ok = is_zero(derived / p_ - formula)
     hyper = {"lr": lr, "betas": betas, "eps": 1e-8}

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import sympy as sp
 import torch
 
-from theory._result import CheckResult, generic_branch, is_zero, make_result
+from theory._result import CheckResult, checked_formula, generic_branch, is_zero, make_result
 
 __all__ = ["weight_prediction"]
 
@@ -200,7 +200,7 @@ def weight_prediction(formula: sp.Expr | None = None, lr: float = 0.01, s: int =
         (float64). ``optim.XGrad``'s predicted weights must equal θ̂ computed from the base state here, and the
         AdamW gap must equal its decay term.
     """
-    formula = PREDICTION if formula is None else formula
+    formula = checked_formula(formula, PREDICTION)
     symbolic = _symbolic(formula, 4)
     exact_dev, adamw_dev, impl_dev, notes, implementation = _numeric(formula, lr, s, warmup)
     return make_result(

@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import pandas as pd
@@ -7,7 +8,7 @@ import sympy as sp
 import theory
 from theory import _registry
 from theory.__main__ import main
-from theory._result import clearly_nonzero, is_zero, make_result
+from theory._result import checked_formula, clearly_nonzero, is_zero, make_result
 
 
 def _quick_check():
@@ -72,3 +73,34 @@ def test_a_clearly_nonzero_expression_is_refused_without_changing_any_verdict():
     assert not clearly_nonzero(identity)  # a sum (or its piecewise form) is never sampled
     big = sp.sqrt(2) * sp.Integer(10) ** 40  # terms near 1e80 that cancel exactly: evaluated to 60 correct digits
     assert not clearly_nonzero((big + b) ** 2 - big**2 - 2 * big * b - b**2)
+
+
+FORMULA_CHECKS = [check for check in theory.checks() if "formula" in inspect.signature(check).parameters]
+
+
+@pytest.mark.parametrize("check", FORMULA_CHECKS, ids=lambda check: f"{check.__module__}.{check.__name__}")
+def test_a_claimed_formula_in_a_symbol_the_check_does_not_define_is_refused_by_name(check):
+    with pytest.raises(ValueError, match=r"uses zeta_unknown, which this check does not define \(its symbols: "):
+        check(formula=sp.Symbol("zeta_unknown") + 1)
+
+
+def test_every_check_but_the_exponent_one_takes_a_claimed_formula():
+    assert len(FORMULA_CHECKS) == len(theory.checks()) - 1
+
+
+def test_a_symbol_named_as_the_checks_but_with_other_assumptions_is_named_as_such():
+    plain = sp.Symbol("T_cur")  # the check's T_cur is nonnegative
+    with pytest.raises(ValueError, match="uses T_cur, .*; T_cur differ from the check's only in their assumptions"):
+        theory.schedules.cosine_annealing(formula=theory.schedules.COSINE.subs(theory.schedules.t_, plain))
+
+
+def test_a_claimed_formula_that_is_not_sympy_is_refused_and_a_number_is_a_constant_claim():
+    with pytest.raises(ValueError, match="must be a sympy expression, got str"):
+        theory.schedules.cosine_annealing(formula="eta_max")
+    assert not theory.schedules.cosine_annealing(formula=0.5, steps=20).passed
+
+
+def test_adam_threshold_accepts_a_claim_in_beta_2_which_it_gives_a_value():
+    from theory.stability import ADAM, beta1_, beta2_
+
+    assert checked_formula(ADAM.subs(beta1_, beta2_), ADAM, beta2_) == ADAM.subs(beta1_, beta2_)
