@@ -11,6 +11,9 @@ new device or dtype compile again.
 The first step pays for the compilation (about 10 s on a CPU, which needs a C++ compiler for it; a cache under the
 system's temporary folder shortens it in later processes). float32 and float64 tensors take the compiled rule; others
 (bfloat16, float16, whose rounding at every op the compiled kernel would not keep) take the multi-tensor path.
+
+On a CPU each compiled kernel runs on one thread (:data:`OPTIONS`), while the multi-tensor path's ops use all of
+torch's intra-op threads: on a machine with many cores, compare the two with ``benchmarks/bench_optim.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ import torch
 from torch import Tensor
 
 COMPILED_DTYPES = (torch.float32, torch.float64)
+OPTIONS = {"cpp.threads": 1}
+"""``torch.compile``'s options: CPU kernels on one thread. Kernels spread over two threads, each waking the other
+for every loop (up to 120 µs where idle threads sleep), were no faster on two cores in an interleaved A/B run of
+ResNet-18's step (time against one thread: AdamP 0.86x, SGDP 1.00x, AdaBelief 1.11x, Expectigrad 1.07x). Stated
+here rather than left to ``torch.compile``, which plans threads from the sizes of the first tensors it compiles on
+(here stand-ins of a few elements) and caches what it planned across processes. GPU kernels are not affected."""
 KINDS = 64
 """Most compiled graphs of one rule (devices x dtypes x switch settings)."""
 BATCH = 1 << 18
@@ -151,7 +160,7 @@ class Rule:
 
     def _wrapper(self) -> Callable[..., Any]:
         if self._compiled is None:
-            self._compiled = torch.compile(self.update, dynamic=True, fullgraph=True)
+            self._compiled = torch.compile(self.update, dynamic=True, fullgraph=True, options=OPTIONS)
         return self._compiled
 
     def _prepare(self, owner: str, row: Sequence[Tensor], scalars: Mapping[str, Any]) -> None:
