@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -157,8 +158,15 @@ def peak_training_memory(
         return int(torch.cuda.max_memory_allocated(x.device) - before)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        _train_steps(model_factory, optimizer_factory, x, y, steps)
+    quiet = "KINETO_LOG_LEVEL" not in os.environ  # else torch's profiler prints two "USDT:" lines per window
+    if quiet:
+        os.environ["KINETO_LOG_LEVEL"] = "6"  # read once, when the profiler first starts in the process
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            _train_steps(model_factory, optimizer_factory, x, y, steps)
+    finally:
+        if quiet:
+            del os.environ["KINETO_LOG_LEVEL"]
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())
     return int(max(itertools.accumulate((e.nbytes() for e in events), initial=0)))

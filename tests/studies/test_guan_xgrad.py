@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -24,7 +26,7 @@ def test_tiny_run_records_accuracy_time_and_memory(tmp_path):
     assert peak[("Adam", 0)] - peak[("SGDM", 0)] >= param_bytes
 
 
-def test_peak_memory_counts_optimizer_state_exactly():
+def test_peak_memory_counts_optimizer_state_exactly(capfd):
     torch.manual_seed(0)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
 
@@ -35,6 +37,8 @@ def test_peak_memory_counts_optimizer_state_exactly():
     sgd = study.peak_training_memory(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), x, y)
     sgdm = study.peak_training_memory(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), x, y)
     assert sgdm - sgd == 4 * n  # the momentum buffers, float32
+    assert "USDT" not in capfd.readouterr().err  # torch's profiler kept quiet
+    assert "KINETO_LOG_LEVEL" not in os.environ
 
 
 def test_make_optimizer_wraps_only_for_positive_steps():
