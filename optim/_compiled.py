@@ -27,11 +27,12 @@ from torch import Tensor
 
 COMPILED_DTYPES = (torch.float32, torch.float64)
 OPTIONS = {"cpp.threads": 1}
-"""``torch.compile``'s options: CPU kernels on one thread. Kernels spread over two threads, each waking the other
-for every loop (up to 120 µs where idle threads sleep), were no faster on two cores in an interleaved A/B run of
-ResNet-18's step (time against one thread: AdamP 0.86x, SGDP 1.00x, AdaBelief 1.11x, Expectigrad 1.07x). Stated
-here rather than left to ``torch.compile``, which plans threads from the sizes of the first tensors it compiles on
-(here stand-ins of a few elements) and caches what it planned across processes. GPU kernels are not affected."""
+"""``torch.compile``'s options: CPU kernels on one thread. Kernels spread over two threads (each parallel loop wakes
+the other thread: up to 120 µs where idle threads sleep) took 0.95-1.11x the time of one thread for the compiled
+steps of AdamP, SGDP, AdaBelief and Expectigrad on ResNet-18's parameters, in two interleaved A/B runs on two cores.
+Stated here rather than left to ``torch.compile``, which plans threads from the sizes of the first tensors it
+compiles on (here stand-ins of a few elements) and caches what it planned across processes. GPU kernels are not
+affected."""
 KINDS = 64
 """Most compiled graphs of one rule (devices x dtypes x switch settings)."""
 BATCH = 1 << 18
