@@ -145,8 +145,9 @@ def checked_formula(formula: object, default: sp.Basic, *also: sp.Symbol) -> sp.
     as an unknown constant), so it is refused up front with the symbols named.
 
     Raises:
-        ValueError: ``formula`` is not a sympy expression, or uses a symbol the default does not (a symbol of the
-            same name with other assumptions counts as another symbol; use the check module's own).
+        ValueError: ``formula`` is not a sympy expression, is a Matrix where the default is not (or of another
+            shape, or the other way round), or uses a symbol the default does not (a symbol of the same name with
+            other assumptions counts as another symbol; use the check module's own).
 
     Example:
         >>> import sympy as sp
@@ -173,6 +174,10 @@ def checked_formula(formula: object, default: sp.Basic, *also: sp.Symbol) -> sp.
         hint = f"; {', '.join(sorted(clash))} differ from the check's only in their assumptions" if clash else ""
         undefined = f"the claimed formula uses {names}, which this check does not define (its symbols: {known})"
         raise ValueError(undefined + hint)
+    shape = default.shape if isinstance(default, sp.MatrixBase) else None
+    if shape != (formula.shape if isinstance(formula, sp.MatrixBase) else None):
+        wanted = f"a {shape[0]}x{shape[1]} sympy Matrix" if shape else "a scalar expression, not a Matrix"
+        raise ValueError(f"the claimed formula must be {wanted}, like the check's own; got {formula!r}")
     return formula
 
 

@@ -104,3 +104,12 @@ def test_adam_threshold_accepts_a_claim_in_beta_2_which_it_gives_a_value():
     from theory.stability import ADAM, beta1_, beta2_
 
     assert checked_formula(ADAM.subs(beta1_, beta2_), ADAM, beta2_) == ADAM.subs(beta1_, beta2_)
+
+
+def test_a_claimed_formula_of_another_shape_than_the_checks_is_refused():
+    with pytest.raises(ValueError, match="must be a 3x1 sympy Matrix, like the check's own; got 1"):
+        theory.sam.dual_norm(formula=1)
+    with pytest.raises(ValueError, match="must be a 3x1 sympy Matrix"):
+        theory.sam.dual_norm(formula=sp.Matrix([1, 2]))
+    with pytest.raises(ValueError, match="must be a scalar expression, not a Matrix"):
+        theory.schedules.cosine_annealing(formula=sp.Matrix([theory.schedules.COSINE]))
