@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from torch.optim.optimizer import _default_to_fused_or_foreach
 
 from optim.adabelief import AdaBelief
 from optim.adam2k import Adam2k
@@ -43,6 +44,20 @@ def _sgd(group: dict[str, Any], p: Tensor, state: dict[str, Any], grad: Tensor |
             return None
         return grad.add(buf, alpha=group["momentum"]), _full(p, group["lr"])
     return buf.clone(), _full(p, group["lr"])
+
+
+def _nesterov_overwrites_grad(group: dict[str, Any], p: Tensor) -> bool:
+    """Whether torch's SGD leaves g + μb in ``.grad``.
+
+    Its multi-tensor path with Nesterov momentum, no weight decay and no ``maximize`` adds μb to the gradients in
+    place (torch 2.13).
+    """
+    if not group.get("nesterov") or group.get("fused") or group.get("maximize") or group.get("weight_decay", 0):
+        return False
+    foreach = group.get("foreach")
+    if foreach is None:  # torch's own default: multi-tensor for tensors on CUDA and similar devices
+        foreach = _default_to_fused_or_foreach([p], differentiable=False, use_fused=False)[1]
+    return bool(foreach)
 
 
 def _adam(group: dict[str, Any], p: Tensor, state: dict[str, Any], grad: Tensor | None) -> Direction | None:
@@ -165,12 +180,18 @@ def has_rule(optimizer: Optimizer) -> bool:
 
 
 @torch.no_grad()
-def direction(optimizer: Optimizer, group: dict[str, Any], p: Tensor, grad: Tensor | None = None) -> Direction | None:
+def direction(
+    optimizer: Optimizer, group: dict[str, Any], p: Tensor, grad: Tensor | None = None, *, read_after_step: bool = False
+) -> Direction | None:
     """Return (Δ, η) for ``p`` from ``optimizer.state[p]`` (``None`` before the first step or when unknown).
 
     ``grad`` is the last gradient, needed only where the state does not hold the direction (SGD without
-    momentum, RMSprop without momentum, Adagrad, Nesterov variants, Expectigrad with β = 0).
+    momentum, RMSprop without momentum, Adagrad, Nesterov variants, Expectigrad with β = 0). With
+    ``read_after_step`` it is ``p.grad`` as the step left it: torch's multi-tensor Nesterov SGD adds μb to it in
+    place, so there it already holds Δ = g + μb.
     """
+    if read_after_step and grad is not None and type(optimizer) is SGD and _nesterov_overwrites_grad(group, p):
+        return grad.clone(), _full(p, group["lr"])
     rule = _RULES.get(type(optimizer))
     state = optimizer.state.get(p, {})
     if rule is None or (not state and rule is not _sgd):  # torch's SGD keeps no state without momentum

@@ -107,7 +107,7 @@ def inspect(
                 "update_ratio": math.nan,
                 **{f"step_size_q{round(q * 100):02d}": math.nan for q in QUANTILES},
             }
-            found = direction(base, group, p, p.grad)
+            found = direction(base, group, p, p.grad, read_after_step=True)
             if found is not None:
                 delta, rate = found
                 update_norm = lr * torch.linalg.vector_norm(delta).item()

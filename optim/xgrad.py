@@ -110,16 +110,17 @@ class XGrad(Wrapper):
 
     @torch.no_grad()
     def _base_step(self) -> None:
-        self.base_optimizer.step()
-
         def with_grad(group: dict[str, Any]) -> list[torch.Tensor]:
             if group["xgrad_steps"] == 0 or not _needs_last_grad(self.base_optimizer, group):
                 return []
             return [p for p in group["params"] if p.grad is not None]
 
-        for _, params in self._batches("xgrad_foreach", with_grad):
-            for p, grad in zip(params, copies([p.grad for p in params]), strict=True):
-                self.state[p]["grad"] = grad  # last gradient, for Δ
+        # the last gradient, for Δ, copied before the base step: torch's multi-tensor Nesterov SGD overwrites .grad
+        last = [(params, copies([p.grad for p in params])) for _, params in self._batches("xgrad_foreach", with_grad)]
+        self.base_optimizer.step()
+        for params, grads in last:
+            for p, grad in zip(params, grads, strict=True):
+                self.state[p]["grad"] = grad
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Run the closure at the predicted weights (if given), then step the base optimizer; return the loss.

@@ -131,6 +131,8 @@ BASES = {
     "sgdm": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
     "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05),
     "nesterov": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
+    # torch's multi-tensor Nesterov SGD overwrites .grad with g + μb: XGrad must keep g from before the step
+    "nesterov_foreach": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, foreach=True),
     "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=0.01),
     "rmsprop_momentum": lambda ps: torch.optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True),
     "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
