@@ -152,7 +152,10 @@ class Rule:
         sizes = [t.numel() for t in columns[0]]
         total = max(sum(sizes), 2)
         flats = [c[0].new_empty(total) for c in columns]
-        views = [[part.view(t.shape) for part, t in zip(f.split(sizes), columns[0], strict=False)] for f in flats]
+        views = [
+            [part.view(t.shape) for part, t in zip(f[: sum(sizes)].split(sizes), columns[0], strict=True)]
+            for f in flats
+        ]
         if columns[0][0].device.type == "cpu":
             if len(self._work_kept) >= KEPT:
                 self._work_kept.pop(next(iter(self._work_kept)))

@@ -334,6 +334,21 @@ def test_compiled_equals_per_tensor_on_every_branch(name, overrides, kwargs_for,
 
 
 @pytest.mark.compiled
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_steps_a_lone_scalar_parameter(name, device):
+    """A batch of one element (a learnable temperature alone in its group): its work tensor is padded to two."""
+    runs = []
+    for compiled in (False, True):
+        p = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64, device=device))
+        opt = optim.make(name, [p], lr=0.1, compiled=compiled)
+        for step in range(3):
+            p.grad = torch.tensor(0.5 - step, dtype=torch.float64, device=device)
+            opt.step()
+        runs.append(p.detach().clone())
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-12, atol=0)
+
+
+@pytest.mark.compiled
 def test_compiled_cpu_kernels_run_on_one_thread(monkeypatch):
     """Stated in the options, not planned from the first tensors' sizes: even a large first tensor gets one thread."""
     rule = _compiled.Rule(lambda a, b: (a * b).sum(1), writes=(), pointwise=False)
@@ -417,3 +432,9 @@ def test_a_gpu_batches_larger_tensors_and_keeps_no_work_tensors():
     rule = _compiled.Rule(lambda x: None, writes=())
     flats, views = rule._work([[torch.empty(3, device="meta"), torch.empty(2, 2, device="meta")]])
     assert flats[0].shape == (7,) and [v.shape for v in views[0]] == [(3,), (2, 2)] and not rule._work_kept
+
+
+def test_work_tensors_of_a_single_element_are_padded_to_two():
+    rule = _compiled.Rule(lambda x: None, writes=())
+    flats, views = rule._work([[torch.empty(())], [torch.empty(())]])
+    assert [f.shape for f in flats] == [(2,), (2,)] and [v[0].shape for v in views] == [(), ()]
