@@ -161,11 +161,22 @@ class Checked(Optimizer):
         """Raise ``ValueError`` when values of one group contradict each other (none by default)."""
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Check the group's own hyperparameters and their relations with the defaults, then add it."""
+        """Check the group's own hyperparameters and their relations with the defaults, then add it.
+
+        Complex parameters are refused: the update rules are written for real tensors (a complex g·g would make
+        the second moment complex, not |g|²).
+        """
         if isinstance(param_group, dict):
             check_group(param_group, self.HYPERPARAMETERS)
             self.check_relations({**self.defaults, **param_group})
         super().add_param_group(param_group)
+        complex_ = next((p for p in self.param_groups[-1]["params"] if p.is_complex()), None)
+        if complex_ is not None:
+            self.param_groups.pop()
+            raise ValueError(
+                f"{type(self).__name__} takes real parameters only, got a {complex_.dtype} one of shape "
+                f"{tuple(complex_.shape)} (optimize its real and imaginary parts as real parameters)"
+            )
 
 
 _ADAM = {

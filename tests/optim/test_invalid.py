@@ -233,3 +233,19 @@ def test_repulsion_refuses_a_foreach_that_is_not_a_switch():
     with pytest.raises(ValueError, match=r"Invalid foreach: 'yes' \(must be None, True or False\)"):
         optim.CheckpointRepulsion([w], foreach="yes")
     assert optim.CheckpointRepulsion([w], foreach=np.bool_(False)).foreach is False
+
+
+OWN_CLASSES = [optim.RAdam, optim.Adam2k, optim.AdamP, optim.SGDP, optim.AdaBelief, optim.AdaM3, optim.Expectigrad]
+
+
+@pytest.mark.parametrize("cls", OWN_CLASSES, ids=lambda cls: cls.__name__)
+def test_valleys_own_optimizers_refuse_complex_parameters(cls):
+    """Their moments would be complex (g·g, not |g|²): a silently wrong step, so refused in the constructor and
+    in add_param_group, which leaves the groups as they were."""
+    real, cplx = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(4, 4, dtype=torch.complex64))
+    with pytest.raises(ValueError, match=r"takes real parameters only, got a torch.complex64 one of shape \(4, 4\)"):
+        cls([real, cplx], lr=0.1)
+    opt = cls([real], lr=0.1)
+    with pytest.raises(ValueError, match="takes real parameters only"):
+        opt.add_param_group({"params": (p for p in [cplx])})
+    assert len(opt.param_groups) == 1
