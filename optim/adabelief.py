@@ -317,7 +317,7 @@ class AdaBelief(Checked):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=check_betas("betas", betas),
             eps=eps,
             weight_decay=weight_decay,
             decoupled=decoupled,

@@ -134,7 +134,9 @@ class Adam2k(Checked):
         freeze_steps: int = 2000,
         foreach: bool | None = None,
     ) -> None:
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, freeze_steps=freeze_steps, foreach=foreach))
+        super().__init__(
+            params, dict(lr=lr, betas=check_betas("betas", betas), eps=eps, freeze_steps=freeze_steps, foreach=foreach)
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -159,7 +159,12 @@ class AdaM3(Checked):
         foreach: bool | None = None,
     ) -> None:
         defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, decoupled=decoupled, foreach=foreach
+            lr=lr,
+            betas=check_betas("betas", betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled=decoupled,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
 

@@ -261,7 +261,7 @@ class AdamP(Checked):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=check_betas("betas", betas),
             eps=eps,
             weight_decay=weight_decay,
             delta=delta,

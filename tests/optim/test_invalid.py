@@ -249,3 +249,10 @@ def test_valleys_own_optimizers_refuse_complex_parameters(cls):
     with pytest.raises(ValueError, match="takes real parameters only"):
         opt.add_param_group({"params": (p for p in [cplx])})
     assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("cls", OWN_CLASSES[:3] + OWN_CLASSES[4:6], ids=lambda cls: cls.__name__)  # those with betas
+@pytest.mark.parametrize("betas", [None, 0.9, "ab"])
+def test_betas_that_are_not_a_pair_are_named_not_iterated(cls, betas):
+    with pytest.raises(ValueError, match=r"Invalid betas: .* \(need two values\)"):
+        cls([torch.nn.Parameter(torch.ones(2))], lr=0.1, betas=betas)
