@@ -328,6 +328,29 @@ class Expectigrad(Checked):
         self.register_load_state_dict_pre_hook(_keep_saved_counters)
         self.register_load_state_dict_post_hook(_restore_saved_counters)
 
+    def _check_switches(self) -> None:
+        """Refuse a ``beta`` raised above 0 or a ``sparse_counter`` switched on after a parameter's first step.
+
+        Its momentum m, or its count n of nonzero gradients, was not kept until then, and neither can be
+        recovered from the state: starting them at 0 would be a different algorithm. Checked before any state
+        changes.
+        """
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if not state or p.grad is None:
+                    continue
+                for key, needed, switch in (
+                    ("exp_avg", group["beta"] > 0, "beta > 0"),
+                    ("counter", group["sparse_counter"], "sparse_counter=True"),
+                ):
+                    if needed and key not in state:
+                        raise ValueError(
+                            f"Expectigrad: {switch} set after step {state['step']} of a parameter that did not keep "
+                            f"its {'momentum m' if key == 'exp_avg' else 'count n of nonzero gradients'} until then; "
+                            "set it from the first step, or start a new optimizer"
+                        )
+
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:
         params, grads, sum_sqs, counters, exp_avgs, states = [], [], [], [], [], []
         for p in group["params"]:
@@ -371,6 +394,7 @@ class Expectigrad(Checked):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one step; ``closure`` (optional) re-evaluates the model and returns the loss."""
         loss = evaluate(closure)
+        self._check_switches()
         for group in self.param_groups:
             params, grads, sum_sqs, counters, exp_avgs, states = self._init_group(group)
             kernel = pick(expectigrad, expectigrad_foreach, group, params, expectigrad_compiled)

@@ -256,3 +256,20 @@ def test_valleys_own_optimizers_refuse_complex_parameters(cls):
 def test_betas_that_are_not_a_pair_are_named_not_iterated(cls, betas):
     with pytest.raises(ValueError, match=r"Invalid betas: .* \(need two values\)"):
         cls([torch.nn.Parameter(torch.ones(2))], lr=0.1, betas=betas)
+
+
+@pytest.mark.parametrize(
+    ("key", "first", "later", "text"), [("beta", 0.0, 0.9, "momentum m"), ("sparse_counter", False, True, "count n")]
+)
+def test_expectigrad_refuses_a_state_it_did_not_keep_and_changes_nothing(key, first, later, text):
+    """Raising β above 0 or switching the sparse counter on mid-run would start m or n at 0: refused, state intact."""
+    p, q = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = optim.Expectigrad([{"params": [q]}, {"params": [p], key: first}], lr=0.1)
+    p.grad, q.grad = torch.ones(3), torch.ones(2)
+    opt.step()
+    opt.param_groups[1][key] = later
+    before = (p.detach().clone(), q.detach().clone(), opt.state[q]["step"], opt.state[q]["sum_sq"].clone())
+    with pytest.raises(ValueError, match=f"{key}.* set after step 1 of a parameter that did not keep its {text}"):
+        opt.step()
+    assert torch.equal(p, before[0]) and torch.equal(q, before[1])  # the first group did not step either
+    assert opt.state[q]["step"] == before[2] and torch.equal(opt.state[q]["sum_sq"], before[3])
