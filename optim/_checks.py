@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -164,13 +165,20 @@ class Checked(Optimizer):
         """Check the group's own hyperparameters and their relations with the defaults, then add it.
 
         Complex parameters are refused: the update rules are written for real tensors (a complex g·g would make
-        the second moment complex, not |g|²).
+        the second moment complex, not |g|²). So is a parameter listed twice in a group (torch only warns): it
+        would be stepped twice per step, differently on each path.
         """
         if isinstance(param_group, dict):
             check_group(param_group, self.HYPERPARAMETERS)
             self.check_relations({**self.defaults, **param_group})
-        super().add_param_group(param_group)
-        complex_ = next((p for p in self.param_groups[-1]["params"] if p.is_complex()), None)
+        with warnings.catch_warnings():  # torch's warning about duplicates: refused below instead
+            warnings.filterwarnings("ignore", "optimizer contains a parameter group with duplicate parameters")
+            super().add_param_group(param_group)
+        params = self.param_groups[-1]["params"]
+        if len({id(p) for p in params}) < len(params):
+            self.param_groups.pop()
+            raise ValueError(f"{type(self).__name__}: a parameter group lists the same parameter twice")
+        complex_ = next((p for p in params if p.is_complex()), None)
         if complex_ is not None:
             self.param_groups.pop()
             raise ValueError(

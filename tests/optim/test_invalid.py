@@ -273,3 +273,11 @@ def test_expectigrad_refuses_a_state_it_did_not_keep_and_changes_nothing(key, fi
         opt.step()
     assert torch.equal(p, before[0]) and torch.equal(q, before[1])  # the first group did not step either
     assert opt.state[q]["step"] == before[2] and torch.equal(opt.state[q]["sum_sq"], before[3])
+
+
+@pytest.mark.parametrize("cls", OWN_CLASSES, ids=lambda cls: cls.__name__)
+def test_valleys_own_optimizers_refuse_a_parameter_listed_twice(cls, recwarn):
+    p = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match=f"{cls.__name__}: a parameter group lists the same parameter twice"):
+        cls([p, p], lr=0.1)
+    assert not [w for w in recwarn if "duplicate" in str(w.message)]  # refused, not warned about as well
