@@ -340,15 +340,14 @@ class Expectigrad(Checked):
                 state = self.state.get(p)
                 if not state or p.grad is None:
                     continue
-                for key, needed, switch in (
-                    ("exp_avg", group["beta"] > 0, "beta > 0"),
-                    ("counter", group["sparse_counter"], "sparse_counter=True"),
+                for key, needed, switch, kept in (
+                    ("exp_avg", group["beta"] > 0, "beta > 0", "momentum m"),
+                    ("counter", group["sparse_counter"], "sparse_counter=True", "count n of nonzero gradients"),
                 ):
                     if needed and key not in state:
                         raise ValueError(
                             f"Expectigrad: {switch} set after step {state['step']} of a parameter that did not keep "
-                            f"its {'momentum m' if key == 'exp_avg' else 'count n of nonzero gradients'} until then; "
-                            "set it from the first step, or start a new optimizer"
+                            f"its {kept} until then; set it from the first step, or start a new optimizer"
                         )
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:
