@@ -153,9 +153,13 @@ def radial_factor(param: Tensor, direction: Tensor, view: str, *, eps: float) ->
 
 
 def _cosines(param: Tensor, grad: Tensor, *, eps: float) -> Tensor:
-    """``[max_cosine, layer_cosine]`` of one tensor seen as rows, for the compiled path (one pass over θ and g)."""
-    dots = (grad * param).sum(1)
-    grad_norms, param_norms = (grad * grad).sum(1).sqrt(), (param * param).sum(1).sqrt()
+    """``[max_cosine, layer_cosine]`` of one tensor, for the compiled path (one pass over θ and g).
+
+    The tensors come as rows x pieces x piece length: a row's sums are the sums of its pieces' sums
+    (:data:`optim._compiled.PIECE`).
+    """
+    dots = (grad * param).sum(2).sum(1)
+    grad_norms, param_norms = (grad * grad).sum(2).sum(1).sqrt(), (param * param).sum(2).sum(1).sqrt()
     channel = dots.abs() / (grad_norms.clamp(min=eps) * param_norms.clamp(min=eps))
     layer_grad, layer_param = grad_norms.square().sum().sqrt(), param_norms.square().sum().sqrt()
     return torch.stack([channel.amax(), dots.sum().abs() / (layer_grad.clamp(min=eps) * layer_param.clamp(min=eps))])

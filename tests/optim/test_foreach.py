@@ -351,7 +351,7 @@ def test_compiled_steps_a_lone_scalar_parameter(name, device):
 @pytest.mark.compiled
 def test_compiled_cpu_kernels_run_on_one_thread(monkeypatch):
     """Stated in the options, not planned from the first tensors' sizes: even a large first tensor gets one thread."""
-    rule = _compiled.Rule(lambda a, b: (a * b).sum(1), writes=(), pointwise=False)
+    rule = _compiled.Rule(lambda a, b: (a * b).flatten(1).sum(1), writes=(), pointwise=False)
     monkeypatch.setattr(rule, "_prepare", lambda *args: None)  # compiled on the first real call, a large tensor
     rows = [torch.rand(64, 4097)], [torch.rand(64, 4097)]
     threads = torch.get_num_threads()

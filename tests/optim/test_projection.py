@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+from torch._inductor.utils import run_and_get_code
 
 import optim
-from optim._projection import projected_step
+from optim._compiled import pieces
+from optim._projection import _COSINES, compiled_radial_views, cosines, projected_step
 
 TARGET = torch.tensor([[0.3, -0.5, 0.2, 0.7, -0.1], [0.0, 0.4, -0.9, 0.1, 0.5], [0.6, 0.1, 0.1, -0.3, 0.2]])
 
@@ -55,6 +57,38 @@ def test_compiled_path_projects_as_the_per_tensor_path(name, loss_fn):
     torch.testing.assert_close(w_c, w, rtol=1e-12, atol=1e-14)
     for key in ("max_cosine", "layer_cosine", "radial_norm"):
         assert opt_c.state[w_c][key] == pytest.approx(opt.state[w][key], rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize(("length", "count"), [(3, 1), (4096, 1), (4608, 2), (12288, 3), (4099, 1), (8194, 1)])
+def test_rows_are_cut_into_the_fewest_equal_pieces_of_at_most_4096(length, count):
+    assert pieces(length) == count  # 8194 = 2 x 4097: 3 to 6 pieces do not divide it, so it stays whole
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_cosines_of_long_rows_equal_the_per_tensor_ones(dtype):
+    """Rows of 4608 (two pieces), 4099 (prime: whole) and 300 elements, against the per-tensor cosines."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(6, 512, 3, 3), (5, 4099), (7, 300)]
+    params = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    grads = [torch.randn(s, generator=gen, dtype=dtype) + 0.01 * p for s, p in zip(shapes, params, strict=True)]
+    found = compiled_radial_views("test", params, grads, delta=0.1, wd_ratio=0.1, eps=1e-8)
+    expected = cosines([p.double() for p in params], [g.double() for g in grads], eps=1e-8)
+    for projection, (max_cosine, layer_cosine) in zip(found, expected.tolist(), strict=True):
+        tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+        assert projection.max_cosine == pytest.approx(max_cosine, rel=tolerance)
+        assert projection.layer_cosine == pytest.approx(layer_cosine, rel=tolerance)
+
+
+@pytest.mark.compiled
+def test_compiled_cosines_of_long_float32_rows_sum_in_pieces(monkeypatch):
+    """A row of 4608 float32 values is summed as two pieces: no cascade-sum helper kept per row (a third slower)."""
+    monkeypatch.setattr(_COSINES, "_ready", set())
+    monkeypatch.setattr(_COSINES, "_compiled", None)
+    param, grad = torch.randn(8, 512, 3, 3), torch.randn(8, 512, 3, 3)
+    with torch._inductor.config.patch(force_disable_caches=True):
+        _, code = run_and_get_code(compiled_radial_views, "test", [param], [grad], delta=0.1, wd_ratio=0.1, eps=1e-8)
+    assert code and "CascadeSumHelper" not in "".join(code)
 
 
 @pytest.mark.parametrize("name", list(FACTORIES))
