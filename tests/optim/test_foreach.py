@@ -349,6 +349,23 @@ def test_compiled_steps_a_lone_scalar_parameter(name, device):
 
 
 @pytest.mark.compiled
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_numbers_are_inputs_a_new_learning_rate_compiles_nothing(name, device):
+    """The step-dependent numbers (learning rate, bias corrections) reach the kernels as one tensor: a learning rate
+    changed at every step, as by a schedule, runs the graphs compiled at the first step."""
+    params, loss_fn = mixed_problem(torch.float64, device=device)
+    opt = optim.make(name, params, lr=0.02, compiled=True)
+    for step in range(4):
+        opt.param_groups[0]["lr"] = 0.02 / (1 + step)
+        opt.zero_grad()
+        loss_fn().backward()
+        opt.step()
+        if step == 0:
+            torch._dynamo.utils.counters.clear()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
+
+
+@pytest.mark.compiled
 def test_compiled_cpu_kernels_run_on_one_thread(monkeypatch):
     """Stated in the options, not planned from the first tensors' sizes: even a large first tensor gets one thread."""
     rule = _compiled.Rule(lambda a, b: (a * b).flatten(1).sum(1), writes=(), pointwise=False)
