@@ -14,8 +14,9 @@ The first step pays for the compilation (about 10 s on a CPU, which needs a C++ 
 system's temporary folder shortens it in later processes). float32 and float64 tensors take the compiled rule; others
 (bfloat16, float16, whose rounding at every op the compiled kernel would not keep) take the multi-tensor path.
 
-On a CPU each compiled kernel runs on one thread (:data:`OPTIONS`), while the multi-tensor path's ops use all of
-torch's intra-op threads: on a machine with many cores, compare the two with ``benchmarks/bench_optim.py``.
+On a CPU a compiled kernel runs on one thread unless its tensor is large (:data:`PARALLEL`), while the multi-tensor
+path's ops use all of torch's intra-op threads: on a machine with many cores, compare the two with
+``benchmarks/bench_optim.py``.
 """
 
 from __future__ import annotations
@@ -28,13 +29,18 @@ import torch
 from torch import Tensor
 
 COMPILED_DTYPES = (torch.float32, torch.float64)
-OPTIONS = {"cpp.threads": 1}
-"""``torch.compile``'s options: CPU kernels on one thread. Kernels spread over two threads (each parallel loop wakes
-the other thread: up to 120 µs where idle threads sleep) took 0.95-1.11x the time of one thread for the compiled
-steps of AdamP, SGDP, AdaBelief and Expectigrad on ResNet-18's parameters, in two interleaved A/B runs on two cores.
-Stated here rather than left to ``torch.compile``, which plans threads from the sizes of the first tensors it
-compiles on (here stand-ins of a few elements) and caches what it planned across processes. GPU kernels are not
-affected."""
+PARALLEL = 1 << 20
+"""Fewest elements for which a CPU tensor of a pointwise rule gets a kernel on all of torch's intra-op threads; the
+others, and every kernel of a rule over rows, run on one thread. In interleaved runs on two cores (idle threads
+sleeping, ``OMP_WAIT_POLICY=PASSIVE``) two threads for ResNet-18's four tensors of at least 2^20 elements took
+AdaBelief's compiled step from 14.5 to 12.4 ms and SGDP's from 16.3 to 15.7 ms (2^19 gained nothing more); below
+that, waking the other thread (up to 120 µs a parallel region) costs about what it saves. A rule over rows has
+several parallel loops per kernel (rows, then their combination), each ending in a wait for the other thread: two
+threads took as long as one for AdamP's projection test.
+
+The thread count is stated in ``torch.compile``'s options (``cpp.threads``) rather than left to it: it plans
+threads from the sizes of the first tensors it compiles on (stand-ins of a few elements here) and caches what it
+planned across processes. GPU kernels are not affected."""
 KINDS = 64
 """Most compiled graphs of one rule (devices x dtypes x switch settings)."""
 BATCH = 1 << 18
@@ -82,7 +88,7 @@ class Rule:
         self.update = update
         self.writes = tuple(writes)
         self.pointwise = pointwise
-        self._compiled: Callable[..., Any] | None = None  # torch.compile's wrapper, made on first use
+        self._compiled: dict[int, Callable[..., Any]] = {}  # torch.compile's wrappers by CPU threads, made on first use
         self._ready: set[tuple[Any, ...]] = set()
         self._work_kept: dict[tuple[Any, ...], tuple[list[Tensor], list[list[Tensor]]]] = {}
 
@@ -96,7 +102,7 @@ class Rule:
         seen = set()  # rows that share scalars (one dict), device and dtype are one kind: checked once per call
         with torch._dynamo.config.patch(recompile_limit=KINDS):
             for row, values in zip(zip(*columns, strict=True), scalars, strict=True):
-                key = (id(values), row[0].device, row[0].dtype, tuple(t is None for t in row))
+                key = (id(values), row[0].device, row[0].dtype, tuple(t is None for t in row), self._threads(row[0]))
                 if key not in seen:
                     seen.add(key)
                     self._prepare(owner, row, values)
@@ -116,12 +122,12 @@ class Rule:
         # every device x dtype x switch kind is one compiled graph of the same function: allow more of them than
         # torch's default of 8 per function before it gives up
         with torch._dynamo.config.patch(recompile_limit=KINDS):
-            compiled = self._wrapper()
             filling: dict[tuple[Any, ...], tuple[list[int], int]] = {}  # per kind: its open batch and its size
             for index, (row, values) in enumerate(zip(rows, scalars, strict=True)):
                 numel = row[0].numel()  # the row's tensors share device, dtype and shape with row[0]
                 own_call, limit = limits(row[0].device)
                 if not (self.pointwise and numel < own_call):
+                    compiled = self._wrapper(self._threads(row[0]))
                     results[index] = compiled(*map(self._view, row), **packed(values, row[0].device, arguments))
                     continue
                 kind = (id(values), row[0].device, row[0].dtype, tuple(t is None for t in row))
@@ -132,13 +138,11 @@ class Rule:
                 batch.append(index)
                 filling[kind] = batch, size + numel
             for indices in batches:
-                first = rows[indices[0]][0]
-                self._batched(
-                    compiled, [rows[i] for i in indices], packed(scalars[indices[0]], first.device, arguments)
-                )
+                device = rows[indices[0]][0].device
+                self._batched([rows[i] for i in indices], packed(scalars[indices[0]], device, arguments))
         return results
 
-    def _batched(self, compiled: Callable[..., Any], rows: list[Sequence[Tensor]], arguments: dict[str, Any]) -> None:
+    def _batched(self, rows: list[Sequence[Tensor]], arguments: dict[str, Any]) -> None:
         """One call on the rows' tensors gathered into flat work tensors, then the changed ones copied back."""
         columns = [list(column) for column in zip(*rows, strict=True)]
         kept = [i for i, column in enumerate(columns) if column[0] is not None]
@@ -148,7 +152,7 @@ class Rule:
         tensors: list[Tensor | None] = [None] * len(columns)
         for flat, i in zip(flats, kept, strict=True):
             tensors[i] = flat
-        compiled(*tensors, **arguments)
+        self._wrapper(1)(*tensors, **arguments)  # a batch holds at most BATCH < PARALLEL elements
         for view, i in zip(views, kept, strict=True):
             if i in self.writes:
                 torch._foreach_copy_(columns[i], view)
@@ -176,26 +180,34 @@ class Rule:
             self._work_kept[key] = flats, views
         return flats, views
 
-    def _wrapper(self) -> Callable[..., Any]:
-        if self._compiled is None:
+    def _threads(self, tensor: Tensor) -> int:
+        """CPU threads of the kernel for ``tensor`` (:data:`PARALLEL`); 1 on a GPU, where the option means nothing."""
+        large = self.pointwise and tensor.device.type == "cpu" and tensor.numel() >= PARALLEL
+        return torch.get_num_threads() if large else 1
+
+    def _wrapper(self, threads: int) -> Callable[..., Any]:
+        if threads not in self._compiled:
             update = self.update
 
             def unpacked(*tensors: Tensor | None, numbers: Tensor, names: tuple[str, ...], **switches: bool) -> Any:
                 return update(*tensors, **dict(zip(names, numbers.unbind(), strict=True)), **switches)
 
-            self._compiled = torch.compile(unpacked, dynamic=True, fullgraph=True, options=OPTIONS)
-        return self._compiled
+            options = {"cpp.threads": threads}
+            self._compiled[threads] = torch.compile(unpacked, dynamic=True, fullgraph=True, options=options)
+        return self._compiled[threads]
 
     def _prepare(self, owner: str, row: Sequence[Tensor], scalars: Mapping[str, Any]) -> None:
         switches = tuple(sorted((k, v) for k, v in scalars.items() if isinstance(v, bool)))
-        kind = (tuple(None if t is None else (t.device, t.dtype) for t in row), switches)
+        threads = self._threads(row[0])
+        kind = (tuple(None if t is None else (t.device, t.dtype) for t in row), switches, threads)
         if kind in self._ready:
             return
-        # distinct sizes (equal ones would compile as one symbol); rows in one piece, as most are (size 1 is a constant)
-        shape = (3,) if self.pointwise else (2, 1, 3)
+        # distinct sizes (equal ones would compile as one symbol); rows in one piece, as most are (size 1 is a
+        # constant); a parallel kernel's stand-ins are large, or torch.compile plans it serial whatever the option
+        shape = ((PARALLEL if threads > 1 else 3),) if self.pointwise else (2, 1, 3)
         stand_ins = [None if t is None else torch.full(shape, 0.5, dtype=t.dtype, device=t.device) for t in row]
         try:
-            self._wrapper()(*stand_ins, **packed(scalars, row[0].device, {}))
+            self._wrapper(threads)(*stand_ins, **packed(scalars, row[0].device, {}))
         except Exception as error:  # torch.compile raises many types; all mean the same to the caller
             first = (str(error).strip().splitlines() or [""])[0]
             raise RuntimeError(

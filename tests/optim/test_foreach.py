@@ -383,6 +383,41 @@ def test_compiled_cpu_kernels_run_on_one_thread(monkeypatch):
     assert code and "omp parallel" not in "".join(code)
 
 
+@pytest.mark.compiled
+@pytest.mark.parametrize(("numel", "parallel"), [(1 << 19, False), (1 << 20, True)])
+def test_compiled_cpu_kernels_of_large_tensors_run_on_every_thread(numel, parallel):
+    """A pointwise rule's tensor of 2^20 elements or more gets a kernel on torch's intra-op threads, planned so even
+    though the kernel was compiled on stand-ins; smaller ones stay on one thread."""
+    rule = _compiled.Rule(lambda a, b: a.copy_(a * b), writes=(0,))
+    rows = [torch.rand(numel)], [torch.rand(numel)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch._inductor.config.patch(force_disable_caches=True):
+            _, code = run_and_get_code(rule.run, "test", rows, [{}])
+    finally:
+        torch.set_num_threads(threads)
+    assert code and ("omp parallel num_threads(2)" in "".join(code)) == parallel
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_steps_a_large_tensor_as_the_per_tensor_path(name):
+    """A tensor of 2^20 elements (its kernel on every intra-op thread) beside a small one, over three steps."""
+    runs = []
+    for compiled in (False, True):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in ((1 << 10, 1 << 10), (3, 4))]
+        opt = optim.make(name, params, lr=0.01, compiled=compiled)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        runs.append([p.detach().clone() for p in params])
+    for compiled, per_tensor in zip(*runs, strict=True):
+        torch.testing.assert_close(compiled, per_tensor, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", COMPILED)
 def test_low_precision_takes_the_multi_tensor_path(name, kwargs_for, monkeypatch, device):
     """bfloat16 tensors never reach the compiler (it would not round at every op as the per-tensor path does)."""
@@ -391,7 +426,7 @@ def test_low_precision_takes_the_multi_tensor_path(name, kwargs_for, monkeypatch
         raise AssertionError("a bfloat16 tensor reached torch.compile")
 
     for rule in RULES:
-        monkeypatch.setattr(rule, "_compiled", not_to_be_called)
+        monkeypatch.setattr(rule, "_wrapper", lambda threads: not_to_be_called)
         monkeypatch.setattr(rule, "_ready", set())
     compare_compiled(name, torch.bfloat16, kwargs_for(name), device, one_dtype=True)
 
@@ -410,7 +445,7 @@ def test_a_compiler_failure_changes_nothing(name, monkeypatch, device):
         raise OSError("cc: not found\nmore lines")
 
     for rule in RULES:
-        monkeypatch.setattr(rule, "_compiled", broken)
+        monkeypatch.setattr(rule, "_wrapper", lambda threads: broken)
         monkeypatch.setattr(rule, "_ready", set())
     torch.manual_seed(0)
     params, loss_fn = mixed_problem(torch.float64, device=device)

@@ -84,7 +84,7 @@ def test_compiled_cosines_of_long_rows_equal_the_per_tensor_ones(dtype):
 def test_compiled_cosines_of_long_float32_rows_sum_in_pieces(monkeypatch):
     """A row of 4608 float32 values is summed as two pieces: no cascade-sum helper kept per row (a third slower)."""
     monkeypatch.setattr(_COSINES, "_ready", set())
-    monkeypatch.setattr(_COSINES, "_compiled", None)
+    monkeypatch.setattr(_COSINES, "_compiled", {})
     param, grad = torch.randn(8, 512, 3, 3), torch.randn(8, 512, 3, 3)
     with torch._inductor.config.patch(force_disable_caches=True):
         _, code = run_and_get_code(compiled_radial_views, "test", [param], [grad], delta=0.1, wd_ratio=0.1, eps=1e-8)
