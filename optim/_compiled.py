@@ -7,8 +7,7 @@ reduction, such as AdamP's projection test). Shapes are dynamic, so one compiled
 device and dtype, whatever its size. The rule's numbers (step-dependent factors) reach the kernel as one float64
 tensor, an input rather than constants, so no step recompiles (as Python floats they would be inputs too, but each
 costs a conversion on every call: 77 µs a call with four of them, 47 µs with the tensor). Only boolean switches (a
-branch of the rule), a new device or dtype, and for a rule over rows a row cut into pieces for the first time
-(:data:`PIECE`) compile again.
+branch of the rule), a new device or dtype, and a kernel's first tensor of :data:`PARALLEL` elements compile again.
 
 The first step pays for the compilation (about 10 s on a CPU, which needs a C++ compiler for it; a cache under the
 system's temporary folder shortens it in later processes). float32 and float64 tensors take the compiled rule; others
@@ -30,13 +29,14 @@ from torch import Tensor
 
 COMPILED_DTYPES = (torch.float32, torch.float64)
 PARALLEL = 1 << 20
-"""Fewest elements for which a CPU tensor of a pointwise rule gets a kernel on all of torch's intra-op threads; the
-others, and every kernel of a rule over rows, run on one thread. In interleaved runs on two cores (idle threads
-sleeping, ``OMP_WAIT_POLICY=PASSIVE``) two threads for ResNet-18's four tensors of at least 2^20 elements took
-AdaBelief's compiled step from 14.5 to 12.4 ms and SGDP's from 16.3 to 15.7 ms (2^19 gained nothing more); below
-that, waking the other thread (up to 120 µs a parallel region) costs about what it saves. A rule over rows has
-several parallel loops per kernel (rows, then their combination), each ending in a wait for the other thread: two
-threads took as long as one for AdamP's projection test.
+"""Fewest elements for which a CPU tensor gets a kernel on all of torch's intra-op threads; the others run on one.
+
+In interleaved runs on two cores (idle threads sleeping, ``OMP_WAIT_POLICY=PASSIVE``) two threads for ResNet-18's
+four tensors of at least 2^20 elements took AdaBelief's compiled step from 14.3 to 12.3 ms and Expectigrad's from
+15.8 to 13.4 ms (2^19 gained nothing more); below that, waking the other thread (up to 120 µs a parallel region)
+costs about what it saves. A rule over rows is therefore kept to one loop (its rows' sums, combined by the caller):
+each further parallel loop in a kernel ends in a wait for the other thread, and a projection test that also
+combined its rows in the kernel took as long on two threads as on one.
 
 The thread count is stated in ``torch.compile``'s options (``cpp.threads``) rather than left to it: it plans
 threads from the sizes of the first tensors it compiles on (stand-ins of a few elements here) and caches what it
@@ -62,10 +62,10 @@ tensors batched, 3.2 ms with the CPU's limits). Work tensors are not kept there:
 already reuses the memory, so a step holds at most one batch's."""
 PIECE = 4096
 """Most elements of a row piece: a rule over rows sees each row cut into equal pieces of at most this many elements
-where the row length has such a divisor (:func:`pieces`), and sums a row as sums of its pieces. ``torch.compile``
-sums more than 4096 float32 values on a CPU with a cascade (pairwise) helper kept per row, whose bookkeeping made
-the projection test of ResNet-18's four 512 x 4608 tensors take 8.1 ms against 5.3 ms in pieces of 2304 (one
-thread; a read of the same two tensors by ``torch.dot`` on two threads took 2.5 ms).
+where the row length has such a divisor (:func:`pieces`), one piece per row of its view; the caller adds up a row's
+pieces. ``torch.compile`` sums more than 4096 float32 values on a CPU with a cascade (pairwise) helper kept per
+row, whose bookkeeping made the projection test of ResNet-18's four 512 x 4608 tensors take 8.1 ms against 5.3 ms
+in pieces of 2304 (one thread; a read of the same two tensors by ``torch.dot`` on two threads took 2.5 ms).
 The pieces are summed in float32 by eight vector lanes each, as torch's own reductions do."""
 
 
@@ -80,8 +80,8 @@ class Rule:
     ``update(*tensors, **scalars)`` changes the tensors at the positions ``writes`` in place (a position may hold
     ``None`` for a state the optimizer does not keep, such as Expectigrad's momentum at β = 0). A ``pointwise``
     rule treats every element alike and sees its tensors flattened; otherwise (AdamP's projection, which reduces
-    over rows) it sees them as one row per output channel, cut into pieces (:data:`PIECE`), and may return
-    per-tensor measurements.
+    over rows) it sees them as rows, one per piece of an output channel's row (:data:`PIECE`), and returns what it
+    measures.
     """
 
     def __init__(self, update: Callable[..., Any], *, writes: Sequence[int], pointwise: bool = True) -> None:
@@ -180,10 +180,10 @@ class Rule:
             self._work_kept[key] = flats, views
         return flats, views
 
-    def _threads(self, tensor: Tensor) -> int:
+    @staticmethod
+    def _threads(tensor: Tensor) -> int:
         """CPU threads of the kernel for ``tensor`` (:data:`PARALLEL`); 1 on a GPU, where the option means nothing."""
-        large = self.pointwise and tensor.device.type == "cpu" and tensor.numel() >= PARALLEL
-        return torch.get_num_threads() if large else 1
+        return torch.get_num_threads() if tensor.device.type == "cpu" and tensor.numel() >= PARALLEL else 1
 
     def _wrapper(self, threads: int) -> Callable[..., Any]:
         if threads not in self._compiled:
@@ -202,9 +202,12 @@ class Rule:
         kind = (tuple(None if t is None else (t.device, t.dtype) for t in row), switches, threads)
         if kind in self._ready:
             return
-        # distinct sizes (equal ones would compile as one symbol); rows in one piece, as most are (size 1 is a
-        # constant); a parallel kernel's stand-ins are large, or torch.compile plans it serial whatever the option
-        shape = ((PARALLEL if threads > 1 else 3),) if self.pointwise else (2, 1, 3)
+        # distinct sizes (equal ones would compile as one symbol); a parallel kernel's stand-ins are large, or
+        # torch.compile plans it serial whatever the option
+        if self.pointwise:
+            shape: tuple[int, ...] = (PARALLEL,) if threads > 1 else (3,)
+        else:
+            shape = (PARALLEL // 2048, 2048) if threads > 1 else (2, 3)
         stand_ins = [None if t is None else torch.full(shape, 0.5, dtype=t.dtype, device=t.device) for t in row]
         try:
             self._wrapper(threads)(*stand_ins, **packed(scalars, row[0].device, {}))
@@ -220,7 +223,7 @@ class Rule:
     def _view(self, tensor: Tensor | None) -> Tensor | None:
         """The tensor as the rule sees it: same memory, outside autograd (one compiled kind).
 
-        Flat for a pointwise rule; otherwise rows x pieces x piece length (:func:`pieces`).
+        Flat for a pointwise rule; otherwise (rows x pieces) x piece length (:func:`pieces`).
         """
         if tensor is None:
             return None
@@ -228,7 +231,7 @@ class Rule:
         if self.pointwise:
             return tensor.view(-1)
         rows = tensor.shape[0]
-        return tensor.view(rows, pieces(tensor.numel() // rows), -1)
+        return tensor.view(rows * pieces(tensor.numel() // rows), -1)
 
 
 def pieces(length: int) -> int:

@@ -152,40 +152,58 @@ def radial_factor(param: Tensor, direction: Tensor, view: str, *, eps: float) ->
     return factors, torch.linalg.vector_norm(coefficients * row_norms / denominators)
 
 
-def _cosines(param: Tensor, grad: Tensor, *, eps: float) -> Tensor:
-    """``[max_cosine, layer_cosine]`` of one tensor, for the compiled path (one pass over θ and g).
+def _row_sums(param: Tensor, grad: Tensor) -> Tensor:
+    """``[g·θ, g·g, θ·θ]`` of each row of the rule's view, for the compiled path: 3 x rows, one pass over θ and g.
 
-    The tensors come as rows x pieces x piece length: a row's sums are the sums of its pieces' sums
-    (:data:`optim._compiled.PIECE`).
+    A row of the view is a piece of an output channel's row (:data:`optim._compiled.PIECE`).
     """
-    dots = (grad * param).sum(2).sum(1)
-    grad_norms, param_norms = (grad * grad).sum(2).sum(1).sqrt(), (param * param).sum(2).sum(1).sqrt()
-    channel = dots.abs() / (grad_norms.clamp(min=eps) * param_norms.clamp(min=eps))
-    layer_grad, layer_param = grad_norms.square().sum().sqrt(), param_norms.square().sum().sqrt()
-    return torch.stack([channel.amax(), dots.sum().abs() / (layer_grad.clamp(min=eps) * layer_param.clamp(min=eps))])
+    return torch.stack([(grad * param).sum(1), (grad * grad).sum(1), (param * param).sum(1)])
 
 
-_COSINES = Rule(_cosines, writes=(), pointwise=False)
+_ROW_SUMS = Rule(_row_sums, writes=(), pointwise=False)
+
+
+def _summed_cosines(sums: list[Tensor], counts: list[int], *, eps: float) -> list[tuple[float, float]]:
+    r"""``(max_cosine, layer_cosine)`` of each tensor from its row pieces' ``[g·θ, g·g, θ·θ]`` (:func:`_row_sums`).
+
+    The same cosines as :func:`cosines`, from squares: a row's :math:`c^2 = (g·θ)^2/(\max(g·g, ε^2)\max(θ·θ, ε^2))`,
+    in float64 (no square overflows or underflows there), with the square roots taken of the two values per tensor
+    only (a CPU square root of a few thousand values wakes every intra-op thread: about 0.1 ms where idle threads
+    sleep). The rows of all tensors are padded into one table, so each step of this is one op for all of them.
+    """
+    stats = torch.zeros(3, len(counts), max(counts), dtype=torch.float64, device=sums[0].device)
+    for index, (row_sums, count) in enumerate(zip(sums, counts, strict=True)):
+        stats[:, index, :count] = row_sums.view(3, count, -1).sum(2)  # a row's pieces added up
+    dots, grad_squares, param_squares = stats
+    floor = eps * eps
+    channel = dots.square() / (grad_squares.clamp(min=floor) * param_squares.clamp(min=floor))
+    if floor * floor == 0:  # a padded row's 0/(ε²)² is 0/0 only where (ε²)² underflows
+        rows = torch.arange(stats.shape[2], device=stats.device)
+        channel = channel.where(rows < torch.tensor(counts, device=stats.device)[:, None], 0.0)
+    layer = dots.sum(1).square() / (grad_squares.sum(1).clamp(min=floor) * param_squares.sum(1).clamp(min=floor))
+    squares = torch.stack([channel.amax(1), layer], dim=1).tolist()
+    return [(math.sqrt(channel_square), math.sqrt(layer_square)) for channel_square, layer_square in squares]
 
 
 def compiled_radial_views(
     owner: str, params: list[Tensor], grads: list[Tensor], *, delta: float, wd_ratio: float, eps: float
 ) -> list[Projection]:
-    """:func:`radial_views` with the cosines of each float32/float64 tensor from one compiled kernel.
+    """:func:`radial_views` with the row sums of each float32/float64 tensor from one compiled kernel.
 
-    The kernel reads θ and g once for the row dots and both row norms (:func:`cosines` reads them three times);
-    the cosines of all tensors are read back in one transfer. Other tensors take :func:`radial_views`.
+    The kernel reads θ and g once for the row dots and both squared row norms (:func:`cosines` reads them three
+    times); the cosines of all tensors of a device and dtype are made at once and read back in one transfer
+    (:func:`_summed_cosines`). Other tensors take :func:`radial_views`.
     """
     chosen, others = split([params, grads], pointwise=False)
     found: dict[int, Projection] = dict(
         zip(others, radial_views(*at([params, grads], others), delta=delta, wd_ratio=wd_ratio, eps=eps), strict=True)
     )
     if chosen:
-        scalars = dict(eps=eps)
-        values = _COSINES.run(owner, at([params, grads], chosen), [scalars] * len(chosen))
-        read = torch.stack([v.to(values[0].device, torch.float64) for v in values]).tolist()
-        for index, (max_cosine, layer_cosine) in zip(chosen, read, strict=True):
-            found[index] = decide(params[index], max_cosine, layer_cosine, delta=delta, wd_ratio=wd_ratio)
+        sums = _ROW_SUMS.run(owner, at([params, grads], chosen), [{}] * len(chosen))
+        rows = [params[i].shape[0] for i in chosen]
+        for _, (sums_, counts, indices) in buckets([sums, rows, chosen], cpu_parts=False):
+            for index, (max_cosine, layer_cosine) in zip(indices, _summed_cosines(sums_, counts, eps=eps), strict=True):
+                found[index] = decide(params[index], max_cosine, layer_cosine, delta=delta, wd_ratio=wd_ratio)
     return [found[index] for index in range(len(params))]
 
 

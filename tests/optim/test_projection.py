@@ -6,7 +6,7 @@ from torch._inductor.utils import run_and_get_code
 
 import optim
 from optim._compiled import pieces
-from optim._projection import _COSINES, compiled_radial_views, cosines, projected_step
+from optim._projection import _ROW_SUMS, compiled_radial_views, cosines, projected_step
 
 TARGET = torch.tensor([[0.3, -0.5, 0.2, 0.7, -0.1], [0.0, 0.4, -0.9, 0.1, 0.5], [0.6, 0.1, 0.1, -0.3, 0.2]])
 
@@ -65,15 +65,17 @@ def test_rows_are_cut_into_the_fewest_equal_pieces_of_at_most_4096(length, count
 
 
 @pytest.mark.compiled
+@pytest.mark.parametrize("eps", [1e-8, 1e-90])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_compiled_cosines_of_long_rows_equal_the_per_tensor_ones(dtype):
-    """Rows of 4608 (two pieces), 4099 (prime: whole) and 300 elements, against the per-tensor cosines."""
+def test_compiled_cosines_of_long_rows_equal_the_per_tensor_ones(dtype, eps):
+    """Rows of 4608 (two pieces), 4099 (prime: whole) and 300 elements, against the per-tensor cosines; tensors of
+    6, 5 and 7 rows share one zero-padded table, whose padding must not count (at ε = 1e-90, ε⁴ underflows)."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(6, 512, 3, 3), (5, 4099), (7, 300)]
     params = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
     grads = [torch.randn(s, generator=gen, dtype=dtype) + 0.01 * p for s, p in zip(shapes, params, strict=True)]
-    found = compiled_radial_views("test", params, grads, delta=0.1, wd_ratio=0.1, eps=1e-8)
-    expected = cosines([p.double() for p in params], [g.double() for g in grads], eps=1e-8)
+    found = compiled_radial_views("test", params, grads, delta=0.1, wd_ratio=0.1, eps=eps)
+    expected = cosines([p.double() for p in params], [g.double() for g in grads], eps=eps)
     for projection, (max_cosine, layer_cosine) in zip(found, expected.tolist(), strict=True):
         tolerance = 1e-12 if dtype == torch.float64 else 1e-5
         assert projection.max_cosine == pytest.approx(max_cosine, rel=tolerance)
@@ -83,8 +85,8 @@ def test_compiled_cosines_of_long_rows_equal_the_per_tensor_ones(dtype):
 @pytest.mark.compiled
 def test_compiled_cosines_of_long_float32_rows_sum_in_pieces(monkeypatch):
     """A row of 4608 float32 values is summed as two pieces: no cascade-sum helper kept per row (a third slower)."""
-    monkeypatch.setattr(_COSINES, "_ready", set())
-    monkeypatch.setattr(_COSINES, "_compiled", {})
+    monkeypatch.setattr(_ROW_SUMS, "_ready", set())
+    monkeypatch.setattr(_ROW_SUMS, "_compiled", {})
     param, grad = torch.randn(8, 512, 3, 3), torch.randn(8, 512, 3, 3)
     with torch._inductor.config.patch(force_disable_caches=True):
         _, code = run_and_get_code(compiled_radial_views, "test", [param], [grad], delta=0.1, wd_ratio=0.1, eps=1e-8)
