@@ -486,7 +486,9 @@ class FastEvaluator:
             count = len(weights[rows])
             # buffers reused by every pass: fresh large allocations cost page faults on CPU
             z = self._scratch(0, (count, *parts.shape[1:]), parts)
-            torch.mm(weights[rows], flat_parts, out=z.view(count, -1))
+            # origin's part plus the coefficients times the directions' parts: a product of inner dimension 3 took
+            # 17% longer for the MLP benchmark's 51 x 51 surface than this copy and product of inner dimension 2
+            torch.addmm(flat_parts[0].expand(count, -1), coords[rows], flat_parts[1:], out=z.view(count, -1))
             for slot, ((kind, what), layer) in enumerate(zip(self.chain, layers, strict=True), start=1):
                 if kind == "linear":
                     w, b = layer
