@@ -173,7 +173,7 @@ def _summed_cosines(sums: list[Tensor], counts: list[int], *, eps: float) -> lis
     """
     stats = torch.zeros(3, len(counts), max(counts), dtype=torch.float64, device=sums[0].device)
     for index, (row_sums, count) in enumerate(zip(sums, counts, strict=True)):
-        stats[:, index, :count] = row_sums.view(3, count, -1).sum(2)  # a row's pieces added up
+        stats[:, index, :count] = row_sums if row_sums.shape[1] == count else row_sums.view(3, count, -1).sum(2)
     dots, grad_squares, param_squares = stats
     floor = eps * eps
     channel = dots.square() / (grad_squares.clamp(min=floor) * param_squares.clamp(min=floor))
