@@ -92,45 +92,43 @@ class Rule:
         self._ready: set[tuple[Any, ...]] = set()
         self._work_kept: dict[tuple[Any, ...], tuple[list[Tensor], list[list[Tensor]]]] = {}
 
-    def prepare(self, owner: str, columns: Sequence[Sequence[Tensor]], scalars: Sequence[Mapping[str, Any]]) -> None:
-        """Compile for every kind of row of ``columns`` (devices, dtypes, boolean switches) not compiled yet.
-
-        Each kind compiles on small stand-in tensors, so a failure (no C++ compiler, say) changes no parameter and
-        no state tensor (the step counters have counted the step, so the optimizer is not to be stepped again);
-        it is raised as a ``RuntimeError`` naming ``owner``.
-        """
-        seen = set()  # rows that share scalars (one dict), device and dtype are one kind: checked once per call
-        with torch._dynamo.config.patch(recompile_limit=KINDS):
-            for row, values in zip(zip(*columns, strict=True), scalars, strict=True):
-                key = (id(values), row[0].device, row[0].dtype, tuple(t is None for t in row), self._threads(row[0]))
-                if key not in seen:
-                    seen.add(key)
-                    self._prepare(owner, row, values)
-
     def run(self, owner: str, columns: Sequence[Sequence[Tensor]], scalars: Sequence[Mapping[str, Any]]) -> list[Any]:
         """Run the rule on each row of parallel ``columns`` (a tensor and its partners) with its scalars.
 
         Returns the rule's result for each row (``None`` for batched rows: rows that share their scalars, the same
-        dict, may be batched). Compiles first (:meth:`prepare`); a kernel that runs several rules prepares them
-        all before it runs any.
+        dict, may be batched). Every kind of row (scalars, device, dtype, absent tensors, CPU threads) compiles
+        first, on small stand-in tensors, so a failure (no C++ compiler, say) changes no parameter and no state
+        tensor (the step counters have counted the step, so the optimizer is not to be stepped again); it is raised
+        as a ``RuntimeError`` naming ``owner``.
         """
-        self.prepare(owner, columns, scalars)
         rows = list(zip(*columns, strict=True))
+        threads = torch.get_num_threads()
+        kinds = []
+        for row, values in zip(rows, scalars, strict=True):
+            first = row[0]  # the row's tensors share device, dtype and shape with it
+            large = first.device.type == "cpu" and first.numel() >= PARALLEL
+            kinds.append(
+                (id(values), first.device, first.dtype, tuple(t is None for t in row), threads if large else 1)
+            )
         results: list[Any] = [None] * len(rows)
         batches: list[list[int]] = []
         arguments: dict[tuple[int, torch.device], dict[str, Any]] = {}  # per scalars dict and device
         # every device x dtype x switch kind is one compiled graph of the same function: allow more of them than
         # torch's default of 8 per function before it gives up
         with torch._dynamo.config.patch(recompile_limit=KINDS):
+            first_of: dict[tuple[Any, ...], int] = {}  # every kind compiles before any row runs
+            for index, kind in enumerate(kinds):
+                first_of.setdefault(kind, index)
+            for index in first_of.values():
+                self._prepare(owner, rows[index], scalars[index], kinds[index][-1])
             filling: dict[tuple[Any, ...], tuple[list[int], int]] = {}  # per kind: its open batch and its size
-            for index, (row, values) in enumerate(zip(rows, scalars, strict=True)):
-                numel = row[0].numel()  # the row's tensors share device, dtype and shape with row[0]
-                own_call, limit = limits(row[0].device)
+            for index, (row, values, kind) in enumerate(zip(rows, scalars, kinds, strict=True)):
+                numel = row[0].numel()
+                own_call, limit = limits(kind[1])
                 if not (self.pointwise and numel < own_call):
-                    compiled = self._wrapper(self._threads(row[0]))
-                    results[index] = compiled(*map(self._view, row), **packed(values, row[0].device, arguments))
+                    compiled = self._wrapper(kind[-1])
+                    results[index] = compiled(*self._views(row), **packed(values, kind[1], arguments))
                     continue
-                kind = (id(values), row[0].device, row[0].dtype, tuple(t is None for t in row))
                 batch, size = filling.get(kind, ([], limit))
                 if size + numel > limit:
                     batch, size = [], 0
@@ -138,7 +136,7 @@ class Rule:
                 batch.append(index)
                 filling[kind] = batch, size + numel
             for indices in batches:
-                device = rows[indices[0]][0].device
+                device = kinds[indices[0]][1]
                 self._batched([rows[i] for i in indices], packed(scalars[indices[0]], device, arguments))
         return results
 
@@ -180,11 +178,6 @@ class Rule:
             self._work_kept[key] = flats, views
         return flats, views
 
-    @staticmethod
-    def _threads(tensor: Tensor) -> int:
-        """CPU threads of the kernel for ``tensor`` (:data:`PARALLEL`); 1 on a GPU, where the option means nothing."""
-        return torch.get_num_threads() if tensor.device.type == "cpu" and tensor.numel() >= PARALLEL else 1
-
     def _wrapper(self, threads: int) -> Callable[..., Any]:
         if threads not in self._compiled:
             update = self.update
@@ -196,9 +189,9 @@ class Rule:
             self._compiled[threads] = torch.compile(unpacked, dynamic=True, fullgraph=True, options=options)
         return self._compiled[threads]
 
-    def _prepare(self, owner: str, row: Sequence[Tensor], scalars: Mapping[str, Any]) -> None:
+    def _prepare(self, owner: str, row: Sequence[Tensor], scalars: Mapping[str, Any], threads: int) -> None:
+        """Compile the kind of ``row`` (:meth:`run`) on stand-ins, unless done; ``threads`` as in :data:`PARALLEL`."""
         switches = tuple(sorted((k, v) for k, v in scalars.items() if isinstance(v, bool)))
-        threads = self._threads(row[0])
         kind = (tuple(None if t is None else (t.device, t.dtype) for t in row), switches, threads)
         if kind in self._ready:
             return
@@ -220,18 +213,17 @@ class Rule:
             ) from error
         self._ready.add(kind)
 
-    def _view(self, tensor: Tensor | None) -> Tensor | None:
-        """The tensor as the rule sees it: same memory, outside autograd (one compiled kind).
+    def _views(self, row: Sequence[Tensor | None]) -> list[Tensor | None]:
+        """The row's tensors as the rule sees them: same memory, outside autograd (one compiled kind).
 
         Flat for a pointwise rule; otherwise (rows x pieces) x piece length (:func:`pieces`).
         """
-        if tensor is None:
-            return None
-        tensor = tensor.detach()
         if self.pointwise:
-            return tensor.view(-1)
-        rows = tensor.shape[0]
-        return tensor.view(rows * pieces(tensor.numel() // rows), -1)
+            shape: tuple[int, ...] = (-1,)
+        else:
+            rows = row[0].shape[0]
+            shape = (rows * pieces(row[0].numel() // rows), -1)
+        return [None if tensor is None else tensor.detach().view(shape) for tensor in row]
 
 
 def pieces(length: int) -> int:
