@@ -81,13 +81,22 @@ class Rule:
     ``None`` for a state the optimizer does not keep, such as Expectigrad's momentum at β = 0). A ``pointwise``
     rule treats every element alike and sees its tensors flattened; otherwise (AdamP's projection, which reduces
     over rows) it sees them as rows, one per piece of an output channel's row (:data:`PIECE`), and returns what it
-    measures.
+    measures; there the tensors at the positions ``per_row`` hold one value per row of that view (a per-row scale),
+    seen as a column.
     """
 
-    def __init__(self, update: Callable[..., Any], *, writes: Sequence[int], pointwise: bool = True) -> None:
+    def __init__(
+        self,
+        update: Callable[..., Any],
+        *,
+        writes: Sequence[int],
+        pointwise: bool = True,
+        per_row: Sequence[int] = (),
+    ) -> None:
         self.update = update
         self.writes = tuple(writes)
         self.pointwise = pointwise
+        self.per_row = tuple(per_row)
         self._compiled: dict[int, Callable[..., Any]] = {}  # torch.compile's wrappers by CPU threads, made on first use
         self._ready: set[tuple[Any, ...]] = set()
         self._work_kept: dict[tuple[Any, ...], tuple[list[Tensor], list[list[Tensor]]]] = {}
@@ -195,13 +204,20 @@ class Rule:
         kind = (tuple(None if t is None else (t.device, t.dtype) for t in row), switches, threads)
         if kind in self._ready:
             return
-        # distinct sizes (equal ones would compile as one symbol); a parallel kernel's stand-ins are large, or
-        # torch.compile plans it serial whatever the option
+        # sizes unlike each other and unlike the count of the rule's numbers, which no rule has as many as 17 of
+        # (equal sizes compile as one symbol, and the numbers' size is fixed: a stand-in of as many rows or elements
+        # would fix its own, and the first real tensor would compile again); a parallel kernel's stand-ins are large,
+        # or torch.compile plans it serial whatever the option
         if self.pointwise:
-            shape: tuple[int, ...] = (PARALLEL,) if threads > 1 else (3,)
+            shape: tuple[int, ...] = (PARALLEL,) if threads > 1 else (37,)
         else:
-            shape = (PARALLEL // 2048, 2048) if threads > 1 else (2, 3)
-        stand_ins = [None if t is None else torch.full(shape, 0.5, dtype=t.dtype, device=t.device) for t in row]
+            shape = (PARALLEL // 2048, 2048) if threads > 1 else (17, 19)
+        stand_ins = [
+            None
+            if t is None
+            else torch.full((shape[0], 1) if i in self.per_row else shape, 0.5, dtype=t.dtype, device=t.device)
+            for i, t in enumerate(row)
+        ]
         try:
             self._wrapper(threads)(*stand_ins, **packed(scalars, row[0].device, {}))
         except Exception as error:  # torch.compile raises many types; all mean the same to the caller

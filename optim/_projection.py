@@ -140,16 +140,23 @@ def radial_factor(param: Tensor, direction: Tensor, view: str, *, eps: float) ->
     rows = param.shape[0]
     param_rows, direction_rows = param.reshape(rows, 1, -1), direction.reshape(rows, 1, -1)
     dots = torch.bmm(direction_rows, param_rows.transpose(1, 2)).view(rows)  # no product written out
-    row_norms = torch.linalg.vector_norm(param_rows, dim=(1, 2))
+    factors, norm = _radial_parts(dots, torch.linalg.vector_norm(param_rows, dim=(1, 2)), view, eps=eps)
+    if view == "channel":
+        factors = factors.view(rows, *[1] * (param.dim() - 1))
+    return factors, norm
+
+
+def _radial_parts(dots: Tensor, row_norms: Tensor, view: str, *, eps: float) -> tuple[Tensor, Tensor]:
+    r""":func:`radial_factor`'s k and :math:`\lVert \hat θ c\rVert` from each row's θ·d and norm.
+
+    k has one value per row (``"channel"``) or is 0-dim (``"layer"``).
+    """
     if view == "channel":
         denominators = row_norms + eps
     else:
         dots, denominators = dots.sum(), torch.linalg.vector_norm(row_norms) + eps
     coefficients = dots / denominators
-    factors = coefficients / denominators
-    if view == "channel":
-        factors = factors.view(rows, *[1] * (param.dim() - 1))
-    return factors, torch.linalg.vector_norm(coefficients * row_norms / denominators)
+    return coefficients / denominators, torch.linalg.vector_norm(coefficients * row_norms / denominators)
 
 
 def _row_sums(param: Tensor, grad: Tensor) -> Tensor:
@@ -205,6 +212,54 @@ def compiled_radial_views(
             for index, (max_cosine, layer_cosine) in zip(indices, _summed_cosines(sums_, counts, eps=eps), strict=True):
                 found[index] = decide(params[index], max_cosine, layer_cosine, delta=delta, wd_ratio=wd_ratio)
     return [found[index] for index in range(len(params))]
+
+
+def radial_sums(param: Tensor, direction: Tensor) -> Tensor:
+    """``[θ·d, θ·θ]`` of each row of a rule's view (a piece of an output channel's row): 2 x rows.
+
+    What a compiled rule that measures a projected step returns (:func:`scale_columns` turns it into θ's scale).
+    """
+    return torch.stack([(direction * param).sum(1), (param * param).sum(1)])
+
+
+def scale_columns(
+    sums: list[Tensor], params: list[Tensor], views: list[str], steps: list[float], decays: list[float], *, eps: float
+) -> tuple[list[Tensor], list[Tensor]]:
+    r"""For each projected tensor, from its row pieces' ``[θ·d, θ·θ]`` (:func:`radial_sums`): θ's scale a + γk.
+
+    As :func:`projected_step` (γ = ``steps``, a = ``decays``, k and :math:`\lVert \hat θ c\rVert` as
+    :func:`radial_factor`): one value per row of the rule's view, as a column (a row's pieces share it), and the
+    norm of the removed part (0-dim). The compiled step is then :math:`θ ← θ\,(a + γk) - γd`, one pass over θ and
+    what d is made of. The rows of all tensors of a device and dtype are padded into one table, so each step of
+    this is one op for all of them (padded rows, whose 0/ε can be 0/0 where ε underflows, count nowhere).
+    """
+    columns: dict[int, Tensor] = {}
+    norms: dict[int, Tensor] = {}
+    lists = [sums, params, views, steps, decays, range(len(sums))]
+    for _, (sums_, params_, views_, steps_, decays_, indices) in buckets(lists, cpu_parts=False):
+        counts = [param.shape[0] for param in params_]
+        stats = sums_[0].new_zeros(2, len(counts), max(counts))
+        for index, (row_sums, count) in enumerate(zip(sums_, counts, strict=True)):
+            stats[:, index, :count] = row_sums if row_sums.shape[1] == count else row_sums.view(2, count, -1).sum(2)
+        dots, squares = stats
+        rows = torch.arange(stats.shape[2], device=stats.device)
+        valid = rows < torch.tensor(counts, device=stats.device)[:, None]
+        channel = torch.tensor([view == "channel" for view in views_], device=stats.device)[:, None]
+        row_norms = squares.sqrt()
+        denominators = torch.where(channel, row_norms, squares.sum(1, keepdim=True).sqrt()) + eps
+        coefficients = torch.where(channel, dots, dots.sum(1, keepdim=True)) / denominators
+        factors = coefficients / denominators
+        removed = torch.where(valid, coefficients * row_norms / denominators, 0.0)  # a layer's c: one per row
+        table = factors * torch.tensor(steps_, device=stats.device, dtype=stats.dtype)[:, None]
+        table += torch.tensor(decays_, device=stats.device, dtype=stats.dtype)[:, None]
+        for position, (index, row_sums, count) in enumerate(zip(indices, sums_, counts, strict=True)):
+            scale = table[position, :count, None]
+            columns[index] = scale if row_sums.shape[1] == count else scale.expand(-1, row_sums.shape[1] // count)
+            columns[index] = columns[index].reshape(-1, 1)
+        for index, norm in zip(indices, torch.linalg.vector_norm(removed, dim=1).unbind(), strict=True):
+            norms[index] = norm
+    order = range(len(sums))
+    return [columns[i] for i in order], [norms[i] for i in order]
 
 
 def with_radial_norms(projections: list[Projection], radial: dict[int, tuple[float, Tensor]]) -> list[Projection]:

@@ -19,13 +19,16 @@ from optim._checks import (
     check_positive,
     evaluate,
 )
+from optim._compiled import Rule, at, split
 from optim._foreach import buckets, fused_adam, pick
 from optim._projection import (
     Projection,
     compiled_radial_views,
     projected_step,
+    radial_sums,
     radial_view,
     radial_views,
+    scale_columns,
     with_radial_norms,
 )
 from optim._state import adam_group
@@ -163,6 +166,59 @@ def adamp_foreach(
     return with_radial_norms(projections, radial)
 
 
+def _update(
+    grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *, beta1: float, beta2: float, floor: float, nesterov: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The update u and the new :math:`m_t, v_t`, as :func:`adamp` makes them; ``floor`` is :math:`ε\sqrt{1-β_2^t}`."""
+    exp_avg = exp_avg + (1 - beta1) * (grad - exp_avg)
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
+    denom = exp_avg_sq.sqrt() + floor
+    update = (beta1 * exp_avg + (1 - beta1) * grad) / denom if nesterov else exp_avg / denom
+    return update, exp_avg, exp_avg_sq
+
+
+def _measure(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    *,
+    beta1: float,
+    beta2: float,
+    floor: float,
+    nesterov: bool,
+) -> Tensor:
+    """A projected tensor's ``[θ·u, θ·θ]`` per row piece (:func:`optim._projection.radial_sums`); writes nothing."""
+    update, _, _ = _update(grad, exp_avg, exp_avg_sq, beta1=beta1, beta2=beta2, floor=floor, nesterov=nesterov)
+    return radial_sums(param, update)
+
+
+def _projected_step(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    scale: Tensor,
+    *,
+    beta1: float,
+    beta2: float,
+    floor: float,
+    nesterov: bool,
+    step_size: float,
+) -> None:
+    r"""A projected tensor's step in one pass: m, v, then :math:`θ ← θ\,(a + γk) - γu` (``scale`` per row)."""
+    update, new_avg, new_avg_sq = _update(
+        grad, exp_avg, exp_avg_sq, beta1=beta1, beta2=beta2, floor=floor, nesterov=nesterov
+    )
+    exp_avg.copy_(new_avg)
+    exp_avg_sq.copy_(new_avg_sq)
+    param.copy_(scale * param - step_size * update)
+
+
+_MEASURE = Rule(_measure, writes=(), pointwise=False)
+_PROJECTED = Rule(_projected_step, writes=(0, 2, 3), pointwise=False, per_row=(4,))
+
+
 def adamp_compiled(
     params: list[Tensor],
     grads: list[Tensor],
@@ -170,19 +226,48 @@ def adamp_compiled(
     exp_avg_sqs: list[Tensor],
     steps: list[int],
     *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
     delta: float,
     wd_ratio: float,
-    eps: float,
-    **hyper: Any,
+    nesterov: bool,
 ) -> list[Projection]:
-    """:func:`adamp_foreach` with the projection tests compiled: one pass over θ and g per tensor, instead of three.
+    """:func:`adamp_foreach` with compiled kernels (:mod:`optim._compiled`): projection tests and projected steps.
 
-    The tests are :func:`optim._projection.compiled_radial_views`; the step is then the multi-tensor path's (whose
-    unprojected tensors already take torch's fused Adam, one pass). ``hyper``: the other keywords of :func:`adamp`.
+    The projection test of each tensor is one compiled kernel (one pass over θ and g, instead of three). A projected
+    float32/float64 tensor takes two more: one reads θ, g, m and v for the rows' θ·u and θ·θ, from which θ's
+    scale a + γk follows (:func:`optim._projection.scale_columns`), one steps m, v and θ. The other tensors take
+    the multi-tensor path (whose unprojected tensors already take torch's fused Adam, one pass).
     """
     test = dict(delta=delta, wd_ratio=wd_ratio, eps=eps)
     projections = compiled_radial_views("AdamP", params, grads, **test)
-    return adamp_foreach(params, grads, exp_avgs, exp_avg_sqs, steps, **test, **hyper, projections=projections)
+    columns = [params, grads, exp_avgs, exp_avg_sqs]
+    turned = [index for index, projection in enumerate(projections) if projection.view != "none"]
+    turned = [turned[i] for i in split(at(columns, turned), pointwise=False)[0]]
+    measuring, stepping = {}, {}  # the rules' scalars per step count
+    for step in sorted({steps[i] for i in turned}):
+        root = math.sqrt(1 - beta2**step)
+        measuring[step] = dict(beta1=beta1, beta2=beta2, floor=eps * root, nesterov=nesterov)
+        stepping[step] = dict(**measuring[step], step_size=lr * root / (1 - beta1**step))
+    sums = _MEASURE.run("AdamP", at(columns, turned), [measuring[steps[i]] for i in turned])
+    step_sizes = [stepping[steps[i]]["step_size"] for i in turned]
+    decay = 1 - lr * weight_decay * wd_ratio if weight_decay > 0 else 1.0
+    views = [projections[i].view for i in turned]
+    scales, norms = scale_columns(sums, at(columns, turned)[0], views, step_sizes, [decay] * len(turned), eps=eps)
+    _PROJECTED.run("AdamP", [*at(columns, turned), scales], [stepping[steps[i]] for i in turned])
+    radial = {i: (size, norm) for i, size, norm in zip(turned, step_sizes, norms, strict=True)}
+    projections = with_radial_norms(projections, radial)
+    others = sorted(set(range(len(params))) - set(turned))
+    if others:
+        hyper = dict(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, nesterov=nesterov)
+        rest = at([*columns, steps], others)
+        done = adamp_foreach(*rest, **test, **hyper, projections=[projections[i] for i in others])
+        for index, projection in zip(others, done, strict=True):
+            projections[index] = projection
+    return projections
 
 
 class AdamP(Checked):
@@ -216,8 +301,9 @@ class AdamP(Checked):
         nesterov: Nesterov momentum in u. Default False.
         foreach: the multi-tensor path (:func:`adamp_foreach`); ``None`` (default) takes it when every parameter
             is on a device with multi-tensor kernels (CUDA), as torch does.
-        compiled: the projection test as a ``torch.compile``'d kernel, the step on the multi-tensor path
-            (:func:`adamp_compiled`; the first step compiles, see :mod:`optim._compiled`). Default False.
+        compiled: the projection test and the step of each projected tensor as ``torch.compile``'d kernels, the
+            other steps on the multi-tensor path (:func:`adamp_compiled`; the first step compiles, see
+            :mod:`optim._compiled`). Default False.
 
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq`` and of the last step ``projection``
     ("none" | "channel" | "layer"), ``max_cosine`` (max channel |cos|), ``layer_cosine`` and ``radial_norm``

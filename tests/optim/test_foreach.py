@@ -366,6 +366,40 @@ def test_compiled_numbers_are_inputs_a_new_learning_rate_compiles_nothing(name, 
 
 
 @pytest.mark.compiled
+@pytest.mark.parametrize("name", COMPILED)
+def test_every_compiled_graph_is_made_before_any_tensor_changes(name, monkeypatch):
+    """Every graph compiles on stand-ins, before any tensor changes; the real tensors compile nothing more.
+
+    Shapes unlike the stand-ins' (a row-invariant 5 x 7 tensor, projected by AdamP and SGDP, and 11 plain values):
+    a stand-in as long as a rule's count of numbers had its size fixed with them, and the first real tensor
+    compiled again, after the rules before it had changed their tensors.
+    """
+    torch._dynamo.reset()
+    for rule in RULES:
+        monkeypatch.setattr(rule, "_ready", set())
+        monkeypatch.setattr(rule, "_compiled", {})
+    graphs = torch._dynamo.utils.counters["stats"]
+    prepare, compiled_there = _compiled.Rule._prepare, []
+
+    def counted(self, *args):
+        before = graphs["unique_graphs"]
+        prepare(self, *args)
+        compiled_there.append(graphs["unique_graphs"] - before)
+
+    monkeypatch.setattr(_compiled.Rule, "_prepare", counted)
+    gen = torch.Generator().manual_seed(0)
+    w, v = (torch.nn.Parameter(torch.randn(s, generator=gen)) for s in ((5, 7), (11,)))
+    direction = torch.randn(5, 7, generator=gen)
+    opt = optim.make(name, [w, v], lr=0.01, compiled=True)
+    before = graphs["unique_graphs"]
+    for _ in range(2):
+        opt.zero_grad()
+        ((direction * w / w.norm(dim=1, keepdim=True)).sum() + v.square().sum()).backward()
+        opt.step()
+    assert graphs["unique_graphs"] - before == sum(compiled_there) > 0
+
+
+@pytest.mark.compiled
 def test_compiled_cpu_kernels_run_on_one_thread(monkeypatch):
     """Stated in the options, not planned from the first tensors' sizes: even a large first tensor gets one thread."""
     rule = _compiled.Rule(lambda a, b: (a * b).flatten(1).sum(1), writes=(), pointwise=False)
@@ -434,7 +468,8 @@ def test_low_precision_takes_the_multi_tensor_path(name, kwargs_for, monkeypatch
 def test_every_compiled_entry_is_listed():
     assert {"adabelief", "adamp", "expectigrad", "sgdp"} <= set(COMPILED)
     assert all(any(name.endswith("_compiled") for name in vars(module)) for module in MODULES)
-    assert len(RULES) == 4  # AdaBelief's, Expectigrad's, SGDP's plain step, the projection test of AdamP and SGDP
+    # AdaBelief's, Expectigrad's, SGDP's plain step, the projection test, AdamP's projected measure and step
+    assert len(RULES) == 6
 
 
 @pytest.mark.parametrize("name", COMPILED)

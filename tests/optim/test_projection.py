@@ -59,6 +59,40 @@ def test_compiled_path_projects_as_the_per_tensor_path(name, loss_fn):
         assert opt_c.state[w_c][key] == pytest.approx(opt.state[w][key], rel=1e-9, abs=1e-15)
 
 
+def _orthogonal(param, noise, view):
+    """``noise`` without its radial part: per row (``"channel"``) or of the whole tensor (``"layer"``)."""
+    theta, noise = param.reshape(len(param), -1), noise.reshape(len(param), -1)
+    if view == "channel":
+        grad = noise - (noise * theta).sum(1, keepdim=True) / theta.square().sum(1, keepdim=True) * theta
+    else:
+        grad = noise - (noise * theta).sum() / theta.square().sum() * theta
+    return grad.view(param.shape)
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("view", ["channel", "layer"])
+@pytest.mark.parametrize(("name", "nesterov"), [("adamp", False), ("adamp", True), ("sgdp", False), ("sgdp", True)])
+def test_compiled_projected_steps_of_long_rows_and_large_tensors_equal_the_per_tensor_path(name, nesterov, view):
+    """Rows of 4608 (two pieces, one scale each), 4099 (whole) and 8192 in a tensor of 2^20 elements (its kernels on
+    every intra-op thread), all projected, over three steps with gradients orthogonal to θ (per row or per tensor)."""
+    runs = []
+    for compiled in (False, True):
+        gen = torch.Generator().manual_seed(0)
+        shapes = [(8, 512, 3, 3), (5, 4099), (128, 8192)]
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+        opt = FACTORIES[name](params, compiled=compiled, nesterov=nesterov)
+        for _ in range(3):
+            for p in params:
+                p.grad = _orthogonal(p.detach(), torch.randn(p.shape, generator=gen), view)
+            opt.step()
+        runs.append((params, opt))
+    (expected, per_tensor), (found, compiled) = runs
+    for p, q in zip(found, expected, strict=True):
+        assert compiled.state[p]["projection"] == per_tensor.state[q]["projection"] == view
+        assert compiled.state[p]["radial_norm"] == pytest.approx(per_tensor.state[q]["radial_norm"], rel=1e-4)
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(("length", "count"), [(3, 1), (4096, 1), (4608, 2), (12288, 3), (4099, 1), (8194, 1)])
 def test_rows_are_cut_into_the_fewest_equal_pieces_of_at_most_4096(length, count):
     assert pieces(length) == count  # 8194 = 2 x 4097: 3 to 6 pieces do not divide it, so it stays whole
