@@ -10,7 +10,10 @@ its time per byte relative to torch's fused Adam. Targets: every valley optimize
 byte and no slower per byte than torch's foreach Adam. AdamP and SGDP must also read θ and g of every tensor with at
 least two dims once more, for the projection test, before any coordinate can be updated (the test is a reduction
 over the tensor); a line under the table gives their ratio with those bytes counted too (the verdict columns do
-not).
+not). With random gradients they project almost nothing; a last block times their multi-tensor and compiled paths
+with gradients orthogonal to θ row by row (as a BatchNorm-followed layer's are), where they project every tensor
+of two or more dims, for information (no target; learning rate 0 there, so that θ stays orthogonal to the fixed
+gradients from step to step: the kernels are the same at any learning rate).
 
 Part 2: SAM's overhead over its base step (momentum SGD): ``first_step()`` + ``second_step()`` minus the base
 step alone, for valley's SAM on both paths and for ``pytorch_optimizer``'s SAM (a row skipped when that package
@@ -143,6 +146,22 @@ def bandwidth_cases(numel: int) -> tuple[dict[str, Callable[[], object]], dict[s
     return cases, {"copy": 2 * 4 * numel, "add": 3 * 4 * numel}
 
 
+def row_orthogonal(values: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``grads`` with each row of a tensor of two or more dims made orthogonal to that row of θ.
+
+    A convolution followed by BatchNorm has such gradients (its loss does not change when a row of θ is scaled), and
+    AdamP and SGDP then project every such tensor: their other path.
+    """
+    found = []
+    for value, grad in zip(values, grads, strict=True):
+        if value.dim() >= 2:
+            rows, grad_rows = value.reshape(len(value), -1), grad.reshape(len(value), -1)
+            grad = grad_rows - (grad_rows * rows).sum(1, keepdim=True) / rows.square().sum(1, keepdim=True) * rows
+            grad = grad.view(value.shape)
+        found.append(grad)
+    return found
+
+
 def bench_steps(rounds: int) -> None:
     gen = torch.Generator().manual_seed(0)
     shapes = resnet18_shapes()
@@ -151,6 +170,7 @@ def bench_steps(rounds: int) -> None:
     numel = sum(v.numel() for v in values)
     print(f"ResNet-18 parameter list: {len(shapes)} tensors, {numel:,} parameters (float32) on {DEVICE}")
     cases, moved, first_steps = {}, {}, {}
+    projected: dict[str, str] = {}  # label -> its case with row-orthogonal gradients: how many tensors it projects
     for name, (factory, slots) in STEP_CASES.items():
         for path, switch in paths(name):
             label = f"{name} {path}".strip()
@@ -161,6 +181,14 @@ def bench_steps(rounds: int) -> None:
             opt.step()  # state allocated, first-step branches passed (and compiled)
             cases[label] = opt.step
             moved[label] = (3 + 2 * slots) * 4 * numel
+            if name in ("AdamP", "SGDP") and path != "per-tensor":
+                opt = factory(parameters(values, row_orthogonal(values, grads)), **switch)
+                opt.param_groups[0]["lr"] = 0.0  # θ stays put, so the gradients stay orthogonal to it (same kernels)
+                opt.step()
+                opt.step()
+                count = sum(state["projection"] != "none" for state in opt.state.values())
+                cases[f"{label}, projected"], moved[f"{label}, projected"] = opt.step, moved[label]
+                projected[label] = f"{count} of {len(shapes)} tensors projected"
     compiled = {label: t for label, t in first_steps.items() if label.endswith("compiled")}
     print("first step of each compiled path (compiles): " + ", ".join(f"{k} {t:.1f} s" for k, t in compiled.items()))
     bw_cases, bw_bytes = bandwidth_cases(numel)  # 47 MB per array, beyond the caches
@@ -176,7 +204,7 @@ def bench_steps(rounds: int) -> None:
         f"\n{'optimizer':24s} {'wall ms':>8s} {'CPU ms':>7s} {'MB':>5s} {'of bw':>6s} "
         f"{'t/B:fused wall':>14s} {'CPU':>5s}  targets per byte (wall | CPU)"
     )
-    for label in cases:
+    for label in [label for label in cases if not label.endswith(", projected")]:
         per_byte, per_byte_cpu = times[label] / moved[label], cpu[label] / moved[label]
         verdict = ""
         if not label.startswith("torch"):
@@ -199,6 +227,13 @@ def bench_steps(rounds: int) -> None:
         print(
             f"{label}: counting the projection test's read of θ and g ({tested / 1e6:.0f} MB, needed in full before "
             f"any coordinate can be updated), t/B:fused = {ratio:.2f}"
+        )
+    print("\nthe same with each row of a tensor of 2+ dims orthogonal to θ (BatchNorm-followed layers; not a target):")
+    for label, count in projected.items():
+        case = f"{label}, projected"
+        print(
+            f"{case:30s} {times[case] * 1e3:8.2f} ms ({count}), t/B:fused wall {times[case] / moved[case] / fused:.2f},"
+            f" CPU {cpu[case] / moved[case] / fused_cpu:.2f}"
         )
 
 
