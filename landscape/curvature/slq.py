@@ -72,8 +72,12 @@ def lanczos_tridiagonal(view: TorchOperator, start: torch.Tensor, steps: int) ->
     operator to all still-running columns at once (one ``matmat``, which shares the operator's work across columns):
 
     .. math::
-        w = Av_j, \quad \alpha_j = v_j^\top w, \quad
-        w \leftarrow w - V_j(V_j^\top w) \ \text{(twice)}, \quad \beta_j = \lVert w\rVert, \quad v_{j+1} = w/\beta_j.
+        w = Av_j, \quad \alpha_j = v_j^\top w, \quad w \leftarrow w - \alpha_j v_j - \beta_{j-1} v_{j-1}, \quad
+        w \leftarrow w - V_j(V_j^\top w), \quad \beta_j = \lVert w\rVert, \quad v_{j+1} = w/\beta_j.
+
+    The three-term recurrence removes the large components of :math:`w`; what is left is of the size of
+    :math:`\beta_j`, and one pass of full reorthogonalisation against :math:`V_j` then keeps the basis orthonormal to
+    rounding (two passes over :math:`V_j` per step; Gram-Schmidt of :math:`Av_j` itself needs it twice, four passes).
 
     A recurrence stops early at an invariant subspace (:math:`\beta_j \le 10^{-10}\max_i|\alpha_i|`), returning fewer
     steps. Returns one pair ``(alphas, betas)`` per column.
@@ -90,15 +94,19 @@ def lanczos_tridiagonal(view: TorchOperator, start: torch.Tensor, steps: int) ->
         rows = torch.tensor(active, device=start.device)
         current = basis[:, j] if len(active) == k else basis[rows, j]  # (a, n); a view while all columns run
         w = view.apply(current.T.contiguous()).T  # (a, n); no copy for one column
-        for c, alpha in zip(active, (current * w).sum(dim=1).tolist(), strict=True):
+        step_alphas = (current * w).sum(dim=1)
+        for c, alpha in zip(active, step_alphas.tolist(), strict=True):
             alphas[c].append(alpha)
         if j == steps - 1:
             break
+        w = w - step_alphas[:, None] * current  # the three-term recurrence first: what is left is of size beta_j
+        if j > 0:
+            last = torch.tensor([betas[c][-1] for c in active], dtype=w.dtype, device=w.device)
+            w -= last[:, None] * (basis[:, j - 1] if len(active) == k else basis[rows, j - 1])
         if len(active) < k:  # finished columns take part as zeros: the bases stay views (no copy of them)
             w = torch.zeros(k, view.n, dtype=w.dtype, device=w.device).index_copy_(0, rows, w)
         previous = basis[:, : j + 1]  # (k, j + 1, n), a view
-        for _ in range(2):  # twice is enough (Parlett's "twice is enough")
-            w = w - torch.bmm(torch.bmm(previous, w[:, :, None]).transpose(1, 2), previous)[:, 0]
+        w = w - torch.bmm(torch.bmm(previous, w[:, :, None]).transpose(1, 2), previous)[:, 0]
         w = w[rows] if len(active) < k else w
         norms = torch.linalg.vector_norm(w, dim=1)
         still = []

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
-from landscape.curvature._common import rademacher, rng
+from landscape.curvature._common import TorchOperator, rademacher, rng
 from landscape.curvature.operator import HessianOperator
-from landscape.curvature.slq import slq_density
+from landscape.curvature.slq import lanczos_tridiagonal, slq_density
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +89,15 @@ def test_default_block_follows_the_operators_graph_policy(hessian):
     assert single.config["block"] == 1 and together.config["block"] == 3
     np.testing.assert_allclose(single.nodes, together.nodes, rtol=0, atol=1e-12)
     assert slq_density(np.eye(3), probes=2, steps=2, seed=0).config["block"] == 2
+
+
+@pytest.mark.parametrize("columns", [1, 3])
+def test_full_reorthogonalisation_finds_every_eigenvalue_once(columns):
+    """n steps on n eigenvalues spread over six decades: with the basis kept orthonormal, T has the operator's
+    eigenvalues, each once (without reorthogonalisation the largest come back as copies and others go missing)."""
+    eigenvalues = np.geomspace(1e-3, 1e3, 60)
+    start = torch.randn(60, columns, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for alphas, betas in lanczos_tridiagonal(TorchOperator(np.diag(eigenvalues)), start, 60):
+        assert len(alphas) == 60
+        found = scipy.linalg.eigvalsh_tridiagonal(alphas, betas)
+        np.testing.assert_allclose(found, eigenvalues, rtol=1e-9, atol=1e-12 * eigenvalues.max())
