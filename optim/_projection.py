@@ -174,7 +174,7 @@ def _summed_cosines(sums: list[Tensor], counts: list[int], *, eps: float) -> lis
     r"""``(max_cosine, layer_cosine)`` of each tensor from its row pieces' ``[g·θ, g·g, θ·θ]`` (:func:`_row_sums`).
 
     The same cosines as :func:`cosines`, from squares: a row's :math:`c^2 = (g·θ)^2/(\max(g·g, ε^2)\max(θ·θ, ε^2))`,
-    in float64 (no square overflows or underflows there), with the square roots taken of the two values per tensor
+    in float64 (no square overflows there), with the square roots taken of the two values per tensor
     only (a CPU square root of a few thousand values wakes every intra-op thread: about 0.1 ms where idle threads
     sleep). The rows of all tensors are padded into one table, so each step of this is one op for all of them.
     """
@@ -183,11 +183,12 @@ def _summed_cosines(sums: list[Tensor], counts: list[int], *, eps: float) -> lis
         stats[:, index, :count] = row_sums if row_sums.shape[1] == count else row_sums.view(3, count, -1).sum(2)
     dots, grad_squares, param_squares = stats
     floor = eps * eps
-    channel = dots.square() / (grad_squares.clamp(min=floor) * param_squares.clamp(min=floor))
-    if floor * floor == 0:  # a padded row's 0/(ε²)² is 0/0 only where (ε²)² underflows
-        rows = torch.arange(stats.shape[2], device=stats.device)
-        channel = channel.where(rows < torch.tensor(counts, device=stats.device)[:, None], 0.0)
-    layer = dots.sum(1).square() / (grad_squares.sum(1).clamp(min=floor) * param_squares.sum(1).clamp(min=floor))
+    channel_below = grad_squares.clamp(min=floor) * param_squares.clamp(min=floor)
+    layer_below = grad_squares.sum(1).clamp(min=floor) * param_squares.sum(1).clamp(min=floor)
+    channel, layer = dots.square() / channel_below, dots.sum(1).square() / layer_below
+    if floor * floor == 0:  # (ε²)² underflows: a zero (or padded) row's 0/0 is the 0 that ε gives :func:`cosines`
+        channel = channel.where((channel_below > 0) | (dots != 0), 0.0)
+        layer = layer.where((layer_below > 0) | (dots.sum(1) != 0), 0.0)
     squares = torch.stack([channel.amax(1), layer], dim=1).tolist()
     return [(math.sqrt(channel_square), math.sqrt(layer_square)) for channel_square, layer_square in squares]
 
