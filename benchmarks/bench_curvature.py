@@ -29,7 +29,7 @@
 pyhessian is an optional, benchmark-only install (pip install --no-deps pyhessian); its columns say "not installed"
 without it.
 
-Usage: python benchmarks/bench_curvature.py [--threads 1] [--product-repeats 15] [--repeats 3] [--seeds 3]
+Usage: python benchmarks/bench_curvature.py [--threads 1] [--product-repeats 15] [--repeats 5] [--seeds 3]
     [--eigen-seeds 5] [--parts a b c]
 """
 
@@ -407,7 +407,7 @@ def main() -> None:
     parser.add_argument("--threads", type=whole, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--seeds", type=whole, default=3, help="seeds per trace estimator and budget in (c)")
     parser.add_argument("--eigen-seeds", type=whole, default=5, help="start-vector seeds per eigen method in (b)")
-    parser.add_argument("--repeats", type=whole, default=3, help="(a2) times each method repeats - 1 times")
+    parser.add_argument("--repeats", type=whole, default=5, help="(a2) times each method repeats - 1 times")
     parser.add_argument(
         "--product-repeats", type=whole, default=15, help="timed products per column in (a1), interleaved, best shown"
     )

@@ -65,7 +65,9 @@ class SpectralDensity:
 BASIS_BYTES = 256 * 2**20  # bound on the Lanczos bases of the probes run together
 
 
-def lanczos_tridiagonal(view: TorchOperator, start: torch.Tensor, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def lanczos_tridiagonal(
+    view: TorchOperator, start: torch.Tensor, steps: int, basis: torch.Tensor | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     r"""``steps`` Lanczos steps with full reorthogonalisation from each column of ``start``; :math:`T`'s diagonals.
 
     The columns of the ``(n, k)`` tensor ``start`` run as ``k`` independent recurrences, each step applying the
@@ -80,12 +82,15 @@ def lanczos_tridiagonal(view: TorchOperator, start: torch.Tensor, steps: int) ->
     rounding (two passes over :math:`V_j` per step; Gram-Schmidt of :math:`Av_j` itself needs it twice, four passes).
 
     A recurrence stops early at an invariant subspace (:math:`\beta_j \le 10^{-10}\max_i|\alpha_i|`), returning fewer
-    steps. Returns one pair ``(alphas, betas)`` per column.
+    steps. Returns one pair ``(alphas, betas)`` per column. ``basis``: a ``(k, steps, n)`` tensor to hold the bases
+    (contents ignored), e.g. one kept for the next probes, whose memory is then not touched for the first time again
+    (a fresh basis of 10^5 float32 parameters added 0.27 ms of page faults to each 8 ms Hessian product on a CPU).
     """
     if start.ndim == 1:
         start = start[:, None]
     k = start.shape[1]
-    basis = torch.empty(k, steps, view.n, dtype=start.dtype, device=start.device)  # basis[c, j] = v_j of column c
+    if basis is None:
+        basis = torch.empty(k, steps, view.n, dtype=start.dtype, device=start.device)  # basis[c, j] = v_j of column c
     basis[:, 0] = (start / torch.linalg.vector_norm(start, dim=0)).T
     alphas: list[list[float]] = [[] for _ in range(k)]
     betas: list[list[float]] = [[] for _ in range(k)]
@@ -94,15 +99,15 @@ def lanczos_tridiagonal(view: TorchOperator, start: torch.Tensor, steps: int) ->
         rows = torch.tensor(active, device=start.device)
         current = basis[:, j] if len(active) == k else basis[rows, j]  # (a, n); a view while all columns run
         w = view.apply(current.T.contiguous()).T  # (a, n); no copy for one column
-        step_alphas = (current * w).sum(dim=1)
+        step_alphas = torch.linalg.vecdot(current, w)
         for c, alpha in zip(active, step_alphas.tolist(), strict=True):
             alphas[c].append(alpha)
         if j == steps - 1:
             break
-        w = w - step_alphas[:, None] * current  # the three-term recurrence first: what is left is of size beta_j
-        if j > 0:
+        w = torch.addcmul(w, step_alphas[:, None], current, value=-1)  # the three-term recurrence first: what is
+        if j > 0:  # left is of the size of beta_j
             last = torch.tensor([betas[c][-1] for c in active], dtype=w.dtype, device=w.device)
-            w -= last[:, None] * (basis[:, j - 1] if len(active) == k else basis[rows, j - 1])
+            w.addcmul_(last[:, None], basis[:, j - 1] if len(active) == k else basis[rows, j - 1], value=-1)
         if len(active) < k:  # finished columns take part as zeros: the bases stay views (no copy of them)
             w = torch.zeros(k, view.n, dtype=w.dtype, device=w.device).index_copy_(0, rows, w)
         previous = basis[:, : j + 1]  # (k, j + 1, n), a view
@@ -192,12 +197,14 @@ def slq_density(
     widest = max(1, min(probes, BASIS_BYTES // per_probe))
     starts = [rademacher(generator, view.n, 1)[:, 0] for _ in range(probes)]  # drawn one by one, as before blocks
     probe_index, nodes, weights = [], [], []
-    first = 0
+    first, bases = 0, None
     with tqdm(total=probes, desc="SLQ", disable=not progress) as bar:
         while first < probes:
             size = block if block is not None else _block(view, widest)
             group = view.tensor(np.stack(starts[first : first + size], axis=1))
-            for offset, (alphas, betas) in enumerate(lanczos_tridiagonal(view, group, steps)):
+            if bases is None or len(bases) < group.shape[1]:
+                bases = torch.empty(group.shape[1], steps, view.n, dtype=view.dtype, device=view.device)
+            for offset, (alphas, betas) in enumerate(lanczos_tridiagonal(view, group, steps, bases[: group.shape[1]])):
                 tridiagonal = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
                 theta, vectors = np.linalg.eigh(tridiagonal)
                 probe_index.append(np.full(len(theta), first + offset))

@@ -219,3 +219,13 @@ def test_kept_graph_products_follow_the_operators_mode_not_the_models(mode):
     else:  # a rebuilt graph draws other dropout masks
         rebuilt = HessianOperator(model, loss_fn, (x, y), mode="train", graph="recompute")
         assert not torch.allclose(rebuilt.matmat(v), first)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_product_with_any_non_finite_entry_is_an_error(bad):
+    from landscape.curvature._common import TorchOperator
+
+    ones = torch.ones(3, 1, dtype=torch.float64)
+    assert TorchOperator(np.diag([1.0, 2.0, -3.0])).apply(ones).flatten().tolist() == [1.0, 2.0, -3.0]
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        TorchOperator(np.diag([1.0, 2.0, bad])).apply(ones)  # its last entry inf, -inf or NaN
