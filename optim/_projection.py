@@ -131,7 +131,7 @@ def radial_factor(param: Tensor, direction: Tensor, view: str, *, eps: float) ->
 
     so the projected direction is never written: one read of θ and d for the row dots, one of θ for the row norms,
     where removing the radial part from d takes about ten passes. Returns k (shaped to scale θ: one value per
-    row, or a 0-dim tensor for ``"layer"``) and :math:`\lVert \hat θ c\rVert`, the norm of the removed part,
+    row, the same on every row for ``"layer"``) and :math:`\lVert \hat θ c\rVert`, the norm of the removed part,
     from the per-row values alone. Half-precision tensors are measured in float32 (θ·d overflows float16 long
     before θ̂·d does).
     """
@@ -139,24 +139,23 @@ def radial_factor(param: Tensor, direction: Tensor, view: str, *, eps: float) ->
         param, direction = param.float(), direction.float()
     rows = param.shape[0]
     param_rows, direction_rows = param.reshape(rows, 1, -1), direction.reshape(rows, 1, -1)
-    dots = torch.bmm(direction_rows, param_rows.transpose(1, 2)).view(rows)  # no product written out
-    factors, norm = _radial_parts(dots, torch.linalg.vector_norm(param_rows, dim=(1, 2)), view, eps=eps)
-    if view == "channel":
-        factors = factors.view(rows, *[1] * (param.dim() - 1))
-    return factors, norm
+    dots = torch.bmm(direction_rows, param_rows.transpose(1, 2)).view(1, rows)  # no product written out
+    row_norms = torch.linalg.vector_norm(param_rows, dim=(1, 2)).view(1, rows)
+    factors, norms = _radial_parts(dots, row_norms, torch.tensor([[view == "channel"]], device=dots.device), eps=eps)
+    return factors.view(rows, *[1] * (param.dim() - 1)), norms[0]
 
 
-def _radial_parts(dots: Tensor, row_norms: Tensor, view: str, *, eps: float) -> tuple[Tensor, Tensor]:
-    r""":func:`radial_factor`'s k and :math:`\lVert \hat θ c\rVert` from each row's θ·d and norm.
+def _radial_parts(dots: Tensor, row_norms: Tensor, channel: Tensor, *, eps: float) -> tuple[Tensor, Tensor]:
+    r""":func:`radial_factor`'s k per row and :math:`\lVert \hat θ c\rVert` per tensor, for a table of tensors.
 
-    k has one value per row (``"channel"``) or is 0-dim (``"layer"``).
+    ``dots`` and ``row_norms`` hold each row's θ·d and :math:`\lVert θ_{row}\rVert`, one tensor per table row
+    (zero-padded); ``channel`` (a column) says which tensors take the channel view, the others the layer view
+    (one c for the whole tensor, k the same on every row). Padded rows count nowhere.
     """
-    if view == "channel":
-        denominators = row_norms + eps
-    else:
-        dots, denominators = dots.sum(), torch.linalg.vector_norm(row_norms) + eps
-    coefficients = dots / denominators
-    return coefficients / denominators, torch.linalg.vector_norm(coefficients * row_norms / denominators)
+    denominators = torch.where(channel, row_norms, torch.linalg.vector_norm(row_norms, dim=1, keepdim=True)) + eps
+    coefficients = torch.where(channel, dots, dots.sum(1, keepdim=True)) / denominators
+    removed = (coefficients * row_norms / denominators).where(row_norms != 0, 0.0)  # 0 for a zero or padded row
+    return coefficients / denominators, torch.linalg.vector_norm(removed, dim=1)
 
 
 def _row_sums(param: Tensor, grad: Tensor) -> Tensor:
@@ -232,7 +231,7 @@ def scale_columns(
     :func:`radial_factor`): one value per row of the rule's view, as a column (a row's pieces share it), and the
     norm of the removed part (0-dim). The compiled step is then :math:`θ ← θ\,(a + γk) - γd`, one pass over θ and
     what d is made of. The rows of all tensors of a device and dtype are padded into one table, so each step of
-    this is one op for all of them (padded rows, whose 0/ε can be 0/0 where ε underflows, count nowhere).
+    this is one op for all of them (:func:`_radial_parts`).
     """
     columns: dict[int, Tensor] = {}
     norms: dict[int, Tensor] = {}
@@ -243,22 +242,13 @@ def scale_columns(
         for index, (row_sums, count) in enumerate(zip(sums_, counts, strict=True)):
             stats[:, index, :count] = row_sums if row_sums.shape[1] == count else row_sums.view(2, count, -1).sum(2)
         dots, squares = stats
-        rows = torch.arange(stats.shape[2], device=stats.device)
-        valid = rows < torch.tensor(counts, device=stats.device)[:, None]
         channel = torch.tensor([view == "channel" for view in views_], device=stats.device)[:, None]
-        row_norms = squares.sqrt()
-        denominators = torch.where(channel, row_norms, squares.sum(1, keepdim=True).sqrt()) + eps
-        coefficients = torch.where(channel, dots, dots.sum(1, keepdim=True)) / denominators
-        factors = coefficients / denominators
-        removed = torch.where(valid, coefficients * row_norms / denominators, 0.0)  # a layer's c: one per row
+        factors, removed = _radial_parts(dots, squares.sqrt(), channel, eps=eps)
         table = factors * torch.tensor(steps_, device=stats.device, dtype=stats.dtype)[:, None]
         table += torch.tensor(decays_, device=stats.device, dtype=stats.dtype)[:, None]
         for position, (index, row_sums, count) in enumerate(zip(indices, sums_, counts, strict=True)):
-            scale = table[position, :count, None]
-            columns[index] = scale if row_sums.shape[1] == count else scale.expand(-1, row_sums.shape[1] // count)
-            columns[index] = columns[index].reshape(-1, 1)
-        for index, norm in zip(indices, torch.linalg.vector_norm(removed, dim=1).unbind(), strict=True):
-            norms[index] = norm
+            columns[index] = table[position, :count, None].expand(-1, row_sums.shape[1] // count).reshape(-1, 1)
+            norms[index] = removed[position]
     order = range(len(sums))
     return [columns[i] for i in order], [norms[i] for i in order]
 

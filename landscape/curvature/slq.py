@@ -104,8 +104,9 @@ def lanczos_tridiagonal(
             alphas[c].append(alpha)
         if j == steps - 1:
             break
-        w = torch.addcmul(w, step_alphas[:, None], current, value=-1)  # the three-term recurrence first: what is
-        if j > 0:  # left is of the size of beta_j
+        # the three-term recurrence first: what it leaves is of the size of beta_j
+        w = torch.addcmul(w, step_alphas[:, None], current, value=-1)
+        if j > 0:
             last = torch.tensor([betas[c][-1] for c in active], dtype=w.dtype, device=w.device)
             w.addcmul_(last[:, None], basis[:, j - 1] if len(active) == k else basis[rows, j - 1], value=-1)
         if len(active) < k:  # finished columns take part as zeros: the bases stay views (no copy of them)
