@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,16 +183,13 @@ def slq_density(
         >>> round(result.moment(1), 10), round(float(np.trapezoid(result.density, result.grid)), 6)
         (3.0, 1.0)
     """
-    if probes < 1:
-        raise ValueError(f"Invalid probes: {probes}")
-    if steps < 1:
-        raise ValueError(f"Invalid steps: {steps}")
-    if sigma is not None and sigma <= 0:
-        raise ValueError(f"Invalid sigma: {sigma}")
-    if grid is None and num_grid < 2:
-        raise ValueError(f"Invalid num_grid: {num_grid}")
-    if block is not None and block < 1:
-        raise ValueError(f"Invalid block: {block}")
+    counts = {"probes": (probes, 1), "steps": (steps, 1), "block": (block, 1)}
+    counts["num_grid"] = (num_grid if grid is None else None, 2)
+    for name, (value, least) in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least):
+            raise ValueError(f"Invalid {name}: {value!r} (a whole number >= {least})")
+    if sigma is not None and not (isinstance(sigma, numbers.Real) and math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"Invalid sigma: {sigma!r} (a finite number > 0)")
     view = TorchOperator(operator)
     generator = rng(seed)
     steps = min(steps, view.n)

@@ -65,6 +65,15 @@ def test_invalid_arguments():
         slq_density(np.eye(3), sigma=-1.0)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("probes", 2.5), ("steps", "80"), ("block", True), ("num_grid", 1), ("sigma", float("nan")), ("sigma", "1")],
+)
+def test_a_wrong_type_or_value_is_one_line_naming_the_argument(name, value):
+    with pytest.raises(ValueError, match=f"Invalid {name}: "):
+        slq_density(np.eye(3), **{name: value})
+
+
 def test_probes_run_together_give_the_same_quadrature(hessian):
     op, dense = hessian
     alone = slq_density(op, probes=5, steps=12, seed=3, block=1)
