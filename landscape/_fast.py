@@ -46,6 +46,7 @@ import math
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -197,6 +198,7 @@ class FastEvaluator:
         self.batches, self.loss_fn, self.accuracy_fn = batches, loss_fn, accuracy_fn
         self._parts: dict[Hashable, Tensor] = {}
         self._parts_bytes = 0
+        self._targets: dict[Hashable, ScoringTargets] = {}  # prepared targets of the evaluation batches
         self._buffer: Tensor | None = None
         self._scratch_buffers: dict[int, Tensor] = {}
         first = batches[0]
@@ -479,36 +481,38 @@ class FastEvaluator:
             else:
                 layers.append(None)
         step = max(1, CHAIN_PASS_BYTES // max(max(self.chain_widths) * parts.shape[2] * parts.element_size(), 1))
+        examples = parts.shape[2]
+        # buffers reused by every pass and call (fresh large allocations cost page faults on CPU), and every
+        # per-pass slice made up front by one split (Python-level slicing in the loop costs microseconds a pass)
+        final = self._scratch(-1, (len(coords), self.chain_widths[-1], examples), parts)  # all points, scored at once
+        hidden = {
+            slot: self._scratch(slot, (step, what[0].shape[1], examples), parts)
+            for slot, (kind, what) in enumerate(self.chain[:-1], start=1)
+            if kind == "linear"
+        }
+        split = [None if layer is None else [None if t is None else t.split(step) for t in layer] for layer in layers]
+        first = self._scratch(0, (step, *parts.shape[1:]), parts)
         flat_parts = parts.reshape(len(parts), -1)
-        final: Tensor | None = None  # the last layer's outputs of every point, scored at once
-        for i in range(0, len(coords), step):
-            rows = slice(i, i + step)
-            count = len(weights[rows])
-            # buffers reused by every pass: fresh large allocations cost page faults on CPU
-            z = self._scratch(0, (count, *parts.shape[1:]), parts)
+        origin = flat_parts[0].expand(step, -1)
+        for p, (c, last) in enumerate(zip(coords.split(step), final.split(step), strict=True)):
+            count = len(c)
+            z = first if count == step else first[:count]
             # origin's part plus the coefficients times the directions' parts: a product of inner dimension 3 took
             # 17% longer for the MLP benchmark's 51 x 51 surface than this copy and product of inner dimension 2
-            torch.addmm(flat_parts[0].expand(count, -1), coords[rows], flat_parts[1:], out=z.view(count, -1))
-            for slot, ((kind, what), layer) in enumerate(zip(self.chain, layers, strict=True), start=1):
+            torch.addmm(origin if count == step else origin[:count], c, flat_parts[1:], out=z.view(count, -1))
+            for slot, (kind, what) in enumerate(self.chain, start=1):
                 if kind == "linear":
-                    w, b = layer
-                    if slot == len(self.chain):
-                        if final is None:
-                            final = self._scratch(-1, (len(coords), w.shape[1], z.shape[2]), z)
-                        out = final[rows]
-                    else:
-                        out = self._scratch(slot, (count, w.shape[1], z.shape[2]), z)
-                    z = torch.bmm(w[rows], z, out=out) if b is None else torch.baddbmm(b[rows], w[rows], z, out=out)
+                    w, b = split[slot - 1]
+                    out = last if slot == len(self.chain) else hidden[slot][:count]
+                    z = torch.bmm(w[p], z, out=out) if b is None else torch.baddbmm(b[p], w[p], z, out=out)
                 elif kind == "relu":
                     z = z.relu_()  # z is this pass's own buffer
                 else:
                     z = what(z)
-            if final is None:
-                final = self._scratch(-1, (len(coords), *z.shape[1:]), z)
-            if z.data_ptr() != final[rows].data_ptr():
-                final[rows].copy_(z)
+            if z.data_ptr() != last.data_ptr():
+                last.copy_(z)
         work = (self._scratch(-2, final.shape, final), self._scratch(-3, final.shape, final))
-        return self._score(final.transpose(1, 2), batch[1].expand(len(coords), *batch[1].shape), work)
+        return self._score(final.transpose(1, 2), batch[1].expand(len(coords), -1), work, key)
 
     def _scratch(self, slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """A reused buffer of ``shape`` (contents undefined) for intermediate ``slot`` of the chain."""
@@ -587,16 +591,26 @@ class FastEvaluator:
         return self._score(outputs, targets)
 
     def _score(
-        self, outputs: Tensor, targets: Tensor, work: tuple[Tensor, Tensor] | None = None
+        self,
+        outputs: Tensor,
+        targets: Tensor,
+        work: tuple[Tensor, Tensor] | None = None,
+        key: Hashable | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Loss and accuracy of each point's outputs (stacked along the first dimension, as ``vmap`` returns them).
 
         The default loss and accuracy on ``(points, B, C)`` scores are computed for all points in one call
-        (:func:`stacked_scores`); other functions are called point by point, as the loop calls them (vmapped losses
-        are slow). ``targets`` come out of ``vmap`` stacked per point (copies of the batch's targets).
+        (:func:`stacked_scores`; with ``key``, the targets are checked and prepared once and kept under it); other
+        functions are called point by point, as the loop calls them (vmapped losses are slow). ``targets`` come out
+        of ``vmap`` stacked per point (copies of the batch's targets).
         """
         if self.loss_fn is cross_entropy and self.accuracy_fn is top1_accuracy and _stackable(outputs, targets):
-            return stacked_scores(outputs, targets, work)
+            prepared = self._targets.get(key)
+            if prepared is None:
+                prepared = ScoringTargets.of(outputs, targets)
+                if key is not None:
+                    self._targets[key] = prepared
+            return stacked_scores(outputs, prepared, work)
         loss = torch.stack([self.loss_fn(out, y) for out, y in zip(outputs, targets, strict=True)])
         acc = torch.stack([self.accuracy_fn(out, y) for out, y in zip(outputs, targets, strict=True)])
         return loss, acc
@@ -628,45 +642,82 @@ def stacked_scores(
         L_g = \frac{1}{|V|} \sum_{i \in V} \Big(m_i + \log \sum_c e^{z^{(g)}_{ic} - m_i} - z^{(g)}_{i y_i}\Big),
         \qquad A_g = \frac{1}{|V|} \sum_{i \in V} [\arg\max_c z^{(g)}_{ic} = y_i],
 
-    the log-softmax written out as torch computes it. All points are scored at once on the ``(points, C, B)`` view
-    (reductions over the classes then run across contiguous examples, which CPUs vectorise), without an arg-max
-    (slow over that dimension): example :math:`i` is a hit when :math:`z^{(g)}_{iy_i} = m_i` and no other class
-    reaches :math:`m_i`; points with such a tie take torch's arg-max, which picks the first. Ties are counted
-    exactly by the sign of :math:`z - m`, which is -1 only strictly below the maximum: 0 at the maxima, and 0 too
-    where :math:`z - m` is NaN (a NaN or infinite score), so that such points also take torch's arg-max (which
-    picks a NaN); their loss is NaN as torch's is. Half-precision scores are scored in float32 and each example's
-    log-probability rounded once, as torch's log-softmax does. Equal to calling the two functions point by point up
-    to the order of floating-point sums; targets out of range raise the same ``ValueError``.
+    with the log-softmax :math:`z_{iy_i} - m_i - \log \sum_c e^{z_{ic} - m_i}` taken by torch's own kernel, over the
+    classes of the ``(points, C, B)`` view (the reductions then run across contiguous examples, which CPUs
+    vectorise), as :func:`~landscape._evaluation.cross_entropy` takes it. Accuracy needs no arg-max (slow over that
+    dimension): example :math:`i` is a hit when :math:`z^{(g)}_{iy_i} = m_i` and no other class reaches :math:`m_i`;
+    points with such a tie take torch's arg-max, which picks the first. Ties are counted exactly by the sign of
+    :math:`z - m`, which is -1 only strictly below the maximum: 0 at the maxima, and 0 too where :math:`z - m` is NaN
+    (a NaN or infinite score), so that such points also take torch's arg-max (which picks a NaN); their loss is NaN as
+    torch's is. Half-precision scores get torch's half-precision log-softmax (computed in float32, each value rounded
+    once). Equal to calling the two functions point by point up to the order of floating-point sums; targets out of
+    range raise the same ``ValueError``.
 
     Args:
         outputs: ``(points, B, C)`` scores (fastest when their ``(points, C, B)`` transpose is contiguous).
-        targets: ``(points, B)`` class indices (the same for every point).
-        work: two tensors of ``(points, C, B)`` elements (any shape) for the temporaries, e.g. buffers reused across
-            calls (default: allocated here).
+        targets: ``(points, B)`` class indices, the same for every point (when they are one row expanded, stride 0
+            along the points, the per-example work on them is done once), or :class:`ScoringTargets` prepared from
+            them for scores with as many classes (checked and prepared once for many calls).
+        work: two tensors of ``(points, C, B)`` elements (any shape) of the scores' dtype for the temporaries, e.g.
+            buffers reused across calls (default: allocated here).
     """
-    check_classification(outputs[0], targets[0])
+    prepared = targets if isinstance(targets, ScoringTargets) else ScoringTargets.of(outputs, targets)
+    points, classes = outputs.shape[0], outputs.shape[2]
     scores = outputs.transpose(1, 2).contiguous()
-    if scores.dtype in (torch.float16, torch.bfloat16):  # torch's log-softmax works in float32 and rounds once
-        scores, work = scores.float(), None  # (exact: every half-precision value is a float32)
-    valid = targets != IGNORE_INDEX
-    index = targets.clamp_min(0)[:, None, :]
+    log_probs, signs = work if work is not None else (torch.empty_like(scores), torch.empty_like(scores))
+    log_probs, signs = log_probs.view(scores.shape), signs.view(scores.shape)
+    picked = prepared.take(torch.log_softmax(scores, dim=1, out=log_probs))
     top = scores.amax(dim=1)
-    target_scores = scores.gather(1, index)[:, 0]
-    shifted, signs = work if work is not None else (torch.empty_like(scores), torch.empty_like(scores))
-    shifted, signs = shifted.view(scores.shape), signs.view(scores.shape)
-    torch.sub(scores, top[:, None], out=shifted)  # < 0 below the maximum; 0 at it; NaN from a NaN or infinite score
-    classes_at_top = torch.sign(shifted, out=signs).sum(dim=1) + scores.shape[1]  # sign is -1 only below
-    picked = (target_scores - top - shifted.exp_().sum(dim=1).log_()).to(outputs.dtype)
-    hits = target_scores == top
+    hits = prepared.take(scores) == top
+    torch.sub(scores, top[:, None], out=signs)  # < 0 below the maximum; 0 at it; NaN from a NaN or infinite score
+    classes_at_top = torch.sign(signs, out=signs).sum(dim=1) + classes  # sign is -1 only below
     tied = (classes_at_top > 1).any(dim=1).nonzero()[:, 0]
     if len(tied):
-        hits[tied] = scores[tied].argmax(dim=1) == targets[tied]
-    hits &= valid
-    if bool(valid.all()):
-        return -picked.mean(dim=1), hits.sum(dim=1).to(outputs.dtype) / targets.shape[1]
-    count = valid.sum(dim=1).to(outputs.dtype)
-    loss = -torch.where(valid, picked, torch.zeros_like(picked)).sum(dim=1) / count
-    return loss, hits.sum(dim=1).to(outputs.dtype) / count
+        hits[tied] = scores[tied].argmax(dim=1) == prepared.targets.expand(points, -1)[tied]
+    if prepared.all_valid:
+        return -picked.mean(dim=1), hits.sum(dim=1).to(outputs.dtype) / prepared.valid.shape[-1]
+    valid = prepared.valid
+    count = valid.sum(dim=-1, keepdim=True).to(outputs.dtype)
+    loss = -torch.where(valid, picked, torch.zeros_like(picked)).sum(dim=1, keepdim=True) / count
+    return loss[:, 0], ((hits & valid).sum(dim=1, keepdim=True).to(outputs.dtype) / count)[:, 0]
+
+
+@dataclass(frozen=True)
+class ScoringTargets:
+    """Class indices checked and prepared once for :func:`stacked_scores` (e.g. one batch's, for every chunk).
+
+    Attributes:
+        targets: ``(B,)`` when one row serves every point, else ``(points, B)``.
+        valid: where the target is not :data:`~landscape._evaluation.IGNORE_INDEX` (same shape).
+        all_valid: whether every target is valid.
+        index: each example's target entry: its offset :math:`y_i B + i` in the flattened ``(C, B)`` slice of a
+            point for a shared row, else the targets as a ``(points, 1, B)`` index for ``gather``.
+    """
+
+    targets: Tensor
+    valid: Tensor
+    all_valid: bool
+    index: Tensor
+
+    @classmethod
+    def of(cls, outputs: Tensor, targets: Tensor) -> ScoringTargets:
+        """Checked against ``(points, B, C)`` scores (one ``ValueError`` for targets they cannot score)."""
+        if targets.stride(0) == 0:
+            targets = targets[0]  # one row shared by every point; broadcast where used
+        check_classification(outputs[0], targets if targets.dim() == 1 else targets[0])
+        valid = targets != IGNORE_INDEX
+        index = targets.clamp_min(0)
+        if targets.dim() == 1:
+            index = index * len(targets) + torch.arange(len(targets), device=targets.device)
+        else:
+            index = index[:, None, :]
+        return cls(targets, valid, bool(valid.all()), index)
+
+    def take(self, values: Tensor) -> Tensor:
+        """The target entries ``(points, B)`` of ``(points, C, B)`` contiguous ``values``."""
+        if self.targets.dim() == 1:
+            return values.flatten(1).index_select(1, self.index)
+        return values.gather(1, self.index)[:, 0]
 
 
 def _clock(device: torch.device) -> float:

@@ -114,11 +114,13 @@ def _mlps() -> dict[str, nn.Module]:
             nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 4, bias=False), nn.GELU(), nn.Dropout(0.5), nn.Linear(4, 3)
         ),
         "study": make_model("mlp", (6,), 3, widths=(8, 5), dropout=0.3),  # F.relu and a dropout module
+        "activation_last": nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3), nn.Softplus()),
+        "one_layer": nn.Sequential(nn.Linear(6, 3), nn.ReLU()),  # the chain after the first layer is one relu
         "residual": _Residual(),
     }
 
 
-@pytest.mark.parametrize("name", ["relu", "deep", "study", "residual"])
+@pytest.mark.parametrize("name", ["relu", "deep", "study", "activation_last", "one_layer", "residual"])
 @pytest.mark.parametrize("dims", [1, 2])
 def test_layer_chain_equals_the_reference_loop(name, dims, monkeypatch):
     monkeypatch.setattr(_fast, "CHAIN_PASS_BYTES", 200)  # a few points per pass: passes are joined correctly
@@ -154,8 +156,10 @@ def test_layer_chain_with_another_loss_calls_it_per_point():
     np.testing.assert_allclose(fast(coords)[0].numpy(), LoopEvaluator(*args)(coords)[0].numpy(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("ignored", [0, 3, 8])
-def test_stacked_scores_equal_the_single_point_functions(ignored):
+def test_stacked_scores_equal_the_single_point_functions(ignored, shared):
+    """Targets as one row expanded (prepared once) or as a full (points, B) tensor give the same scores."""
     g = torch.Generator().manual_seed(0)
     outputs = torch.randn(5, 8, 4, generator=g) * 3
     outputs[2, 1] = outputs[2, 1, 0]  # a tie: arg-max takes the first
@@ -163,7 +167,10 @@ def test_stacked_scores_equal_the_single_point_functions(ignored):
     targets = torch.randint(0, 4, (8,), generator=g)
     targets[7] = 2
     targets[:ignored] = -100
-    loss, acc = _fast.stacked_scores(outputs, targets.expand(5, -1))
+    rows = targets.expand(5, -1) if shared else targets.expand(5, -1).clone()
+    prepared = _fast.ScoringTargets.of(outputs, rows)
+    assert prepared.targets.dim() == (1 if shared else 2)
+    loss, acc = _fast.stacked_scores(outputs, prepared if shared else rows)
     for g_, out in enumerate(outputs):
         expected_loss = cross_entropy(out, targets)
         assert torch.isnan(loss[g_]) if ignored == 8 else abs(float(loss[g_] - expected_loss)) < 1e-6
