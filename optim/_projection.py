@@ -199,9 +199,12 @@ def compiled_radial_views(
 
     The kernel reads θ and g once for the row dots and both squared row norms (:func:`cosines` reads them three
     times); the cosines of all tensors of a device and dtype are made at once and read back in one transfer
-    (:func:`_summed_cosines`). Other tensors take :func:`radial_views`.
+    (:func:`_summed_cosines`). Other tensors, and those whose dtype cannot hold ε² (:func:`eps_is_normal`), take
+    :func:`radial_views`.
     """
-    chosen, others = split([params, grads], pointwise=False)
+    compiled, others = split([params, grads], pointwise=False)
+    chosen = [index for index in compiled if eps_is_normal(params[index], eps)]
+    others += [index for index in compiled if index not in chosen]
     found: dict[int, Projection] = dict(
         zip(others, radial_views(*at([params, grads], others), delta=delta, wd_ratio=wd_ratio, eps=eps), strict=True)
     )
@@ -212,6 +215,16 @@ def compiled_radial_views(
             for index, (max_cosine, layer_cosine) in zip(indices, _summed_cosines(sums_, counts, eps=eps), strict=True):
                 found[index] = decide(params[index], max_cosine, layer_cosine, delta=delta, wd_ratio=wd_ratio)
     return [found[index] for index in range(len(params))]
+
+
+def eps_is_normal(param: Tensor, eps: float) -> bool:
+    """Whether ε² is a normal number in the tensor's dtype (ε ≥ 1.1e-19 in float32), as the compiled path needs.
+
+    Below that, the per-tensor path's row norms clamped at ε multiply to 0 (a zero row's cosine is 0/0, so nothing
+    is projected) or to a subnormal, which the compiled path, working in float64, would not reproduce: a tensor
+    with such an ε takes the multi-tensor path.
+    """
+    return eps * eps >= torch.finfo(param.dtype).tiny
 
 
 def radial_sums(param: Tensor, direction: Tensor) -> Tensor:

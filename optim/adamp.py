@@ -24,6 +24,7 @@ from optim._foreach import buckets, fused_adam, pick
 from optim._projection import (
     Projection,
     compiled_radial_views,
+    eps_is_normal,
     projected_step,
     radial_sums,
     radial_view,
@@ -246,7 +247,9 @@ def adamp_compiled(
     projections = compiled_radial_views("AdamP", params, grads, **test)
     columns = [params, grads, exp_avgs, exp_avg_sqs]
     turned = [index for index, projection in enumerate(projections) if projection.view != "none"]
-    turned = [turned[i] for i in split(at(columns, turned), pointwise=False)[0]]
+    turned = [
+        turned[i] for i in split(at(columns, turned), pointwise=False)[0] if eps_is_normal(params[turned[i]], eps)
+    ]
     measuring, stepping = {}, {}  # the rules' scalars per step count
     for step in sorted({steps[i] for i in turned}):
         root = math.sqrt(1 - beta2**step)

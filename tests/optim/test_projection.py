@@ -99,14 +99,15 @@ def test_rows_are_cut_into_the_fewest_equal_pieces_of_at_most_4096(length, count
 
 
 @pytest.mark.compiled
-@pytest.mark.parametrize("eps", [1e-8, 1e-90, 1e-200])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("dtype", "eps"),
+    [(torch.float32, 1e-8), (torch.float32, 1e-19), (torch.float64, 1e-8), (torch.float64, 1e-90)],
+)
 def test_compiled_cosines_of_long_rows_equal_the_per_tensor_ones(dtype, eps):
     """Rows of 4608 (two pieces), 4099 (prime: whole) and 300 elements, against the per-tensor cosines; tensors of
     6, 5 and 7 rows share one zero-padded table, whose padding must not count (at ε = 1e-90, ε⁴ underflows), nor
-    must a row of zeros (its cosine 0: at ε = 1e-200, ε² underflows too)."""
-    if dtype == torch.float32 and eps == 1e-200:
-        pytest.skip("ε is 0 in float32")
+    must a row of zeros (its cosine 0). The smallest ε of each dtype whose square is a normal number is kept on
+    the compiled path (smaller ones take the per-tensor path)."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(6, 512, 3, 3), (5, 4099), (7, 300)]
     params = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
@@ -118,6 +119,31 @@ def test_compiled_cosines_of_long_rows_equal_the_per_tensor_ones(dtype, eps):
         tolerance = 1e-12 if dtype == torch.float64 else 1e-5
         assert projection.max_cosine == pytest.approx(max_cosine, rel=tolerance)
         assert projection.layer_cosine == pytest.approx(layer_cosine, rel=tolerance)
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("name", ["adamp", "sgdp"])
+@pytest.mark.parametrize(("dtype", "eps"), [(torch.float32, 1e-20), (torch.float32, 1e-90), (torch.float64, 1e-200)])
+def test_compiled_steps_with_eps_squared_below_the_normal_range_equal_the_per_tensor_steps(name, dtype, eps):
+    """Where ε² is not a normal number in the parameters' dtype the per-tensor path's clamped norms multiply to 0 or
+    a subnormal (an all-zero θ then has cosine 0/0 and takes a plain step): such tensors take that path, and the
+    compiled optimizer's steps equal it (the compiled cosines, in float64, projected the zero θ and wrote NaN)."""
+    cls, hyper = (optim.AdamP, {}) if name == "adamp" else (optim.SGDP, {"momentum": 0.9})
+    results = []
+    for compiled in (False, True):
+        gen = torch.Generator().manual_seed(0)
+        zero = torch.nn.Parameter(torch.zeros(4, 3, 3, 3, dtype=dtype))
+        other = torch.nn.Parameter(torch.randn(5, 6, generator=gen, dtype=dtype))
+        opt = cls([zero, other], lr=0.1, eps=eps, compiled=compiled, **hyper)
+        for _ in range(3):
+            zero.grad = torch.randn(zero.shape, generator=gen, dtype=dtype)
+            other.grad = torch.randn(other.shape, generator=gen, dtype=dtype)
+            opt.step()
+        results.append([zero.detach(), other.detach(), [opt.state[p]["projection"] for p in (zero, other)]])
+    (expected_zero, expected_other, expected_views), (zero, other, views) = results
+    assert not zero.isnan().any() and views == expected_views
+    torch.testing.assert_close(zero, expected_zero, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(other, expected_other, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.compiled
