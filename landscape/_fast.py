@@ -512,7 +512,7 @@ class FastEvaluator:
             if z.data_ptr() != last.data_ptr():
                 last.copy_(z)
         work = (self._scratch(-2, final.shape, final), self._scratch(-3, final.shape, final))
-        return self._score(final.transpose(1, 2), batch[1].expand(len(coords), -1), work, key)
+        return self._score(final.transpose(1, 2), batch[1].expand(len(coords), *batch[1].shape), work, key)
 
     def _scratch(self, slot: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """A reused buffer of ``shape`` (contents undefined) for intermediate ``slot`` of the chain."""
@@ -655,9 +655,9 @@ def stacked_scores(
 
     Args:
         outputs: ``(points, B, C)`` scores (fastest when their ``(points, C, B)`` transpose is contiguous).
-        targets: ``(points, B)`` class indices, the same for every point (when they are one row expanded, stride 0
-            along the points, the per-example work on them is done once), or :class:`ScoringTargets` prepared from
-            them for scores with as many classes (checked and prepared once for many calls).
+        targets: ``(points, B)`` class indices, every row checked (when they are one row expanded, stride 0 along
+            the points, or a single point's, the per-example work on them is done once), or :class:`ScoringTargets`
+            prepared from them for scores with as many classes (checked and prepared once for many calls).
         work: two tensors of ``(points, C, B)`` elements (any shape) of the scores' dtype for the temporaries, e.g.
             buffers reused across calls (default: allocated here).
     """
@@ -702,11 +702,11 @@ class ScoringTargets:
     @classmethod
     def of(cls, outputs: Tensor, targets: Tensor) -> ScoringTargets:
         """Checked against ``(points, B, C)`` scores (one ``ValueError`` for targets they cannot score)."""
-        if targets.stride(0) == 0:
+        if targets.shape[0] == 1 or targets.stride(0) == 0:
             targets = targets[0]  # one row shared by every point; broadcast where used
-        check_classification(outputs[0], targets if targets.dim() == 1 else targets[0])
+        check_classification(outputs[0], targets.flatten())  # every row's targets
         valid = targets != IGNORE_INDEX
-        index = targets.clamp_min(0)
+        index = targets.clamp_min(0).long()  # offsets y_i B + i overflow a small integer type
         if targets.dim() == 1:
             index = index * len(targets) + torch.arange(len(targets), device=targets.device)
         else:

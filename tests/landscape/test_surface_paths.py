@@ -215,6 +215,62 @@ def test_pieces_refused_where_the_model_mixes_examples(monkeypatch):
     np.testing.assert_allclose(fast(coords)[0].numpy(), LoopEvaluator(*args)(coords)[0].numpy(), rtol=0, atol=2e-6)
 
 
+def test_stacked_scores_check_every_row_and_widen_small_integer_targets():
+    """Targets given row by row are range-checked in every row (a -5 in the second was scored as class 0), and
+    uint8 targets give the scores of int64 ones (the offsets y_i B + i overflowed uint8)."""
+    g = torch.Generator().manual_seed(0)
+    outputs = torch.randn(2, 100, 40, generator=g)
+    targets = torch.randint(0, 40, (100,), generator=g)
+    expected = _fast.stacked_scores(outputs, targets.expand(2, -1))
+    for found in (
+        _fast.stacked_scores(outputs, targets.to(torch.uint8).expand(2, -1)),
+        _fast.stacked_scores(outputs, targets.to(torch.uint8).expand(2, -1).clone()),
+    ):
+        torch.testing.assert_close(found, expected, rtol=0, atol=0)
+    rows = targets.expand(2, -1).clone()
+    rows[1, 3] = -5
+    with pytest.raises(ValueError, match="out of range"):
+        _fast.stacked_scores(outputs, rows)
+
+
+def _chain_problem(out_features=3, first_batch=8):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, out_features)).eval()
+    g = torch.Generator().manual_seed(1)
+    targets = (lambda n: torch.randn(n, 1, generator=g)) if out_features == 1 else None
+    batches = [
+        (torch.randn(n, 6, generator=g), targets(n) if targets else torch.randint(0, 3, (n,), generator=g))
+        for n in (first_batch, 5)
+    ]
+    origin = {n: p.detach().clone() for n, p in model.named_parameters()}
+    directions = [random_direction(model, "filter", seed=s) for s in (2, 3)]
+    coords = torch.tensor([[a, b] for a in (-1.0, 0.0, 1.0) for b in (-1.0, 0.5)], dtype=torch.float64)
+    return model, origin, directions, batches, coords
+
+
+def test_a_chain_whose_first_call_has_one_point_scores_later_calls_point_by_point():
+    """The targets prepared on a first call of one point serve every later call (they were kept as one point's)."""
+    model, origin, directions, batches, coords = _chain_problem()
+    args = (model, origin, directions, batches, cross_entropy, top1_accuracy)
+    fast = FastEvaluator(*args)
+    assert fast.name == "chain+first_layer"
+    first, rest = fast(coords[:1]), fast(coords[1:])
+    reference = LoopEvaluator(*args)(coords)
+    np.testing.assert_allclose(torch.cat([first[0], rest[0]]).numpy(), reference[0].numpy(), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(torch.cat([first[1], rest[1]]).numpy(), reference[1].numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("first_batch", [1, 8])
+def test_a_chain_with_targets_of_two_dimensions_and_another_loss_equals_the_loop(first_batch):
+    """(B, 1) regression targets with mse_loss, the first batch of one example or more: each batch's targets are
+    expanded whole for the per-point loss (they were cut to their first dimension: wrong losses or an error)."""
+    model, origin, directions, batches, coords = _chain_problem(out_features=1, first_batch=first_batch)
+    args = (model, origin, directions, batches, nn.functional.mse_loss, lambda out, y: torch.zeros(()))
+    fast = FastEvaluator(*args)
+    loss = fast(coords)[0]
+    np.testing.assert_allclose(loss.numpy(), LoopEvaluator(*args)(coords)[0].numpy(), rtol=0, atol=2e-6)
+
+
 def test_stacked_scores_of_non_finite_outputs_equal_the_single_point_functions():
     """Scores with inf or NaN give the values (NaN where NaN) and the hits of the functions point by point."""
     g = torch.Generator().manual_seed(0)
