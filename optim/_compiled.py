@@ -279,22 +279,24 @@ def compilable(tensors: Sequence[Tensor], pointwise: bool = True) -> bool:
 
     They must be float32 or float64, all of one dtype and shape; a tensor large enough for a call of its own must be
     contiguous, so that the rule's view shares its memory, and a non-pointwise rule needs at least two rows of at
-    least two elements (a size of 1 would compile once more).
+    least two elements (a size of 1 would compile once more). (Called for every tensor of every step: each tensor
+    attribute is read once.)
     """
     first = tensors[0]
-    if first.dtype not in COMPILED_DTYPES or any(t.shape != first.shape or t.dtype != first.dtype for t in tensors):
+    dtype, shape = first.dtype, first.shape
+    if dtype not in COMPILED_DTYPES or any(t.dtype != dtype or t.shape != shape for t in tensors[1:]):
         return False
     if pointwise:
         return first.numel() < limits(first.device)[0] or all(t.is_contiguous() for t in tensors)
-    rows = first.dim() >= 2 and first.shape[0] >= 2 and first[0].numel() >= 2
+    rows = len(shape) >= 2 and shape[0] >= 2 and first.numel() >= 2 * shape[0]
     return rows and all(t.is_contiguous() for t in tensors)
 
 
 def split(columns: Sequence[Sequence[Any]], pointwise: bool = True) -> tuple[list[int], list[int]]:
     """Indices of the rows of parallel ``columns`` (tensors first) that take the compiled rule, and the others."""
     compiled, others = [], []
-    for index in range(len(columns[0])):
-        tensors = [column[index] for column in columns if isinstance(column[index], Tensor)]
+    for index, row in enumerate(zip(*columns, strict=True)):
+        tensors = [item for item in row if isinstance(item, Tensor)]
         (compiled if compilable(tensors, pointwise) else others).append(index)
     return compiled, others
 
