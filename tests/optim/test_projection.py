@@ -6,7 +6,7 @@ from torch._inductor.utils import run_and_get_code
 
 import optim
 from optim._compiled import pieces
-from optim._projection import _ROW_SUMS, compiled_radial_views, cosines, projected_step
+from optim._projection import _ROW_SUMS, compiled_radial_views, cosines, projected_step, radial_views
 
 TARGET = torch.tensor([[0.3, -0.5, 0.2, 0.7, -0.1], [0.0, 0.4, -0.9, 0.1, 0.5], [0.6, 0.1, 0.1, -0.3, 0.2]])
 
@@ -144,6 +144,25 @@ def test_compiled_steps_with_eps_squared_below_the_normal_range_equal_the_per_te
     assert not zero.isnan().any() and views == expected_views
     torch.testing.assert_close(zero, expected_zero, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(other, expected_other, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("scale", [1.0, 1e100, 1e155])
+def test_compiled_cosines_of_huge_float64_tensors_equal_the_per_tensor_ones(scale):
+    """Rows orthogonal to θ with |g||θ| near 1e200 (and θ·θ overflowing at 1e155): the compiled cosines squared
+    g·θ and overflowed to inf/inf = NaN, so nothing was projected where the per-tensor path projects each channel."""
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(4, 8, generator=gen, dtype=torch.float64) * scale
+    grad = torch.randn(4, 8, generator=gen, dtype=torch.float64) * (scale if scale < 1e150 else 1.0)
+    grad -= (grad * theta).sum(1, keepdim=True) / (theta * theta).sum(1, keepdim=True) * theta
+    test = dict(delta=0.1, wd_ratio=0.1, eps=1e-8)
+    (found,), (expected,) = (
+        compiled_radial_views("test", [theta], [grad], **test),
+        radial_views([theta], [grad], **test),
+    )
+    assert found.view == expected.view
+    assert found.max_cosine == pytest.approx(expected.max_cosine, rel=1e-9, abs=1e-30)
+    assert found.layer_cosine == pytest.approx(expected.layer_cosine, rel=1e-9, abs=1e-30)
 
 
 @pytest.mark.compiled
