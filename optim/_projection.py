@@ -169,6 +169,11 @@ def _row_sums(param: Tensor, grad: Tensor) -> Tensor:
 _ROW_SUMS = Rule(_row_sums, writes=(), pointwise=False)
 
 
+def _by_row(sums: Tensor, rows: int) -> Tensor:
+    """A compiled rule's sums per row piece (k x pieces) added up per output channel's row: k x ``rows``."""
+    return sums if sums.shape[1] == rows else sums.view(len(sums), rows, -1).sum(2)
+
+
 def _summed_cosines(sums: list[Tensor], counts: list[int], *, eps: float) -> list[tuple[float, float]]:
     r"""``(max_cosine, layer_cosine)`` of each tensor from its row pieces' ``[g·θ, g·g, θ·θ]`` (:func:`_row_sums`).
 
@@ -181,7 +186,7 @@ def _summed_cosines(sums: list[Tensor], counts: list[int], *, eps: float) -> lis
     each step of this is one op for all of them (a zero-padded table took 0.28 ms for ResNet-18: its fill ran on
     every thread, and each tensor was copied in by an op of its own).
     """
-    rows = [s if s.shape[1] == count else s.view(3, count, -1).sum(2) for s, count in zip(sums, counts, strict=True)]
+    rows = [_by_row(row_sums, count) for row_sums, count in zip(sums, counts, strict=True)]
     table = torch.cat(rows, dim=1).to(torch.float64)  # [g·θ, g·g, θ·θ] x rows
     lengths = torch.tensor(counts, device=table.device)
     layer_sums = torch.segment_reduce(table, "sum", lengths=lengths.expand(3, -1), axis=1)
@@ -200,12 +205,10 @@ def compiled_radial_views(
 
     The kernel reads θ and g once for the row dots and both squared row norms (:func:`cosines` reads them three
     times); the cosines of all tensors of a device and dtype are made at once and read back in one transfer
-    (:func:`_summed_cosines`). Other tensors, and those whose dtype cannot hold ε² (:func:`eps_is_normal`), take
+    (:func:`_summed_cosines`). Other tensors (:func:`compiled_rows`) take
     :func:`radial_views`.
     """
-    compiled, others = split([params, grads], pointwise=False)
-    chosen = [index for index in compiled if eps_is_normal(params[index], eps)]
-    others += [index for index in compiled if index not in chosen]
+    chosen, others = compiled_rows([params, grads], eps=eps)
     found: dict[int, Projection] = dict(
         zip(others, radial_views(*at([params, grads], others), delta=delta, wd_ratio=wd_ratio, eps=eps), strict=True)
     )
@@ -218,14 +221,17 @@ def compiled_radial_views(
     return [found[index] for index in range(len(params))]
 
 
-def eps_is_normal(param: Tensor, eps: float) -> bool:
-    """Whether ε² is a normal number in the tensor's dtype (ε ≥ 1.1e-19 in float32), as the compiled path needs.
+def compiled_rows(columns: list[list[Tensor]], *, eps: float) -> tuple[list[int], list[int]]:
+    """The rows of parallel ``columns`` (parameters first) that take the compiled rules over rows, and the others.
 
-    Below that, the per-tensor path's row norms clamped at ε multiply to 0 (a zero row's cosine is 0/0, so nothing
-    is projected) or to a subnormal, which the compiled path, working in float64, would not reproduce: a tensor
-    with such an ε takes the multi-tensor path.
+    As :func:`optim._compiled.split` with ``pointwise=False``; a tensor also needs ε² to be a normal number in its
+    dtype (ε ≥ 1.1e-19 in float32). Below that, the per-tensor path's row norms clamped at ε multiply to 0 (a zero
+    row's cosine is 0/0, so nothing is projected) or to a subnormal, which the compiled path, working in float64,
+    would not reproduce: such a tensor takes the multi-tensor path.
     """
-    return eps * eps >= torch.finfo(param.dtype).tiny
+    compiled, others = split(columns, pointwise=False)
+    chosen = [index for index in compiled if eps * eps >= torch.finfo(columns[0][index].dtype).tiny]
+    return chosen, others + [index for index in compiled if index not in chosen]
 
 
 def radial_sums(param: Tensor, direction: Tensor) -> Tensor:
@@ -254,7 +260,7 @@ def scale_columns(
         counts = [param.shape[0] for param in params_]
         stats = sums_[0].new_zeros(2, len(counts), max(counts))
         for index, (row_sums, count) in enumerate(zip(sums_, counts, strict=True)):
-            stats[:, index, :count] = row_sums if row_sums.shape[1] == count else row_sums.view(2, count, -1).sum(2)
+            stats[:, index, :count] = _by_row(row_sums, count)
         dots, squares = stats
         channel = torch.tensor([view == "channel" for view in views_], device=stats.device)[:, None]
         factors, removed = _radial_parts(dots, squares.sqrt(), channel, eps=eps)

@@ -19,12 +19,12 @@ from optim._checks import (
     check_positive,
     evaluate,
 )
-from optim._compiled import Rule, at, split
+from optim._compiled import Rule, at
 from optim._foreach import buckets, fused_adam, pick
 from optim._projection import (
     Projection,
     compiled_radial_views,
-    eps_is_normal,
+    compiled_rows,
     projected_step,
     radial_sums,
     radial_view,
@@ -247,9 +247,7 @@ def adamp_compiled(
     projections = compiled_radial_views("AdamP", params, grads, **test)
     columns = [params, grads, exp_avgs, exp_avg_sqs]
     turned = [index for index, projection in enumerate(projections) if projection.view != "none"]
-    turned = [
-        turned[i] for i in split(at(columns, turned), pointwise=False)[0] if eps_is_normal(params[turned[i]], eps)
-    ]
+    turned = [turned[i] for i in compiled_rows(at(columns, turned), eps=eps)[0]]
     measuring, stepping = {}, {}  # the rules' scalars per step count
     for step in sorted({steps[i] for i in turned}):
         root = math.sqrt(1 - beta2**step)
