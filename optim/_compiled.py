@@ -116,25 +116,14 @@ class Rule:
         as a ``RuntimeError`` naming ``owner``.
         """
         rows = list(zip(*columns, strict=True))
-        threads = torch.get_num_threads()
-        kinds = []
-        for row, values in zip(rows, scalars, strict=True):
-            first = row[0]  # the row's tensors share device, dtype and shape with it
-            large = first.device.type == "cpu" and first.numel() >= PARALLEL
-            kinds.append(
-                (id(values), first.device, first.dtype, tuple(t is None for t in row), threads if large else 1)
-            )
+        kinds = self._kinds(rows, scalars)
         results: list[Any] = [None] * len(rows)
         batches: list[list[int]] = []
         arguments: dict[tuple[int, torch.device], dict[str, Any]] = {}  # per scalars dict and device
         # every device x dtype x switch kind is one compiled graph of the same function: allow more of them than
         # torch's default of 8 per function before it gives up
         with torch._dynamo.config.patch(recompile_limit=KINDS):
-            first_of: dict[tuple[Any, ...], int] = {}  # every kind compiles before any row runs
-            for index, kind in enumerate(kinds):
-                first_of.setdefault(kind, index)
-            for index in first_of.values():
-                self._prepare(owner, rows[index], scalars[index], kinds[index][-1])
+            self._prepare_kinds(owner, rows, scalars, kinds)
             filling: dict[tuple[Any, ...], tuple[list[int], int]] = {}  # per kind: its open batch and its size
             for index, (row, values, kind) in enumerate(zip(rows, scalars, kinds, strict=True)):
                 numel = row[0].numel()
@@ -153,6 +142,39 @@ class Rule:
                 device = kinds[indices[0]][1]
                 self._batched([rows[i] for i in indices], packed(scalars[indices[0]], device, arguments))
         return results
+
+    def prepare(self, owner: str, columns: Sequence[Sequence[Tensor]], scalars: Sequence[Mapping[str, Any]]) -> None:
+        """Compile every kind of row that :meth:`run` on these arguments would, without running the rule.
+
+        For an optimizer whose later rules must compile before an earlier rule changes a tensor (a failure then
+        changes nothing): the tensors only tell device, dtype and which are absent (a per-row tensor may be stood
+        in for by any tensor of the row's device and dtype).
+        """
+        rows = list(zip(*columns, strict=True))
+        with torch._dynamo.config.patch(recompile_limit=KINDS):
+            self._prepare_kinds(owner, rows, scalars, self._kinds(rows, scalars))
+
+    @staticmethod
+    def _kinds(rows: list[Sequence[Tensor]], scalars: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        """Each row's kind: its scalars dict, device, dtype, absent tensors and CPU threads (:data:`PARALLEL`)."""
+        threads = torch.get_num_threads()
+        kinds = []
+        for row, values in zip(rows, scalars, strict=True):
+            first = row[0]  # the row's tensors share device, dtype and shape with it
+            large = first.device.type == "cpu" and first.numel() >= PARALLEL
+            kinds.append(
+                (id(values), first.device, first.dtype, tuple(t is None for t in row), threads if large else 1)
+            )
+        return kinds
+
+    def _prepare_kinds(
+        self, owner: str, rows: list[Sequence[Tensor]], scalars: Sequence[Mapping[str, Any]], kinds: list[Any]
+    ) -> None:
+        first_of: dict[tuple[Any, ...], int] = {}  # every kind compiles before any row runs
+        for index, kind in enumerate(kinds):
+            first_of.setdefault(kind, index)
+        for index in first_of.values():
+            self._prepare(owner, rows[index], scalars[index], kinds[index][-1])
 
     def _batched(self, rows: list[Sequence[Tensor]], arguments: dict[str, Any]) -> None:
         """One call on the rows' tensors gathered into flat work tensors, then the changed ones copied back."""

@@ -204,20 +204,40 @@ def compiled_radial_views(
     """:func:`radial_views` with the row sums of each float32/float64 tensor from one compiled kernel.
 
     The kernel reads θ and g once for the row dots and both squared row norms (:func:`cosines` reads them three
-    times); the cosines of all tensors of a device and dtype are made at once and read back in one transfer
-    (:func:`_summed_cosines`). Other tensors (:func:`compiled_rows`) take
-    :func:`radial_views`.
+    times; :func:`measured_views`). Other tensors (:func:`compiled_rows`) take :func:`radial_views`.
     """
     chosen, others = compiled_rows([params, grads], eps=eps)
-    found: dict[int, Projection] = dict(
-        zip(others, radial_views(*at([params, grads], others), delta=delta, wd_ratio=wd_ratio, eps=eps), strict=True)
-    )
-    if chosen:
-        sums = _ROW_SUMS.run(owner, at([params, grads], chosen), [{}] * len(chosen))
-        rows = [params[i].shape[0] for i in chosen]
-        for _, (sums_, counts, indices) in buckets([sums, rows, chosen], cpu_parts=False):
-            for index, (max_cosine, layer_cosine) in zip(indices, _summed_cosines(sums_, counts, eps=eps), strict=True):
-                found[index] = decide(params[index], max_cosine, layer_cosine, delta=delta, wd_ratio=wd_ratio)
+    test = dict(delta=delta, wd_ratio=wd_ratio, eps=eps)
+    found = dict(zip(others, radial_views(*at([params, grads], others), **test), strict=True))
+    found.update(zip(chosen, measured_views(owner, *at([params, grads], chosen), **test)[0], strict=True))
+    return [found[index] for index in range(len(params))]
+
+
+def measured_views(
+    owner: str, params: list[Tensor], grads: list[Tensor], *, delta: float, wd_ratio: float, eps: float
+) -> tuple[list[Projection], list[Tensor]]:
+    """:func:`radial_views` of tensors that take the compiled rules over rows (:func:`compiled_rows`), and the sums.
+
+    The sums are each tensor's ``[g·θ, g·g, θ·θ]`` per row piece (:func:`_row_sums`, one compiled kernel a
+    tensor), from which :func:`summed_views` decides.
+    """
+    sums = _ROW_SUMS.run(owner, [params, grads], [{}] * len(params))
+    return summed_views(params, sums, delta=delta, wd_ratio=wd_ratio, eps=eps), sums
+
+
+def summed_views(
+    params: list[Tensor], sums: list[Tensor], *, delta: float, wd_ratio: float, eps: float
+) -> list[Projection]:
+    """:func:`radial_views` of ``params`` from their row pieces' ``[g·θ, g·g, θ·θ]`` (:func:`_row_sums`).
+
+    The cosines of all tensors of a device and dtype are made at once and read back in one transfer
+    (:func:`_summed_cosines`).
+    """
+    found: dict[int, Projection] = {}
+    rows = [param.shape[0] for param in params]
+    for _, (sums_, counts, indices) in buckets([sums, rows, range(len(params))], cpu_parts=False):
+        for index, (max_cosine, layer_cosine) in zip(indices, _summed_cosines(sums_, counts, eps=eps), strict=True):
+            found[index] = decide(params[index], max_cosine, layer_cosine, delta=delta, wd_ratio=wd_ratio)
     return [found[index] for index in range(len(params))]
 
 
@@ -235,17 +255,17 @@ def compiled_rows(columns: list[list[Tensor]], *, eps: float) -> tuple[list[int]
 
 
 def radial_sums(param: Tensor, direction: Tensor) -> Tensor:
-    """``[θ·d, θ·θ]`` of each row of a rule's view (a piece of an output channel's row): 2 x rows.
+    """``[θ·θ, θ·d]`` of each row of a rule's view (a piece of an output channel's row): 2 x rows.
 
     What a compiled rule that measures a projected step returns (:func:`scale_columns` turns it into θ's scale).
     """
-    return torch.stack([(direction * param).sum(1), (param * param).sum(1)])
+    return torch.stack([(param * param).sum(1), (direction * param).sum(1)])
 
 
 def scale_columns(
     sums: list[Tensor], params: list[Tensor], views: list[str], steps: list[float], decays: list[float], *, eps: float
 ) -> tuple[list[Tensor], list[Tensor]]:
-    r"""For each projected tensor, from its row pieces' ``[θ·d, θ·θ]`` (:func:`radial_sums`): θ's scale a + γk.
+    r"""For each projected tensor, from its row pieces' ``[θ·θ, θ·d]`` (:func:`radial_sums`): θ's scale a + γk.
 
     As :func:`projected_step` (γ = ``steps``, a = ``decays``, k and :math:`\lVert \hat θ c\rVert` as
     :func:`radial_factor`): one value per row of the rule's view, as a column (a row's pieces share it), and the
@@ -260,8 +280,8 @@ def scale_columns(
         counts = [param.shape[0] for param in params_]
         stats = sums_[0].new_zeros(2, len(counts), max(counts))
         for index, (row_sums, count) in enumerate(zip(sums_, counts, strict=True)):
-            stats[:, index, :count] = _by_row(row_sums, count)
-        dots, squares = stats
+            stats[:, index, :count] = _by_row(row_sums[-2:], count)
+        squares, dots = stats
         channel = torch.tensor([view == "channel" for view in views_], device=stats.device)[:, None]
         factors, removed = _radial_parts(dots, squares.sqrt(), channel, eps=eps)
         table = factors * torch.tensor(steps_, device=stats.device, dtype=stats.dtype)[:, None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -23,10 +24,12 @@ from optim._compiled import Rule, at, split
 from optim._foreach import buckets, fused_sgd, pick
 from optim._projection import (
     Projection,
-    compiled_radial_views,
+    compiled_rows,
+    measured_views,
     projected_step,
     radial_view,
     radial_views,
+    scale_columns,
     with_radial_norms,
 )
 
@@ -130,14 +133,41 @@ def _plain_step(
     r"""One unprojected tensor's step of :func:`sgdp` for the compiled path: decay, momentum and step in one pass.
 
     :math:`b ← μb + (1-τ)g`, :math:`d = g + μb` (Nesterov) or :math:`d = b`, :math:`θ ← aθ - γd` with
-    a = ``decay`` (:math:`1 - γλ/(1-μ)`).
+    a = ``decay`` (:math:`1 - γλ/(1-μ)`; for a projected tensor a per-row scale, :func:`_radial_dots`).
     """
     buf.copy_(momentum * buf + (1 - dampening) * grad)
     direction = grad + momentum * buf if nesterov else buf
     param.copy_(decay * param - lr * direction)
 
 
+def _radial_dots(param: Tensor, buf: Tensor, grad_dots: Tensor, *, by_grad: float, by_buf: float) -> Tensor:
+    r"""A projected tensor's ``[θ·θ, θ·d]`` per row piece (:func:`optim._projection.radial_sums`), reading θ and b.
+
+    d is linear in g and the buffer b before the step (:func:`_plain_step`): :math:`d = (1-τ)g + μb`, or with
+    Nesterov :math:`d = (1 + μ(1-τ))g + μ^2 b`, so :math:`θ·d` = ``by_grad`` · θ·g + ``by_buf`` · θ·b, with the
+    row pieces' θ·g (``grad_dots``, a column) from the projection test, which read θ and g already.
+    """
+    return torch.stack([(param * param).sum(1), by_grad * grad_dots[:, 0] + by_buf * (buf * param).sum(1)])
+
+
+def _projected_step(
+    param: Tensor,
+    grad: Tensor,
+    buf: Tensor,
+    scale: Tensor,
+    *,
+    momentum: float,
+    dampening: float,
+    lr: float,
+    nesterov: bool,
+) -> None:
+    r""":func:`_plain_step` of a projected tensor: :math:`θ ← θ\,(a + γk) - γd`, with θ's scale a + γk per row."""
+    _plain_step(param, grad, buf, momentum=momentum, dampening=dampening, decay=scale, lr=lr, nesterov=nesterov)
+
+
 _RULE = Rule(_plain_step, writes=(0, 2))
+_PROJECTED = Rule(_projected_step, writes=(0, 2), pointwise=False, per_row=(3,))
+_RADIAL = Rule(_radial_dots, writes=(), pointwise=False, per_row=(2,))
 
 
 def sgdp_compiled(
@@ -154,28 +184,49 @@ def sgdp_compiled(
     delta: float,
     wd_ratio: float,
 ) -> list[Projection]:
-    """:func:`sgdp_foreach` with compiled kernels (:mod:`optim._compiled`): projection tests and plain steps.
+    """:func:`sgdp_foreach` with compiled kernels (:mod:`optim._compiled`): projection tests and steps.
 
-    The projection test of each tensor is one compiled kernel; so is the step of every float32/float64 tensor that
-    is not projected (decay, momentum and step in one pass, where torch's fused SGD needs a pass of its own for the
-    decay). Projected tensors and the others take :func:`sgdp_foreach`.
+    The projection test of each float32/float64 tensor of two or more dims is one compiled kernel (one pass over θ
+    and g, :func:`optim._projection.compiled_rows`); its step is another (decay, momentum and step in one pass,
+    where torch's fused SGD needs a pass of its own for the decay). A projected tensor's step takes θ's scale per
+    row, a + γk (:func:`optim._projection.scale_columns`), from one more pass over θ and b (:func:`_radial_dots`).
+    Tensors of fewer dims, never projected, take the same step kernel; other tensors take :func:`sgdp_foreach`.
     """
-    test = dict(delta=delta, wd_ratio=wd_ratio, eps=eps)
-    projections = compiled_radial_views("SGDP", params, grads, **test)
     columns = [params, grads, momentum_buffers]
-    plain = [index for index, projection in enumerate(projections) if projection.view == "none"]
-    chosen = [plain[i] for i in split(at(columns, plain))[0]]
-    decay = _decay(lr, weight_decay, 1.0, momentum)
-    scalars = dict(momentum=momentum, dampening=dampening, decay=decay, lr=lr, nesterov=nesterov)
-    _RULE.run("SGDP", at(columns, chosen), [scalars] * len(chosen))  # no state changed before it compiled
-    others = sorted(set(range(len(params))) - set(chosen))
+    measured, rest = compiled_rows(columns, eps=eps)
+    plain = [i for i in rest if params[i].dim() < 2]
+    plain = [plain[i] for i in split(at(columns, plain))[0]]
+    others = sorted(set(rest) - set(plain))
+    test = dict(delta=delta, wd_ratio=wd_ratio, eps=eps)
+    views, sums = measured_views("SGDP", *at([params, grads], measured), **test)
+    found = dict(zip(measured, views, strict=True))
+    turned = [i for i, index in enumerate(measured) if found[index].view != "none"]
+    plain += [measured[i] for i, index in enumerate(measured) if found[index].view == "none"]
+    by_grad = 1 + momentum * (1 - dampening) if nesterov else 1 - dampening
+    dots = dict(by_grad=by_grad, by_buf=momentum * momentum if nesterov else momentum)
+    projected = at(columns, [measured[i] for i in turned])
+    radial = _RADIAL.run("SGDP", [projected[0], projected[2], [sums[i][0] for i in turned]], [dots] * len(turned))
+    decay = _decay(lr, weight_decay, wd_ratio, momentum)
+    scales, norms = scale_columns(
+        radial,
+        projected[0],
+        [found[measured[i]].view for i in turned],
+        [lr] * len(turned),
+        [decay] * len(turned),
+        eps=eps,
+    )
+    steps = dict(momentum=momentum, dampening=dampening, lr=lr, nesterov=nesterov)  # a projected tensor's
+    scalars = dict(steps, decay=_decay(lr, weight_decay, 1.0, momentum))
+    _RULE.prepare("SGDP", at(columns, plain), [scalars] * len(plain))  # both compile before either changes a tensor
+    _PROJECTED.run("SGDP", [*projected, scales], [steps] * len(turned))
+    _RULE.run("SGDP", at(columns, plain), [scalars] * len(plain))
+    for index in plain:
+        found.setdefault(index, Projection("none", math.nan, math.nan, 1.0))
     if others:
         hyper = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
-        done = sgdp_foreach(*at(columns, others), **test, **hyper, projections=[projections[i] for i in others])
-        projections = list(projections)
-        for index, projection in zip(others, done, strict=True):
-            projections[index] = projection
-    return projections
+        found.update(zip(others, sgdp_foreach(*at(columns, others), **test, **hyper), strict=True))
+    norms_by = {measured[i]: (lr, norm) for i, norm in zip(turned, norms, strict=True)}
+    return with_radial_norms([found[index] for index in range(len(params))], norms_by)
 
 
 class SGDP(Checked):
@@ -206,9 +257,9 @@ class SGDP(Checked):
         wd_ratio: weight-decay factor on projected tensors. Default 0.1 (official code).
         foreach: the multi-tensor path (:func:`sgdp_foreach`); ``None`` (default) takes it when every parameter
             is on a device with multi-tensor kernels (CUDA), as torch does.
-        compiled: the projection test and the step of each unprojected tensor as ``torch.compile``'d kernels,
-            projected tensors on the multi-tensor path (:func:`sgdp_compiled`; the first step compiles, see
-            :mod:`optim._compiled`). Default False.
+        compiled: the projection test and the step of each float32/float64 tensor as ``torch.compile``'d
+            kernels, and for a projected tensor one more for the rows' θ·d (:func:`sgdp_compiled`; the first step
+            compiles, see :mod:`optim._compiled`). Default False.
 
     State per parameter: ``momentum_buffer`` b and of the last step ``projection``, ``max_cosine``,
     ``layer_cosine``, ``radial_norm`` (as :class:`~optim.AdamP`).

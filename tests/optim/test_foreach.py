@@ -468,8 +468,9 @@ def test_low_precision_takes_the_multi_tensor_path(name, kwargs_for, monkeypatch
 def test_every_compiled_entry_is_listed():
     assert {"adabelief", "adamp", "expectigrad", "sgdp"} <= set(COMPILED)
     assert all(any(name.endswith("_compiled") for name in vars(module)) for module in MODULES)
-    # AdaBelief's, Expectigrad's, SGDP's plain step, the projection test, AdamP's projected measure and step
-    assert len(RULES) == 6
+    # AdaBelief's, Expectigrad's, the projection test, AdamP's projected measure and step, SGDP's step, projected
+    # step and radial dots
+    assert len(RULES) == 8
 
 
 @pytest.mark.parametrize("name", COMPILED)
@@ -494,6 +495,44 @@ def test_a_compiler_failure_changes_nothing(name, monkeypatch, device):
         assert torch.equal(p.detach(), q)
     for state in opt.state.values():  # moment buffers untouched (a sparse counter starts at a tiny offset)
         assert all(v.abs().max() < 1e-30 for k, v in state.items() if torch.is_tensor(v) and k != "step")
+
+
+def eager(rule):
+    """A stand-in for ``rule._wrapper``: the rule's update run by torch as written, without compiling."""
+
+    def call(*tensors, numbers, names, **switches):
+        return rule.update(*tensors, **dict(zip(names, numbers.unbind(), strict=True)), **switches)
+
+    return lambda threads: call
+
+
+@pytest.mark.parametrize("broken_rule", range(len(RULES)))
+@pytest.mark.parametrize("name", COMPILED)
+def test_a_compiler_failure_of_any_one_rule_changes_nothing(name, broken_rule, monkeypatch):
+    """Each rule in turn fails to compile, the others run uncompiled: an optimizer whose step uses that rule stops
+    before any of its rules changed a tensor (on a problem where AdamP and SGDP take all of theirs)."""
+
+    def broken(*args, **kwargs):
+        raise OSError("cc: not found")
+
+    for index, rule in enumerate(RULES):
+        monkeypatch.setattr(rule, "_wrapper", (lambda threads: broken) if index == broken_rule else eager(rule))
+        monkeypatch.setattr(rule, "_ready", set())
+    torch.manual_seed(0)
+    params, loss_fn = mixed_problem(torch.float64)
+    opt = optim.make(name, params, lr=0.02, compiled=True)
+    opt.zero_grad()
+    loss_fn().backward()
+    before = [p.detach().clone() for p in params]
+    try:
+        opt.step()
+    except RuntimeError as error:
+        assert "could not compile" in str(error)
+        assert all(torch.equal(p.detach(), q) for p, q in zip(params, before, strict=True))
+        for state in opt.state.values():
+            assert all(v.abs().max() < 1e-30 for k, v in state.items() if torch.is_tensor(v) and k != "step")
+    else:
+        assert not any(torch.equal(p.detach(), q) for p, q in zip(params, before, strict=True))
 
 
 def test_copies_are_new_tensors_with_equal_bits():

@@ -69,28 +69,69 @@ def _orthogonal(param, noise, view):
     return grad.view(param.shape)
 
 
+def _both_paths(factory, shapes, gradient, *, steps, dtype=torch.float32):
+    """Per-tensor, then compiled: each path's parameters and optimizer after ``steps`` steps, the gradient of
+    every tensor drawn by ``gradient(θ, generator)``."""
+    runs = []
+    for compiled in (False, True):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+        opt = factory(params, compiled=compiled)
+        for _ in range(steps):
+            for p in params:
+                p.grad = gradient(p.detach(), gen)
+            opt.step()
+        runs.append((params, opt))
+    return runs
+
+
+def _assert_projected_alike(runs, view, *, rel, rtol, atol):
+    (expected, per_tensor), (found, compiled) = runs
+    for p, q in zip(found, expected, strict=True):
+        assert compiled.state[p]["projection"] == per_tensor.state[q]["projection"] == view
+        assert compiled.state[p]["radial_norm"] == pytest.approx(per_tensor.state[q]["radial_norm"], rel=rel)
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=rtol, atol=atol)
+
+
 @pytest.mark.compiled
 @pytest.mark.parametrize("view", ["channel", "layer"])
 @pytest.mark.parametrize(("name", "nesterov"), [("adamp", False), ("adamp", True), ("sgdp", False), ("sgdp", True)])
 def test_compiled_projected_steps_of_long_rows_and_large_tensors_equal_the_per_tensor_path(name, nesterov, view):
     """Rows of 4608 (two pieces, one scale each), 4099 (whole) and 8192 in a tensor of 2^20 elements (its kernels on
     every intra-op thread), all projected, over three steps with gradients orthogonal to θ (per row or per tensor)."""
-    runs = []
-    for compiled in (False, True):
-        gen = torch.Generator().manual_seed(0)
-        shapes = [(8, 512, 3, 3), (5, 4099), (128, 8192)]
-        params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
-        opt = FACTORIES[name](params, compiled=compiled, nesterov=nesterov)
-        for _ in range(3):
-            for p in params:
-                p.grad = _orthogonal(p.detach(), torch.randn(p.shape, generator=gen), view)
-            opt.step()
-        runs.append((params, opt))
-    (expected, per_tensor), (found, compiled) = runs
-    for p, q in zip(found, expected, strict=True):
-        assert compiled.state[p]["projection"] == per_tensor.state[q]["projection"] == view
-        assert compiled.state[p]["radial_norm"] == pytest.approx(per_tensor.state[q]["radial_norm"], rel=1e-4)
-        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+    runs = _both_paths(
+        lambda ps, **path: FACTORIES[name](ps, nesterov=nesterov, **path),
+        [(8, 512, 3, 3), (5, 4099), (128, 8192)],
+        lambda theta, gen: _orthogonal(theta, torch.randn(theta.shape, generator=gen), view),
+        steps=3,
+    )
+    _assert_projected_alike(runs, view, rel=1e-4, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("view", ["channel", "layer"])
+@pytest.mark.parametrize(("nesterov", "dampening"), [(False, 0.0), (False, 0.3), (True, 0.0), (True, 0.3)])
+def test_compiled_sgdp_projects_gradients_with_a_radial_part_as_the_per_tensor_path(nesterov, dampening, view):
+    """Projected gradients that keep a radial part (a cosine of 0.3 δ/√n, under the threshold): the compiled step
+    takes θ·d from the projection test's θ·g and the buffer's θ·b, which only such gradients tell apart from θ·b
+    alone. float64, rows of 4608 (two pieces) and 7, over four steps."""
+
+    def gradient(theta, gen):
+        grad = _orthogonal(theta, torch.randn(theta.shape, generator=gen, dtype=theta.dtype), view)
+        rows = theta.reshape(len(theta) if view == "channel" else 1, -1)
+        norms = rows.norm(dim=1, keepdim=True) / grad.reshape(rows.shape).norm(dim=1, keepdim=True)
+        radial = (rows / norms).view(theta.shape)  # along θ, as long as the gradient (per row or tensor)
+        return grad + 0.3 * 0.1 / rows.shape[1] ** 0.5 * radial
+
+    hyper = dict(lr=0.1, momentum=0.9, dampening=dampening, weight_decay=0.1, nesterov=nesterov)
+    runs = _both_paths(
+        lambda ps, **path: optim.SGDP(ps, **hyper, **path),
+        [(4, 512, 9), (6, 7)],
+        gradient,
+        steps=4,
+        dtype=torch.float64,
+    )
+    _assert_projected_alike(runs, view, rel=1e-10, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize(("length", "count"), [(3, 1), (4096, 1), (4608, 2), (12288, 3), (4099, 1), (8194, 1)])
