@@ -19,10 +19,11 @@ from optim._checks import (
     check_positive,
     evaluate,
 )
+from optim._compiled import Rule, at, split
 from optim._foreach import buckets, fusable, fused_adam, pick
 from optim._state import adam_group
 
-__all__ = ["AdaM3", "adam3", "adam3_foreach"]
+__all__ = ["AdaM3", "adam3", "adam3_compiled", "adam3_foreach"]
 
 
 def adam3(
@@ -105,6 +106,79 @@ def adam3_foreach(
         torch._foreach_addcdiv_(params_, exp_avgs_, denoms, value=-lr * math.sqrt(bias_correction2) / bias_correction1)
 
 
+def _update(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    *,
+    decay: float,
+    weight_decay: float,
+    coupled: bool,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    root: float,
+    step_size: float,
+) -> None:
+    r"""One tensor's step of :func:`adam3` for the compiled path (:func:`adam3_compiled`), one pass over memory.
+
+    With d = ``decay`` (1 − γλ, or 1 without decoupled decay), r = ``root`` (:math:`\sqrt{1-β_2^t}`) and
+    η = ``step_size`` (:math:`γ/(1-β_1^t)`): :math:`θ ← dθ` (coupled: :math:`g ← g + λθ`), then
+    :math:`m_t = m + (1-β_1)(g - m)`, :math:`v_t = β_2 v + (1-β_2) m_t^2 + ε`, :math:`θ ← θ - η\,m_t/(\sqrt{v_t}/r)`.
+    """
+    param.mul_(decay)
+    if coupled:
+        grad = grad + weight_decay * param
+    exp_avg.copy_(exp_avg + (1 - beta1) * (grad - exp_avg))
+    exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * exp_avg * exp_avg + eps)
+    param.sub_(step_size * exp_avg / (exp_avg_sq.sqrt() / root))
+
+
+_RULE = Rule(_update, writes=(0, 2, 3))
+
+
+def adam3_compiled(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+) -> None:
+    """:func:`adam3` with its float32/float64 tensors' steps as compiled kernels (:mod:`optim._compiled`).
+
+    One pass over θ, g, m and v per tensor, where :func:`adam3_foreach` makes three (m, then v's ε, then torch's
+    fused Adam). Other tensors (bfloat16, float16, large ones that are not contiguous) take
+    :func:`adam3_foreach`.
+    """
+    columns = [params, grads, exp_avgs, exp_avg_sqs, steps]
+    chosen, others = split(columns)
+    shared = {
+        step: dict(
+            decay=1 - lr * weight_decay if decoupled else 1.0,
+            weight_decay=weight_decay,
+            coupled=weight_decay != 0 and not decoupled,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            root=math.sqrt(1 - beta2**step),
+            step_size=lr / (1 - beta1**step),
+        )
+        for step in {steps[index] for index in chosen}
+    }
+    _RULE.run("AdaM3", at(columns[:4], chosen), [shared[steps[index]] for index in chosen])  # first: see Rule.run
+    if others:
+        hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
+        adam3_foreach(*at(columns, others), **hyper)
+
+
 class AdaM3(Checked):
     r"""AdaM3: "momentum the second moment"; early steps are close to :math:`γ/(1-β_1)` per coordinate.
 
@@ -126,6 +200,8 @@ class AdaM3(Checked):
         decoupled: decoupled decay. Default True (authors' code).
         foreach: the multi-tensor path (:func:`adam3_foreach`); ``None`` (default) takes it when every parameter
             is on a device with multi-tensor kernels (CUDA), as torch does.
+        compiled: each tensor's step as one ``torch.compile``'d kernel (:func:`adam3_compiled`; the first step
+            compiles, see :mod:`optim._compiled`); it takes precedence over ``foreach``. Default False.
 
     State per parameter: ``step``, ``exp_avg`` m, ``exp_avg_sq`` v.
 
@@ -146,6 +222,7 @@ class AdaM3(Checked):
         "weight_decay": check_nonnegative,
         "decoupled": check_bool,
         "foreach": check_optional_bool,
+        "compiled": check_bool,
     }
 
     def __init__(
@@ -157,6 +234,7 @@ class AdaM3(Checked):
         weight_decay: float = 0,
         decoupled: bool = True,
         foreach: bool | None = None,
+        compiled: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -165,6 +243,7 @@ class AdaM3(Checked):
             weight_decay=weight_decay,
             decoupled=decoupled,
             foreach=foreach,
+            compiled=compiled,
         )
         super().__init__(params, defaults)
 
@@ -175,7 +254,7 @@ class AdaM3(Checked):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, states = adam_group(self, group)
             beta1, beta2 = group["betas"]
-            pick(adam3, adam3_foreach, group, params)(
+            pick(adam3, adam3_foreach, group, params, adam3_compiled)(
                 params,
                 grads,
                 exp_avgs,

@@ -466,11 +466,11 @@ def test_low_precision_takes_the_multi_tensor_path(name, kwargs_for, monkeypatch
 
 
 def test_every_compiled_entry_is_listed():
-    assert {"adabelief", "adamp", "expectigrad", "sgdp"} <= set(COMPILED)
+    assert {"adabelief", "adam3", "adamp", "expectigrad", "sgdp"} <= set(COMPILED)
     assert all(any(name.endswith("_compiled") for name in vars(module)) for module in MODULES)
-    # AdaBelief's, Expectigrad's, the projection test, AdamP's projected measure and step, SGDP's step, projected
-    # step and radial dots
-    assert len(RULES) == 8
+    # AdaBelief's, AdaM3's, Expectigrad's, the projection test, AdamP's projected measure and step, SGDP's step,
+    # projected step and radial dots
+    assert len(RULES) == 9
 
 
 @pytest.mark.parametrize("name", COMPILED)
