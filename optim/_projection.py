@@ -45,8 +45,8 @@ def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float) -> Tensor:
     ``F.cosine_similarity``): the max over rows, and c of the whole tensor, assembled from the row sums so that it
     costs no extra pass. Each row's :math:`g·θ` comes from a batched matrix product, which reads the two tensors
     without writing their product out; the per-row results of all tensors are combined at once (zero padding
-    changes neither maxima nor sums; a padded row's cosine, 0/ε² and so 0/0 where ε² underflows, is set to 0).
-    Half-precision tensors are measured in float32.
+    changes neither maxima nor sums; a padded row's cosine, 0/ε² and so 0/0 where ε² underflows, is set to 0), in
+    float64. Half-precision tensors are measured in float32.
     """
     if params[0].dtype not in (torch.float32, torch.float64):  # float16 overflows above 65504: work in float32
         params, grads = [p.float() for p in params], [g.float() for g in grads]
@@ -57,12 +57,15 @@ def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float) -> Tensor:
         torch.bmm(grad_rows, param_rows.transpose(1, 2), out=stats[0, index, :count].view(count, 1, 1))
         torch.linalg.vector_norm(grad_rows, dim=2, out=stats[1, index, :count].view(count, 1))
         torch.linalg.vector_norm(param_rows, dim=2, out=stats[2, index, :count].view(count, 1))
-    dots, grad_norms, param_norms = stats
-    channel_cos = dots.abs() / (grad_norms.clamp(min=eps) * param_norms.clamp(min=eps))
+    # combined in float64 (a float32 tensor's sums of rows can overflow), at ε as the dtype holds it (0 below its
+    # range: a zero row's cosine is then 0/0, not projected, as the step's θ/(‖θ‖ + ε) would be 0/0)
+    floor = torch.tensor(eps, dtype=stats.dtype).item()
+    dots, grad_norms, param_norms = stats.to(torch.float64)
+    channel_cos = dots.abs() / (grad_norms.clamp(min=floor) * param_norms.clamp(min=floor))
     rows = torch.arange(stats.shape[2], device=stats.device)
     channel_cos = channel_cos.where(rows < torch.tensor(counts, device=stats.device)[:, None], 0.0)  # padding: 0/0
-    layer_grad = torch.linalg.vector_norm(grad_norms, dim=1).clamp(min=eps)
-    layer_param = torch.linalg.vector_norm(param_norms, dim=1).clamp(min=eps)
+    layer_grad = torch.linalg.vector_norm(grad_norms, dim=1).clamp(min=floor)
+    layer_param = torch.linalg.vector_norm(param_norms, dim=1).clamp(min=floor)
     return torch.stack([channel_cos.amax(dim=1), dots.sum(dim=1).abs() / (layer_grad * layer_param)], dim=1)
 
 
@@ -245,9 +248,10 @@ def compiled_rows(columns: list[list[Tensor]], *, eps: float) -> tuple[list[int]
     """The rows of parallel ``columns`` (parameters first) that take the compiled rules over rows, and the others.
 
     As :func:`optim._compiled.split` with ``pointwise=False``; a tensor also needs ε² to be a normal number in its
-    dtype (ε ≥ 1.1e-19 in float32). Below that, the per-tensor path's row norms clamped at ε multiply to 0 (a zero
-    row's cosine is 0/0, so nothing is projected) or to a subnormal, which the compiled path, working in float64,
-    would not reproduce: such a tensor takes the multi-tensor path.
+    dtype (ε ≥ 1.1e-19 in float32, 1.5e-154 in float64). That keeps clear of where the per-tensor path's clamp at ε,
+    as the dtype holds it, rounds ε (to a subnormal, or to 0: a zero row's cosine is then 0/0 and nothing is
+    projected) and of where its products of clamped norms underflow float64, which the compiled path's ε² would not
+    reproduce: such a tensor takes the multi-tensor path.
     """
     compiled, others = split(columns, pointwise=False)
     chosen = [index for index in compiled if eps * eps >= torch.finfo(columns[0][index].dtype).tiny]

@@ -145,9 +145,10 @@ def _radial_dots(param: Tensor, buf: Tensor, grad_dots: Tensor, *, by_grad: floa
 
     d is linear in g and the buffer b before the step (:func:`_plain_step`): :math:`d = (1-τ)g + μb`, or with
     Nesterov :math:`d = (1 + μ(1-τ))g + μ^2 b`, so :math:`θ·d` = ``by_grad`` · θ·g + ``by_buf`` · θ·b, with the
-    row pieces' θ·g (``grad_dots``, a column) from the projection test, which read θ and g already.
+    row pieces' θ·g (``grad_dots``, a column) from the projection test, which read θ and g already. The buffer is
+    scaled before the sum, as d is before θ·d: without momentum a finite old buffer counts 0 even where θ·b overflows.
     """
-    return torch.stack([(param * param).sum(1), by_grad * grad_dots[:, 0] + by_buf * (buf * param).sum(1)])
+    return torch.stack([(param * param).sum(1), by_grad * grad_dots[:, 0] + (by_buf * buf * param).sum(1)])
 
 
 def _projected_step(

@@ -134,6 +134,46 @@ def test_compiled_sgdp_projects_gradients_with_a_radial_part_as_the_per_tensor_p
     _assert_projected_alike(runs, view, rel=1e-10, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.compiled
+@pytest.mark.parametrize(
+    ("dtype", "momentum", "tenth"),
+    [(torch.float32, 0.0, 3.6e37), (torch.float64, 0.0, 1.9e307), (torch.float32, 0.9, 3.6e37)],
+    ids=["f32", "f64", "f32-momentum"],
+)
+def test_compiled_sgdp_projects_after_a_buffer_whose_radial_dots_overflow(dtype, momentum, tenth):
+    """A first step at learning rate 0 (a warm-up's) leaves a finite buffer whose θ·b overflows (without momentum
+    the buffer counts 0 in the next step; with it, 0.9 of θ·b does not overflow), then an orthogonal gradient is
+    projected: the compiled step's θ·d must stay finite, as the per-tensor path's d is (it was NaN or -inf)."""
+    runs = []
+    for compiled in (False, True):
+        gen = torch.Generator().manual_seed(0)
+        theta = torch.randn(4, 8, generator=gen, dtype=torch.float64)
+        w = torch.nn.Parameter(theta.to(dtype))
+        opt = optim.SGDP([w], lr=0.0, momentum=momentum, compiled=compiled)
+        w.grad = (theta * (tenth / theta.square().sum(1, keepdim=True)) * 10).to(dtype)  # θ·g overflows per row
+        opt.step()
+        opt.param_groups[0]["lr"] = 1e-3
+        w.grad = _orthogonal(w.detach(), torch.randn(w.shape, generator=gen, dtype=dtype), "channel")
+        opt.step()
+        runs.append((w.detach().clone(), opt.state[w]["projection"]))
+    (expected, expected_view), (found, view) = runs
+    assert view == expected_view == "channel" and found.isfinite().all() and expected.isfinite().all()
+    if momentum == 0:  # with momentum the step cancels terms of 3e34 to 1e27 on both paths: rounding noise there
+        torch.testing.assert_close(found, expected, rtol=1e-5, atol=0)
+
+
+def test_float32_cosines_of_rows_whose_sums_overflow_together_equal_the_float64_ones():
+    """Each row's θ·θ (2e38) is a float32 number, the whole tensor's (8e38) is not: the layer cosine is still the
+    float64 one (it was 0, so a tensor with gradients almost along θ was projected as a layer)."""
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(4, 2, generator=gen).sign() * 1e19
+    grad = theta * 1e-19 + 0.1 * torch.randn(4, 2, generator=gen)
+    found = cosines([theta], [grad], eps=1e-8)
+    expected = cosines([theta.double()], [grad.double()], eps=1e-8)
+    torch.testing.assert_close(found, expected, rtol=1e-6, atol=0)
+    assert radial_views([theta], [grad], delta=0.1, wd_ratio=0.1, eps=1e-8)[0].view == "none"
+
+
 @pytest.mark.parametrize(("length", "count"), [(3, 1), (4096, 1), (4608, 2), (12288, 3), (4099, 1), (8194, 1)])
 def test_rows_are_cut_into_the_fewest_equal_pieces_of_at_most_4096(length, count):
     assert pieces(length) == count  # 8194 = 2 x 4097: 3 to 6 pieces do not divide it, so it stays whole
