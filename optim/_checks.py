@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.optim import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
 
+from optim._state import keep_text_state, restore_text_state
+
 Check = Callable[[str, Any], Any]
 """``check(name, value)`` returns the value as a plain Python object or raises ``ValueError`` naming it."""
 
@@ -148,7 +150,8 @@ class Checked(Optimizer):
 
     Subclasses list their checks in ``HYPERPARAMETERS`` and relations between values (which see the group with its
     defaults filled in) in :meth:`check_relations`. The constructor checks the defaults, then every group through
-    :meth:`add_param_group`, which also checks groups added later.
+    :meth:`add_param_group`, which also checks groups added later. ``load_state_dict`` keeps string state values
+    (:func:`optim._state.keep_text_state`), which torch's loader would garble.
     """
 
     HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {}
@@ -157,6 +160,8 @@ class Checked(Optimizer):
         check_group(defaults, self.HYPERPARAMETERS)
         self.check_relations(defaults)
         super().__init__(params, defaults)
+        self.register_load_state_dict_pre_hook(keep_text_state)
+        self.register_load_state_dict_post_hook(restore_text_state)
 
     def check_relations(self, group: Mapping[str, Any]) -> None:
         """Raise ``ValueError`` when values of one group contradict each other (none by default)."""

@@ -42,3 +42,24 @@ def adam_group(
         seconds.append(state[second])
         states.append(state)
     return params, grads, exp_avgs, seconds, states
+
+
+def keep_text_state(optimizer: Optimizer, state_dict: dict[str, Any]) -> None:
+    """Before ``load_state_dict``: keep the saved state's strings (AdamP's and SGDP's ``projection``).
+
+    torch's loader casts every iterable state value element by element and rebuilds it with its type, which turns
+    a string into the text of a generator object (torch 2.13); :func:`restore_text_state` puts them back.
+    """
+    saved = state_dict["state"]
+    optimizer.__dict__["_saved_text"] = [
+        [{k: v for k, v in saved.get(index, {}).items() if isinstance(v, str)} for index in group["params"]]
+        for group in state_dict["param_groups"]
+    ]
+
+
+def restore_text_state(optimizer: Optimizer) -> None:
+    """After ``load_state_dict``: the strings :func:`keep_text_state` kept, each in its parameter's state."""
+    for group, texts in zip(optimizer.param_groups, optimizer.__dict__.pop("_saved_text"), strict=True):
+        for param, text in zip(group["params"], texts, strict=True):
+            if text:
+                optimizer.state[param].update(text)

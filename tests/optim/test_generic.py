@@ -2,6 +2,7 @@
 common_optimizers)."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -71,6 +72,25 @@ def test_decreases_rosenbrock(name, kwargs_for):
     assert final < 0.05 * start, (start, final)
 
 
+def assert_same_values(found, expected):
+    """Nested dicts, lists and tuples of equal structure whose leaves are equal (NaN equals NaN, tensors bitwise)."""
+    assert type(found) is type(expected), (found, expected)
+    if isinstance(expected, dict):
+        assert found.keys() == expected.keys()
+        for key in expected:
+            assert_same_values(found[key], expected[key])
+    elif isinstance(expected, list | tuple):
+        assert len(found) == len(expected)
+        for a, b in zip(found, expected, strict=True):
+            assert_same_values(a, b)
+    elif isinstance(expected, torch.Tensor):
+        torch.testing.assert_close(found, expected, rtol=0, atol=0, equal_nan=True)
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert math.isnan(found)
+    else:
+        assert found == expected
+
+
 def test_state_dict_round_trip_is_bitwise(name, kwargs_for):
     torch.manual_seed(0)
     params, loss_fn = quadratic_problem()
@@ -87,6 +107,7 @@ def test_state_dict_round_trip_is_bitwise(name, kwargs_for):
             p.copy_(saved)
     resumed = optim.make(name, resumed_params, **kwargs_for(name))
     resumed.load_state_dict(saved_state)
+    assert_same_values(resumed.state_dict(), saved_state)  # strings too (torch's loader garbled them)
     run(resumed, resumed_loss_fn, 7)
     for p, q in zip(resumed_params, uninterrupted, strict=True):
         assert torch.equal(p, q)
