@@ -269,6 +269,16 @@ class Rule:
         return [None if tensor is None else tensor.detach().view(shape) for tensor in row]
 
 
+def lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
+    """``start + weight (end - start)`` for a compiled rule, as the other paths' ``lerp_`` computes it.
+
+    torch's lerp takes ``end - (end - start)(1 - weight)`` from a weight of 0.5 up (its weight rounded to the
+    tensors' dtype first), which keeps ``end`` where ``start`` is far larger (a first moment after a spike, with
+    β₁ ≤ 0.5); the one-line form lost it, and turned an inf gradient into inf where lerp gives NaN.
+    """
+    return torch.lerp(start, end, weight.to(start.dtype))
+
+
 def pieces(length: int) -> int:
     """Into how many equal pieces of at most :data:`PIECE` elements a row of ``length`` is cut.
 

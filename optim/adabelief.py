@@ -19,7 +19,7 @@ from optim._checks import (
     check_positive,
     evaluate,
 )
-from optim._compiled import Rule, at, split
+from optim._compiled import Rule, at, lerp, split
 from optim._foreach import Workspace, buckets, fusable, fused_adam, pick, workspace, written
 from optim._state import adam_group
 from optim.radam import rectification
@@ -187,7 +187,7 @@ def _update(
     param.mul_(decay)
     if coupled:
         grad = grad + weight_decay * param
-    exp_avg.copy_(exp_avg + (1 - beta1) * (grad - exp_avg))
+    exp_avg.copy_(lerp(exp_avg, grad, 1 - beta1))
     residual = grad - exp_avg
     exp_avg_var.copy_(beta2 * exp_avg_var + (1 - beta2) * residual * residual + eps)
     if plain:

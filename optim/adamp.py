@@ -19,7 +19,7 @@ from optim._checks import (
     check_positive,
     evaluate,
 )
-from optim._compiled import Rule, at
+from optim._compiled import Rule, at, lerp
 from optim._foreach import buckets, fused_adam, pick
 from optim._projection import (
     Projection,
@@ -171,7 +171,7 @@ def _update(
     grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *, beta1: float, beta2: float, floor: float, nesterov: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""The update u and the new :math:`m_t, v_t`, as :func:`adamp` makes them; ``floor`` is :math:`ε\sqrt{1-β_2^t}`."""
-    exp_avg = exp_avg + (1 - beta1) * (grad - exp_avg)
+    exp_avg = lerp(exp_avg, grad, 1 - beta1)
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
     denom = exp_avg_sq.sqrt() + floor
     update = (beta1 * exp_avg + (1 - beta1) * grad) / denom if nesterov else exp_avg / denom

@@ -20,7 +20,7 @@ from optim._checks import (
     check_unit_interval,
     evaluate,
 )
-from optim._compiled import Rule, at, split
+from optim._compiled import Rule, at, lerp, split
 from optim._foreach import Workspace, buckets, fusable, fused_adagrad, pick, workspace, written
 
 __all__ = ["Expectigrad", "expectigrad", "expectigrad_compiled", "expectigrad_foreach"]
@@ -202,7 +202,7 @@ def _update(
     if exp_avg is None:
         param.sub_(lr * update)
     else:
-        exp_avg.copy_(exp_avg + (1 - beta) * (update - exp_avg))
+        exp_avg.copy_(lerp(exp_avg, update, 1 - beta))
         param.sub_(step_size * exp_avg)
 
 

@@ -400,6 +400,28 @@ def test_every_compiled_graph_is_made_before_any_tensor_changes(name, monkeypatc
 
 
 @pytest.mark.compiled
+@pytest.mark.parametrize("beta1", [0.0, 0.5, 1e-8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["adabelief", "adam3", "adamp", "expectigrad"])
+def test_compiled_first_moments_after_a_spike_equal_the_per_tensor_ones(name, dtype, beta1):
+    """β₁ ≤ 0.5 after a gradient 1e10 times the next: torch's lerp (the other paths) keeps the new gradient where
+    the compiled rules' one-line m + (1-β₁)(g - m) lost it (m was 0, and the parameter did not move)."""
+    betas = {"beta": beta1} if name == "expectigrad" else {"betas": (beta1, 0.999)}
+    runs = []
+    for compiled in (False, True):
+        p = torch.nn.Parameter(torch.ones(3, dtype=dtype))
+        opt = optim.make(name, [p], lr=1e-3, compiled=compiled, **betas)
+        for grad in (1e10, 1.0):
+            p.grad = torch.full((3,), grad, dtype=dtype)
+            opt.step()
+        runs.append((p.detach().clone(), opt.state[p].get("exp_avg")))  # Expectigrad keeps none at β = 0
+    (expected, expected_avg), (found, found_avg) = runs
+    if expected_avg is not None:
+        torch.testing.assert_close(found_avg, expected_avg, rtol=1e-6, atol=0)
+    torch.testing.assert_close(found, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.compiled
 def test_compiled_cpu_kernels_run_on_one_thread(monkeypatch):
     """Stated in the options, not planned from the first tensors' sizes: even a large first tensor gets one thread."""
     rule = _compiled.Rule(lambda a, b: (a * b).flatten(1).sum(1), writes=(), pointwise=False)
