@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.optim import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
 
-from optim._state import keep_text_state, restore_text_state
+from optim._state import keep_as_saved, restore_kept
 
 Check = Callable[[str, Any], Any]
 """``check(name, value)`` returns the value as a plain Python object or raises ``ValueError`` naming it."""
@@ -150,8 +150,8 @@ class Checked(Optimizer):
 
     Subclasses list their checks in ``HYPERPARAMETERS`` and relations between values (which see the group with its
     defaults filled in) in :meth:`check_relations`. The constructor checks the defaults, then every group through
-    :meth:`add_param_group`, which also checks groups added later. ``load_state_dict`` keeps string state values
-    (:func:`optim._state.keep_text_state`), which torch's loader would garble.
+    :meth:`add_param_group`, which also checks groups added later. ``load_state_dict`` passes the state values
+    :meth:`keeps` names through as saved.
     """
 
     HYPERPARAMETERS: ClassVar[Mapping[str, Check]] = {}
@@ -160,11 +160,34 @@ class Checked(Optimizer):
         check_group(defaults, self.HYPERPARAMETERS)
         self.check_relations(defaults)
         super().__init__(params, defaults)
-        self.register_load_state_dict_pre_hook(keep_text_state)
-        self.register_load_state_dict_post_hook(restore_text_state)
 
     def check_relations(self, group: Mapping[str, Any]) -> None:
         """Raise ``ValueError`` when values of one group contradict each other (none by default)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Torch's ``load_state_dict``, with the state values :meth:`keeps` names passed through as saved.
+
+        torch's loader casts state tensors to each parameter's dtype and device and rebuilds every iterable value
+        element by element, which turns a string into the text of a generator object (torch 2.13). The kept values
+        are wrapped by a pre-hook added for this load, so it runs after every hook a user registered (one that maps
+        a saved layout onto a new model moves them with the rest), and given back by :meth:`restored` in a
+        post-hook that runs before the user's.
+        """
+        pre = self.register_load_state_dict_pre_hook(keep_as_saved)
+        post = self.register_load_state_dict_post_hook(restore_kept, prepend=True)
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            pre.remove()
+            post.remove()
+
+    def keeps(self, name: str, value: Any) -> bool:
+        """Whether a saved state value passes through ``load_state_dict`` as it is: strings (``projection``)."""
+        return isinstance(value, str)
+
+    def restored(self, param: Any, name: str, value: Any) -> Any:
+        """A kept state value of ``param`` as the optimizer holds it after ``load_state_dict``: as saved."""
+        return value
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Check the group's own hyperparameters and their relations with the defaults, then add it.

@@ -44,22 +44,30 @@ def adam_group(
     return params, grads, exp_avgs, seconds, states
 
 
-def keep_text_state(optimizer: Optimizer, state_dict: dict[str, Any]) -> None:
-    """Before ``load_state_dict``: keep the saved state's strings (AdamP's and SGDP's ``projection``).
+class Kept:
+    """A saved state value that torch's loader passes through as it is (neither a tensor nor iterable)."""
 
-    torch's loader casts every iterable state value element by element and rebuilds it with its type, which turns
-    a string into the text of a generator object (torch 2.13); :func:`restore_text_state` puts them back.
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def keep_as_saved(optimizer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Load pre-hook: the saved state values that ``optimizer.keeps`` names, wrapped in :class:`Kept`.
+
+    Returns a new state dict; the given one is left as it is.
     """
-    saved = state_dict["state"]
-    optimizer.__dict__["_saved_text"] = [
-        [{k: v for k, v in saved.get(index, {}).items() if isinstance(v, str)} for index in group["params"]]
-        for group in state_dict["param_groups"]
-    ]
+    state = {
+        index: {name: Kept(value) if optimizer.keeps(name, value) else value for name, value in values.items()}
+        for index, values in state_dict["state"].items()
+    }
+    return {**state_dict, "state": state}
 
 
-def restore_text_state(optimizer: Optimizer) -> None:
-    """After ``load_state_dict``: the strings :func:`keep_text_state` kept, each in its parameter's state."""
-    for group, texts in zip(optimizer.param_groups, optimizer.__dict__.pop("_saved_text"), strict=True):
-        for param, text in zip(group["params"], texts, strict=True):
-            if text:
-                optimizer.state[param].update(text)
+def restore_kept(optimizer: Any) -> None:
+    """Load post-hook: each :class:`Kept` value as ``optimizer.restored`` gives it back, in its parameter's state."""
+    for param, values in optimizer.state.items():
+        for name, value in values.items():
+            if isinstance(value, Kept):
+                values[name] = optimizer.restored(param, name, value.value)

@@ -237,28 +237,6 @@ def expectigrad_compiled(
         expectigrad_foreach(*at(columns, others), lr=lr, beta=beta, eps=eps, work=work)
 
 
-def _keep_saved_counters(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
-    """Before ``load_state_dict``: keep the saved counters, which torch would cast to each parameter's dtype."""
-    saved = state_dict["state"]
-    counters = [
-        [saved[index]["counter"] if "counter" in saved.get(index, {}) else None for index in group["params"]]
-        for group in state_dict["param_groups"]
-    ]
-    for counter in (counter for group in counters for counter in group if counter is not None):
-        if not (isinstance(counter, Tensor) and counter.is_floating_point()):
-            raise ValueError(f"Expectigrad state_dict: a counter must be a floating-point tensor, got {counter!r:.60}")
-    optimizer.__dict__["_saved_counters"] = counters
-
-
-def _restore_saved_counters(optimizer: torch.optim.Optimizer) -> None:
-    """After ``load_state_dict``: the counters in at least float32 again (a bfloat16 counter stops at 256)."""
-    for group, counters in zip(optimizer.param_groups, optimizer.__dict__.pop("_saved_counters"), strict=True):
-        for param, counter in zip(group["params"], counters, strict=True):
-            if counter is not None:
-                dtype = torch.promote_types(param.dtype, torch.float32)
-                optimizer.state[param]["counter"] = counter.to(param.device, dtype, copy=True)
-
-
 def _exact_counts(dtype: torch.dtype) -> int:
     """The largest count a float counter of ``dtype`` reaches by adding 1s: 2/eps (2^24 in float32)."""
     return round(2 / torch.finfo(dtype).eps)
@@ -325,8 +303,20 @@ class Expectigrad(Checked):
     ) -> None:
         defaults = dict(lr=lr, beta=beta, eps=eps, sparse_counter=sparse_counter, foreach=foreach, compiled=compiled)
         super().__init__(params, defaults)
-        self.register_load_state_dict_pre_hook(_keep_saved_counters)
-        self.register_load_state_dict_post_hook(_restore_saved_counters)
+
+    def keeps(self, name: str, value: Any) -> bool:
+        """The saved counters pass through ``load_state_dict`` too: torch would cast them to each parameter's dtype."""
+        if name != "counter":
+            return super().keeps(name, value)
+        if not (isinstance(value, Tensor) and value.is_floating_point()):
+            raise ValueError(f"Expectigrad state_dict: a counter must be a floating-point tensor, got {value!r:.60}")
+        return True
+
+    def restored(self, param: Any, name: str, value: Any) -> Any:
+        """A counter on its parameter's device in at least float32 (a bfloat16 counter stops at 256)."""
+        if name != "counter" or not isinstance(param, Tensor):
+            return super().restored(param, name, value)
+        return value.to(param.device, torch.promote_types(param.dtype, torch.float32), copy=True)
 
     def _check_switches(self) -> None:
         """Refuse a ``beta`` raised above 0 or a ``sparse_counter`` switched on after a parameter's first step.

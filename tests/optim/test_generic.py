@@ -113,6 +113,38 @@ def test_state_dict_round_trip_is_bitwise(name, kwargs_for):
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("copied", [False, True], ids=["as_made", "deepcopied"])
+@pytest.mark.parametrize("other", ["adamp", "sgdp", "expectigrad"])
+def test_kept_state_follows_a_user_hook_that_maps_the_saved_layout(other, copied):
+    """A model whose parameters come in the other order, loaded through torch's documented way of adapting a saved
+    state dict (a pre-hook of the user's, here reversing the saved parameter order): the strings and Expectigrad's
+    counters, passed through as saved, land on their own parameters, also in a deep copy of the optimizer (whose
+    hooks torch does not copy)."""
+
+    def problem():
+        gen = torch.Generator().manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=DT)) for s in ((3, 4), (3,))]
+
+    w, b = problem()
+    opt = optim.make(other, [w, b], lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        ((w / w.norm()).sum() + (b * torch.tensor([0.0, 1.0, 2.0], dtype=DT)).square().sum()).backward()
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    w2, b2 = problem()
+    resumed = optim.make(other, [b2, w2], lr=0.1)
+    if copied:
+        resumed = copy.deepcopy(resumed)
+        b2, w2 = resumed.param_groups[0]["params"]  # the copy's own parameters
+    resumed.register_load_state_dict_pre_hook(
+        lambda _, state_dict: {**state_dict, "param_groups": [{**state_dict["param_groups"][0], "params": [1, 0]}]}
+    )
+    resumed.load_state_dict(saved)
+    for new, index in ((w2, 0), (b2, 1)):
+        assert_same_values(resumed.state[new], saved["state"][index])
+
+
 def test_param_groups_equal_separate_optimizers(name, kwargs_for):
     if name in ("sam", "asam"):
         pytest.skip("SAM's perturbation uses the gradient norm over all groups, so groups are coupled by design")
