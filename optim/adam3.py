@@ -71,8 +71,9 @@ def adam3_foreach(
 ) -> None:
     r""":func:`adam3` on lists of tensors: one bucket per device, dtype and step count.
 
-    With float32/float64 tensors the v update and the step run as torch's fused Adam kernel on (θ, m_t, v) with
-    g := m_t, β₁ = 0, γ/(1-β₁ᵗ) and ε = 0, after :math:`v ← v + ε/β_2`; otherwise it evaluates
+    With float32/float64 tensors (and ε a normal number in their dtype) the v update and the step run as torch's
+    fused Adam kernel on (θ, m_t, v) with g := m_t, β₁ = 0, γ/(1-β₁ᵗ) and ε = 0, after :math:`v ← v + ε/β_2`;
+    otherwise it evaluates
     :math:`m/(\sqrt{v}/c)` as :math:`c\,m/\sqrt{v}`, :math:`c = \sqrt{1-β_2^t}`. Both equal :func:`adam3` to rounding.
     """
     for step, (params_, grads_, exp_avgs_, exp_avg_sqs_) in buckets([params, grads, exp_avgs, exp_avg_sqs], steps):
@@ -84,8 +85,9 @@ def adam3_foreach(
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         torch._foreach_lerp_(exp_avgs_, grads_, 1 - beta1)
-        if beta2 > 0 and fusable(params_, exp_avgs_, exp_avg_sqs_):
-            # β₂(v + ε/β₂) + (1-β₂)m² = v_t; fused Adam with g := m_t and β₁ = 0 leaves m_t and takes the step
+        if beta2 > 0 and fusable(params_, exp_avgs_, exp_avg_sqs_) and eps >= torch.finfo(params_[0].dtype).tiny:
+            # β₂(v + ε/β₂) + (1-β₂)m² = v_t; fused Adam with g := m_t and β₁ = 0 leaves m_t and takes the step (a
+            # subnormal ε would not survive the round trip: ε = 1e-45 in float32 came back as 0, and 0/√0 as NaN)
             torch._foreach_add_(exp_avg_sqs_, eps / beta2)
             fused_adam(
                 params_,

@@ -586,3 +586,20 @@ def test_work_tensors_of_a_single_element_are_padded_to_two():
     rule = _compiled.Rule(lambda x: None, writes=())
     flats, views = rule._work([[torch.empty(())], [torch.empty(())]])
     assert [f.shape for f in flats] == [(2,), (2,)] and [v[0].shape for v in views] == [(), ()]
+
+
+def test_adam3_multi_tensor_path_keeps_a_subnormal_eps():
+    """float32, ε = 1e-45 (subnormal) and a coordinate whose gradient stays 0: its v is ε on the per-tensor path,
+    so its step is 0/√ε = 0; the fused kernel's v + ε/β₂ then β₂(...) lost ε to rounding (v = 0, a NaN step)."""
+    runs = []
+    for foreach in (False, True):
+        p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+        opt = optim.AdaM3([p], lr=1e-3, betas=(1e-8, 0.5), eps=1e-45, foreach=foreach)
+        for _ in range(2):
+            p.grad = torch.tensor([0.0, 1.0])
+            opt.step()
+        runs.append((p.detach().clone(), opt.state[p]["exp_avg_sq"].clone()))
+    (expected, expected_v), (found, found_v) = runs
+    assert expected.isfinite().all() and expected_v[0] > 0
+    torch.testing.assert_close(found, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(found_v, expected_v, rtol=1e-6, atol=0)
