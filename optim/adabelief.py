@@ -19,7 +19,7 @@ from optim._checks import (
     check_positive,
     evaluate,
 )
-from optim._compiled import Rule, at, lerp, split
+from optim._compiled import Rule, at, lerp, low_weight, split
 from optim._foreach import Workspace, buckets, fusable, fused_adam, pick, workspace, written
 from optim._state import adam_group
 from optim.radam import rectification
@@ -177,6 +177,7 @@ def _update(
     eps: float,
     root: float,
     step_size: float,
+    low: bool,
 ) -> None:
     r"""One tensor's step of :func:`adabelief` for the compiled path (:func:`adabelief_compiled`).
 
@@ -187,7 +188,7 @@ def _update(
     param.mul_(decay)
     if coupled:
         grad = grad + weight_decay * param
-    exp_avg.copy_(lerp(exp_avg, grad, 1 - beta1))
+    exp_avg.copy_(lerp(exp_avg, grad, 1 - beta1, low=low))
     residual = grad - exp_avg
     exp_avg_var.copy_(beta2 * exp_avg_var + (1 - beta2) * residual * residual + eps)
     if plain:
@@ -241,6 +242,7 @@ def adabelief_compiled(
                 eps=eps,
                 root=1.0 if rectify else root,
                 step_size=lr * (r_t * root if rectify and not plain else 1.0) / bias_correction1,
+                low=low_weight(1 - beta1),
             )
         )
         shared[step] = scalars[-1]

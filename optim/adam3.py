@@ -19,7 +19,7 @@ from optim._checks import (
     check_positive,
     evaluate,
 )
-from optim._compiled import Rule, at, lerp, split
+from optim._compiled import Rule, at, lerp, low_weight, split
 from optim._foreach import buckets, fusable, fused_adam, pick
 from optim._state import adam_group
 
@@ -122,6 +122,7 @@ def _update(
     eps: float,
     root: float,
     step_size: float,
+    low: bool,
 ) -> None:
     r"""One tensor's step of :func:`adam3` for the compiled path (:func:`adam3_compiled`), one pass over memory.
 
@@ -132,7 +133,7 @@ def _update(
     param.mul_(decay)
     if coupled:
         grad = grad + weight_decay * param
-    exp_avg.copy_(lerp(exp_avg, grad, 1 - beta1))
+    exp_avg.copy_(lerp(exp_avg, grad, 1 - beta1, low=low))
     exp_avg_sq.copy_(beta2 * exp_avg_sq + (1 - beta2) * exp_avg * exp_avg + eps)
     param.sub_(step_size * exp_avg / (exp_avg_sq.sqrt() / root))
 
@@ -172,6 +173,7 @@ def adam3_compiled(
             eps=eps,
             root=math.sqrt(1 - beta2**step),
             step_size=lr / (1 - beta1**step),
+            low=low_weight(1 - beta1),
         )
         for step in {steps[index] for index in chosen}
     }

@@ -19,7 +19,7 @@ from optim._checks import (
     check_positive,
     evaluate,
 )
-from optim._compiled import Rule, at, lerp
+from optim._compiled import Rule, at, lerp, low_weight
 from optim._foreach import buckets, fused_adam, pick
 from optim._projection import (
     Projection,
@@ -168,10 +168,21 @@ def adamp_foreach(
 
 
 def _update(
-    grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *, beta1: float, beta2: float, floor: float, nesterov: bool
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    *,
+    beta1: float,
+    beta2: float,
+    floor: float,
+    nesterov: bool,
+    low: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    r"""The update u and the new :math:`m_t, v_t`, as :func:`adamp` makes them; ``floor`` is :math:`ε\sqrt{1-β_2^t}`."""
-    exp_avg = lerp(exp_avg, grad, 1 - beta1)
+    r"""The update u and the new :math:`m_t, v_t`, as :func:`adamp` makes them; ``floor`` is :math:`ε\sqrt{1-β_2^t}`.
+
+    ``low``: the form of lerp for m (:func:`optim._compiled.lerp`).
+    """
+    exp_avg = lerp(exp_avg, grad, 1 - beta1, low=low)
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
     denom = exp_avg_sq.sqrt() + floor
     update = (beta1 * exp_avg + (1 - beta1) * grad) / denom if nesterov else exp_avg / denom
@@ -188,9 +199,10 @@ def _measure(
     beta2: float,
     floor: float,
     nesterov: bool,
+    low: bool,
 ) -> Tensor:
     """A projected tensor's ``[θ·u, θ·θ]`` per row piece (:func:`optim._projection.radial_sums`); writes nothing."""
-    update, _, _ = _update(grad, exp_avg, exp_avg_sq, beta1=beta1, beta2=beta2, floor=floor, nesterov=nesterov)
+    update, _, _ = _update(grad, exp_avg, exp_avg_sq, beta1=beta1, beta2=beta2, floor=floor, nesterov=nesterov, low=low)
     return radial_sums(param, update)
 
 
@@ -206,10 +218,11 @@ def _projected_step(
     floor: float,
     nesterov: bool,
     step_size: float,
+    low: bool,
 ) -> None:
     r"""A projected tensor's step in one pass: m, v, then :math:`θ ← θ\,(a + γk) - γu` (``scale`` per row)."""
     update, new_avg, new_avg_sq = _update(
-        grad, exp_avg, exp_avg_sq, beta1=beta1, beta2=beta2, floor=floor, nesterov=nesterov
+        grad, exp_avg, exp_avg_sq, beta1=beta1, beta2=beta2, floor=floor, nesterov=nesterov, low=low
     )
     exp_avg.copy_(new_avg)
     exp_avg_sq.copy_(new_avg_sq)
@@ -251,7 +264,7 @@ def adamp_compiled(
     measuring, stepping = {}, {}  # the rules' scalars per step count
     for step in sorted({steps[i] for i in turned}):
         root = math.sqrt(1 - beta2**step)
-        measuring[step] = dict(beta1=beta1, beta2=beta2, floor=eps * root, nesterov=nesterov)
+        measuring[step] = dict(beta1=beta1, beta2=beta2, floor=eps * root, nesterov=nesterov, low=low_weight(1 - beta1))
         stepping[step] = dict(**measuring[step], step_size=lr * root / (1 - beta1**step))
     sums = _MEASURE.run("AdamP", at(columns, turned), [measuring[steps[i]] for i in turned])
     step_sizes = [stepping[steps[i]]["step_size"] for i in turned]

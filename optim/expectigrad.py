@@ -20,7 +20,7 @@ from optim._checks import (
     check_unit_interval,
     evaluate,
 )
-from optim._compiled import Rule, at, lerp, split
+from optim._compiled import Rule, at, lerp, low_weight, split
 from optim._foreach import Workspace, buckets, fusable, fused_adagrad, pick, workspace, written
 
 __all__ = ["Expectigrad", "expectigrad", "expectigrad_compiled", "expectigrad_foreach"]
@@ -186,6 +186,7 @@ def _update(
     eps: float,
     step: float,
     step_size: float,
+    low: bool,
 ) -> None:
     r"""One tensor's step of :func:`expectigrad` for the compiled path (:func:`expectigrad_compiled`).
 
@@ -202,7 +203,7 @@ def _update(
     if exp_avg is None:
         param.sub_(lr * update)
     else:
-        exp_avg.copy_(lerp(exp_avg, update, 1 - beta))
+        exp_avg.copy_(lerp(exp_avg, update, 1 - beta, low=low))
         param.sub_(step_size * exp_avg)
 
 
@@ -230,7 +231,8 @@ def expectigrad_compiled(
     chosen, others = split(columns)
     shared: dict[int, dict[str, float]] = {}
     for step in {steps[index] for index in chosen}:
-        shared[step] = dict(lr=lr, beta=beta, eps=eps, step=float(step), step_size=lr / (1 - beta**step))
+        step_size = lr / (1 - beta**step)
+        shared[step] = dict(lr=lr, beta=beta, eps=eps, step=float(step), step_size=step_size, low=low_weight(1 - beta))
     # first: if it cannot compile, nothing has changed
     _RULE.run("Expectigrad", at(columns[:5], chosen), [shared[steps[index]] for index in chosen])
     if others:
