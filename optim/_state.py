@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -56,11 +57,24 @@ class Kept:
 def keep_as_saved(optimizer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
     """Load pre-hook: the saved state values that ``optimizer.keeps`` names, wrapped in :class:`Kept`.
 
-    Returns a new state dict; the given one is left as it is.
+    Returns a new state dict; the given one is left as it is. A state dict not shaped as torch's (``state`` mapping
+    each parameter's index to a dict, and ``param_groups``) is refused with a ``ValueError`` naming what is wrong.
     """
+    saved = state_dict.get("state") if isinstance(state_dict, Mapping) else None
+    if not isinstance(saved, Mapping) or "param_groups" not in state_dict:
+        raise ValueError(
+            f"{type(optimizer).__name__}.load_state_dict: expected a dict with 'state' (a dict) and 'param_groups', "
+            f"got {type(state_dict).__name__} with {type(saved).__name__} state"
+        )
+    wrong = next(((index, values) for index, values in saved.items() if not isinstance(values, Mapping)), None)
+    if wrong is not None:
+        raise ValueError(
+            f"{type(optimizer).__name__}.load_state_dict: the state of parameter {wrong[0]!r} must be a dict, "
+            f"got {type(wrong[1]).__name__}"
+        )
     state = {
         index: {name: Kept(value) if optimizer.keeps(name, value) else value for name, value in values.items()}
-        for index, values in state_dict["state"].items()
+        for index, values in saved.items()
     }
     return {**state_dict, "state": state}
 

@@ -281,3 +281,22 @@ def test_valleys_own_optimizers_refuse_a_parameter_listed_twice(cls, recwarn):
     with pytest.raises(ValueError, match=f"{cls.__name__}: a parameter group lists the same parameter twice"):
         cls([p, p], lr=0.1)
     assert not [w for w in recwarn if "duplicate" in str(w.message)]  # refused, not warned about as well
+
+
+@pytest.mark.parametrize(
+    ("state_dict", "message"),
+    [
+        ({"state": [], "param_groups": []}, "expected a dict with 'state'"),
+        ({"param_groups": []}, "expected a dict with 'state'"),
+        ({"state": {}}, "expected a dict with 'state'"),
+        ({"state": {0: 5}, "param_groups": []}, "the state of parameter 0 must be a dict, got int"),
+        ([1, 2], "expected a dict with 'state'"),
+    ],
+    ids=["state-list", "no-state", "no-groups", "entry-int", "list"],
+)
+def test_a_state_dict_not_shaped_as_torchs_is_refused_in_one_line(state_dict, message):
+    """Each gets a ValueError naming the problem (torch raised AttributeError or KeyError, or kept an int as a
+    parameter's state)."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match=message):
+        optim.SGDP([p], lr=0.1).load_state_dict(state_dict)
