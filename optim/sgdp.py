@@ -216,11 +216,11 @@ def sgdp_compiled(
         [decay] * len(turned),
         eps=eps,
     )
-    steps = dict(momentum=momentum, dampening=dampening, lr=lr, nesterov=nesterov)  # a projected tensor's
-    scalars = dict(steps, decay=_decay(lr, weight_decay, 1.0, momentum))
-    _RULE.prepare("SGDP", at(columns, plain), [scalars] * len(plain))  # both compile before either changes a tensor
-    _PROJECTED.run("SGDP", [*projected, scales], [steps] * len(turned))
-    _RULE.run("SGDP", at(columns, plain), [scalars] * len(plain))
+    projecting = dict(momentum=momentum, dampening=dampening, lr=lr, nesterov=nesterov)  # θ's scale comes per row
+    plain_columns, plain_scalars = at(columns, plain), [dict(projecting, decay=_decay(lr, weight_decay, 1.0, momentum))]
+    _RULE.prepare("SGDP", plain_columns, plain_scalars * len(plain))  # both compile before either changes a tensor
+    _PROJECTED.run("SGDP", [*projected, scales], [projecting] * len(turned))
+    _RULE.run("SGDP", plain_columns, plain_scalars * len(plain))
     for index in plain:
         found.setdefault(index, Projection("none", math.nan, math.nan, 1.0))
     if others:
