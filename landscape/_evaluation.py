@@ -51,8 +51,18 @@ def top1_accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
     if classification:  # arg-max over the leading dimension: several times faster on CPU for few classes
         valid = targets != IGNORE_INDEX
         hits = (outputs.movedim(1, 0).argmax(dim=0) == targets) & valid
-        return hits.sum().to(outputs.dtype) / valid.sum().to(outputs.dtype)
+        return fraction(hits.sum(), valid.sum(), outputs.dtype)
     return torch.full((), float("nan"), dtype=outputs.dtype, device=outputs.device)
+
+
+def fraction(count: Tensor, total: Tensor | int, dtype: torch.dtype) -> Tensor:
+    """``count / total`` of integer counts, divided in float32 (float64 for float64) and then rounded to ``dtype``.
+
+    Counts cast to a half-precision dtype before the division would be rounded (bfloat16 holds integers exactly only
+    up to 256), and the fraction would be a rounding step or more off.
+    """
+    wide = torch.promote_types(dtype, torch.float32)
+    return (count.to(wide) / total).to(dtype)
 
 
 def check_classification(outputs: Tensor, targets: Tensor) -> None:
@@ -84,10 +94,11 @@ def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy, as ``torch.nn.functional.cross_entropy`` with its defaults (the default loss).
 
     Refuses what it cannot mean (:func:`check_classification`): outputs with one column, float targets, targets out
-    of range. Targets equal to :data:`IGNORE_INDEX` are left out of the mean, as torch does; the measures count them
-    (:func:`count_ignored`), warn and record the count. For ``(B, C)`` scores and integer targets the log-softmax is
-    taken over the leading dimension of the transpose, which on CPU is several times faster than over a short last
-    dimension; other inputs go to torch's function.
+    of range. Targets equal to :data:`IGNORE_INDEX` are left out of the mean, as torch does, but the sum and count of
+    the others are divided in float32 at least (torch counts in the outputs' dtype, which in bfloat16 rounds counts
+    from 256 on); the measures count ignored targets (:func:`count_ignored`), warn and record the count. For
+    ``(B, C)`` scores and integer targets the log-softmax is taken over the leading dimension of the transpose, which
+    on CPU is several times faster than over a short last dimension; other inputs go to torch's function.
 
     Example:
         >>> out, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
@@ -95,10 +106,18 @@ def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
         True
     """
     check_classification(outputs, targets)
+    valid = targets != IGNORE_INDEX
     fast = outputs.dim() == 2 and len(targets) == len(outputs)
-    if fast and bool((targets >= 0).all()):  # negative targets: torch's ignore_index handling
+    if not fast:
+        if bool(valid.all()):
+            return nn.functional.cross_entropy(outputs, targets)
+        terms = nn.functional.cross_entropy(outputs, targets, reduction="none")  # 0 where ignored
+    elif bool(valid.all()):
         return -outputs.t().log_softmax(dim=0).gather(0, targets[None]).mean()
-    return nn.functional.cross_entropy(outputs, targets)
+    else:
+        terms = -outputs.t().log_softmax(dim=0).gather(0, targets.where(valid, 0)[None])[0].where(valid, 0)
+    wide = torch.promote_types(outputs.dtype, torch.float32)  # torch counts in the outputs' dtype: bfloat16 rounds 257
+    return (terms.sum(dtype=wide) / valid.sum()).to(outputs.dtype)
 
 
 def count_ignored(batches: Sequence[Batch], loss_fn: LossFn, what: str, forward_fn: object = None) -> int | None:

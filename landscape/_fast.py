@@ -61,6 +61,7 @@ from landscape._evaluation import (
     check_classification,
     combine,
     cross_entropy,
+    fraction,
     top1_accuracy,
 )
 
@@ -675,11 +676,12 @@ def stacked_scores(
     if len(tied):
         hits[tied] = scores[tied].argmax(dim=1) == prepared.targets.expand(points, -1)[tied]
     if prepared.all_valid:
-        return -picked.mean(dim=1), hits.sum(dim=1).to(outputs.dtype) / prepared.valid.shape[-1]
+        return -picked.mean(dim=1), fraction(hits.sum(dim=1), prepared.valid.shape[-1], outputs.dtype)
     valid = prepared.valid
-    count = valid.sum(dim=-1, keepdim=True).to(outputs.dtype)
-    loss = -torch.where(valid, picked, torch.zeros_like(picked)).sum(dim=1, keepdim=True) / count
-    return loss[:, 0], ((hits & valid).sum(dim=1, keepdim=True).to(outputs.dtype) / count)[:, 0]
+    count = valid.sum(dim=-1)
+    wide = torch.promote_types(outputs.dtype, torch.float32)  # a half-precision count is rounded from 256 on
+    loss = -(torch.where(valid, picked, torch.zeros_like(picked)).sum(dim=1, dtype=wide) / count).to(outputs.dtype)
+    return loss, fraction((hits & valid).sum(dim=1), count, outputs.dtype)
 
 
 @dataclass(frozen=True)

@@ -338,3 +338,27 @@ def test_stacked_scores_in_half_precision_round_as_the_single_point_functions(dt
     for g_, out in enumerate(outputs):
         assert abs(float(loss[g_]) - float(cross_entropy(out, targets))) < 1e-4
         assert float(acc[g_]) == float(top1_accuracy(out, targets))
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_half_precision_accuracy_and_loss_past_256_examples_are_the_fraction_rounded(ignored):
+    """bfloat16 holds integers exactly only up to 256: counted in it, 257 hits of 300 became 256 (and 257 valid
+    examples 256), a rounding step or more off. Both paths divide in float32 and round the fraction; the loss too
+    (torch's own counts the valid targets in bfloat16)."""
+    n, hits = 300, 257
+    targets = torch.zeros(n, dtype=torch.long)
+    outputs = torch.zeros(n, 2)
+    outputs[:hits, 0] = 1.0  # class 0 wins for the first 257 examples, class 1 for the rest
+    outputs[hits:, 1] = 1.0
+    if ignored:
+        targets[-3:] = -100  # ignored misses: 257 hits of 297
+    valid = n - 3 * ignored
+    expected = torch.tensor(hits / valid).to(torch.bfloat16)
+    out16 = outputs.to(torch.bfloat16)
+    assert top1_accuracy(out16, targets) == expected
+    loss, acc = _fast.stacked_scores(out16[None].expand(2, -1, -1), targets.expand(2, -1))
+    assert acc.tolist() == [float(expected)] * 2
+    terms = -torch.log_softmax(outputs, dim=1).to(torch.bfloat16).double()[torch.arange(n), targets.clamp(min=0)]
+    expected_loss = float(terms[targets >= 0].mean().to(torch.bfloat16))  # bfloat16 terms, their mean rounded once
+    assert float(cross_entropy(out16, targets)) == expected_loss
+    assert loss.tolist() == [expected_loss] * 2
