@@ -120,6 +120,35 @@ def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
     return (terms.sum(dtype=wide) / valid.sum()).to(outputs.dtype)
 
 
+def batch_weights(batches: Sequence[Batch], fn: LossFn | AccuracyFn, forward_fn: ForwardFn | None = None) -> list[int]:
+    """Each batch's weight in the mean of ``fn`` (a loss or an accuracy, itself a mean per batch) over batches.
+
+    The default loss and accuracy (and torch's cross-entropy) average over the target entries that are not
+    :data:`IGNORE_INDEX`, so a batch weighs as many as it has: the mean over batches is then the mean over every
+    such entry of the data, as one batch of all of them gives, and a batch of ignored targets only (whose own mean is
+    NaN) weighs nothing and is left out. Any other function, and targets that ``forward_fn`` makes, weigh a batch by
+    its examples.
+    """
+    if fn not in (cross_entropy, nn.functional.cross_entropy, top1_accuracy) or forward_fn is not None:
+        return [batch_length(b, forward_fn) for b in batches]
+    return [int((b[1] != IGNORE_INDEX).sum()) for b in batches]
+
+
+def batch_fractions(
+    batches: Sequence[Batch], fn: LossFn | AccuracyFn, forward_fn: ForwardFn | None = None
+) -> list[float]:
+    """:func:`batch_weights` divided by their sum.
+
+    When no batch weighs anything (every target ignored), each batch's share of the examples: the mean is then NaN,
+    as each batch's is.
+    """
+    weights = batch_weights(batches, fn, forward_fn)
+    if not sum(weights):
+        weights = [batch_length(b, forward_fn) for b in batches]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
 def count_ignored(batches: Sequence[Batch], loss_fn: LossFn, what: str, forward_fn: object = None) -> int | None:
     """Count the targets the default loss ignores; warn naming the count when there are any.
 
@@ -293,15 +322,19 @@ def evaluate_batches(
     accuracy_fn: AccuracyFn,
     forward_fn: ForwardFn | None = None,
 ) -> tuple[float, float]:
-    """Example-weighted mean loss and accuracy of ``model`` over ``batches`` (no gradient)."""
-    sizes = [batch_length(b, forward_fn) for b in batches]
-    total = sum(sizes)
+    """Mean loss and accuracy of ``model`` over ``batches``, each batch weighted by :func:`batch_fractions`."""
     loss, acc = 0.0, 0.0
+    loss_weights = batch_fractions(batches, loss_fn, forward_fn)
+    weights = zip(loss_weights, batch_fractions(batches, accuracy_fn, forward_fn), strict=True)
     with torch.no_grad():
-        for batch, size in zip(batches, sizes, strict=True):
+        for batch, (loss_weight, acc_weight) in zip(batches, weights, strict=True):
+            if not (loss_weight or acc_weight):
+                continue
             out, y = run_model(model, batch, forward_fn)
-            loss += float(loss_fn(out, y)) * size / total
-            acc += float(accuracy_fn(out, y)) * size / total
+            if loss_weight:
+                loss += float(loss_fn(out, y)) * loss_weight
+            if acc_weight:
+                acc += float(accuracy_fn(out, y)) * acc_weight
     return loss, acc
 
 

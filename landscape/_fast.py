@@ -58,6 +58,7 @@ from landscape._evaluation import (
     IGNORE_INDEX,
     AccuracyFn,
     LossFn,
+    batch_fractions,
     check_classification,
     combine,
     cross_entropy,
@@ -387,7 +388,7 @@ class FastEvaluator:
         if self.channels_last:
             batches = [(channels_last(b[0]), *b[1:]) for b in batches]
         sizes = [batch_length(b, self.forward_fn) for b in batches]
-        total = sum(sizes)
+        weights = self._weights(batches)
         loss = torch.zeros(len(coords), dtype=torch.float64)
         acc = torch.zeros(len(coords), dtype=torch.float64)
         parts = [
@@ -401,7 +402,11 @@ class FastEvaluator:
                     n: t.contiguous(memory_format=layout) if t.ndim == 4 else t
                     for n, t in combine(self.origin, self.directions, c).items()
                 }
-                for batch, size, batch_parts in zip(batches, sizes, parts, strict=True):
+                for batch, size, batch_parts, (loss_weight, acc_weight) in zip(
+                    batches, sizes, parts, weights, strict=True
+                ):
+                    if not (loss_weight or acc_weight):
+                        continue
                     outputs, targets = [], []
                     for rows in _pieces(size, piece):
                         if batch_parts is not None:
@@ -410,9 +415,21 @@ class FastEvaluator:
                         outputs.append(out)
                         targets.append(y)
                     out, y = (outputs[0], targets[0]) if len(outputs) == 1 else (torch.cat(outputs), torch.cat(targets))
-                    loss[i] += float(self.loss_fn(out, y)) * (size / total)
-                    acc[i] += float(self.accuracy_fn(out, y)) * (size / total)
+                    if loss_weight:
+                        loss[i] += float(self.loss_fn(out, y)) * loss_weight
+                    if acc_weight:
+                        acc[i] += float(self.accuracy_fn(out, y)) * acc_weight
         return loss, acc
+
+    def _weights(self, batches: Sequence[Batch]) -> list[tuple[float, float]]:
+        """Each batch's weights in the means of loss and accuracy (:func:`~landscape._evaluation.batch_fractions`)."""
+        return list(
+            zip(
+                batch_fractions(batches, self.loss_fn, self.forward_fn),
+                batch_fractions(batches, self.accuracy_fn, self.forward_fn),
+                strict=True,
+            )
+        )
 
     @contextmanager
     def _replaced_first_layer(self, forward: Callable[..., Tensor], replace: bool = True) -> Iterator[None]:
@@ -437,12 +454,12 @@ class FastEvaluator:
         dtype = next(iter(self.origin.values())).dtype
         device = next(iter(self.origin.values())).device
         coords = coords.to(device, dtype)
-        sizes = [batch_length(b, self.forward_fn) for b in batches]
-        total = sum(sizes)
         loss = torch.zeros(len(coords), dtype=torch.float64)
         acc = torch.zeros(len(coords), dtype=torch.float64)
         with torch.no_grad():
-            for i, (batch, size) in enumerate(zip(batches, sizes, strict=True)):
+            for i, (batch, (loss_weight, acc_weight)) in enumerate(zip(batches, self._weights(batches), strict=True)):
+                if not (loss_weight or acc_weight):
+                    continue
                 if use_trick and self.chain is not None:
                     key = ("vmap", i, "transposed") if cache else None
                     batch_loss, batch_acc = self._batch_chain(coords, batch, key)
@@ -450,8 +467,10 @@ class FastEvaluator:
                     batch_loss, batch_acc = self._batch_trick(coords, batch, ("vmap", i) if cache else None)
                 else:
                     batch_loss, batch_acc = self._batch_plain(coords, batch)
-                loss += batch_loss.double().cpu() * (size / total)
-                acc += batch_acc.double().cpu() * (size / total)
+                if loss_weight:
+                    loss += batch_loss.double().cpu() * loss_weight
+                if acc_weight:
+                    acc += batch_acc.double().cpu() * acc_weight
         return loss, acc
 
     def _batch_chain(self, coords: Tensor, batch: Batch, key: Hashable | None) -> tuple[Tensor, Tensor]:

@@ -39,6 +39,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,7 @@ from landscape._data import (
     ForwardFn,
     as_batches,
     batch_length,
+    batch_to,
     functional_run,
     head,
     map_tensors,
@@ -61,6 +63,7 @@ from landscape._data import (
 from landscape._evaluation import (
     MODES,
     LossFn,
+    batch_fractions,
     batches_to,
     count_ignored,
     cross_entropy,
@@ -115,10 +118,19 @@ class _Objective:
     ) -> None:
         self.model, self.forward_fn = model, forward_fn
         self.batches = batches_to(as_batches(data, batch_size, forward_fn), model_device(model))
-        self.params = {n: p.detach().clone() for n, p in trainable_parameters(model).items()}
+        trainable = trainable_parameters(model)
+        # A sharpness is a difference of losses: in half precision it would come out in whole rounding steps of the
+        # loss (0.0156 for 0.0141 in bfloat16). Half-precision models are evaluated in float32, as are their inputs.
+        own = next(iter(trainable.values())).dtype
+        dtype = torch.promote_types(own, torch.float32)
+        self.fixed: dict[str, Tensor] = {}  # the model's other floating tensors, cast to dtype (none if not cast)
+        if dtype != own:
+            self.batches = [batch_to(b, model_device(model), dtype) for b in self.batches]
+            others = chain(model.named_parameters(), model.named_buffers())
+            self.fixed = {n: t.detach().to(dtype) for n, t in others if n not in trainable and t.is_floating_point()}
+        self.params = {n: p.detach().to(dtype, copy=True) for n, p in trainable.items()}
         self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
-        self.sizes = [batch_length(b, forward_fn) for b in self.batches]
-        self.total = sum(self.sizes)
+        self.weights = batch_fractions(self.batches, self.loss_fn, forward_fn)
         self.n_ignored = count_ignored(self.batches, self.loss_fn, "sharpness", forward_fn)
         self.evaluations = 0
         self.nonfinite: list[float] = []  # non-finite losses met, in order
@@ -128,9 +140,10 @@ class _Objective:
         params = unflatten(vector, self.params)
         loss = 0.0
         with torch.set_grad_enabled(grad):
-            for batch, size in zip(self.batches, self.sizes, strict=True):
-                outputs, targets = functional_run(self.model, params, batch, self.forward_fn)
-                loss = loss + self.loss_fn(outputs, targets) * (size / self.total)
+            for batch, weight in zip(self.batches, self.weights, strict=True):
+                if weight:  # a batch of ignored targets only weighs nothing (its own loss is NaN)
+                    outputs, targets = functional_run(self.model, {**self.fixed, **params}, batch, self.forward_fn)
+                    loss = loss + self.loss_fn(outputs, targets) * weight
         self.evaluations += 1
         value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
         if not math.isfinite(value):

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape._data import Data, as_batches, named_parameters
+from landscape._evaluation import batches_to, evaluate_batches, evaluation_mode, top1_accuracy
 from landscape.curvature.lanczos import lanczos_eigenpairs
 from landscape.curvature.operator import HessianOperator, LossFn
 from landscape.curvature.preconditioned import PreconditionedOperator
@@ -198,13 +199,13 @@ class SharpnessDynamics(Measure):
         return rows
 
     def _loss(self, model: nn.Module) -> float:
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for inputs, targets in self.batches:
-                device = next(model.parameters()).device
-                total += float(self.loss_fn(model(inputs.to(device)), targets.to(device))) * len(targets)
-                count += len(targets)
-        return total / count
+        """The loss over the probe batches in eval mode, as the Hessian rows see the model; its modes are put back.
+
+        In train mode dropout would be drawn and BatchNorm's running statistics updated.
+        """
+        batches = batches_to(self.batches, next(model.parameters()).device)
+        with evaluation_mode(model, "eval"):
+            return evaluate_batches(model, batches, self.loss_fn, top1_accuracy)[0]
 
     def _record(self, step: int, rows: list[dict[str, Any]]) -> None:
         self.records += [{"step": step, **row} for row in rows]

@@ -41,13 +41,12 @@ from landscape._data import (
     Data,
     ForwardFn,
     as_batches,
-    batch_length,
     batch_to,
     functional_run,
     model_device,
     named_parameters,
 )
-from landscape._evaluation import MODES, evaluation_mode
+from landscape._evaluation import IGNORE_INDEX, MODES, batch_weights, evaluation_mode
 from landscape.distributed import all_reduce_sum, shard_batches
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -66,8 +65,10 @@ class CurvatureOperator(LinearOperator):
             never modified (its modes are put back after every application).
         loss_fn: ``loss_fn(outputs, targets)``, a mean over the batch.
         data: a pair ``(inputs, targets)`` or an iterable of pairs.
-        dtype: computation dtype (e.g. ``torch.float64``); parameters, buffers and floating inputs are cast to it.
-            ``None`` keeps the parameters' dtype.
+        dtype: computation dtype, ``torch.float32`` or ``torch.float64``; parameters, buffers and floating inputs
+            are cast to it. ``None`` keeps the parameters' dtype, float32 for half-precision parameters (whose
+            products keep about three digits: Lanczos on them restarted on rounding noise and returned a top
+            eigenvalue 6 % off).
         batch_size: split a single pair into batches of this size (memory bound); ``None`` keeps it whole.
         distributed: data parallel over the ranks of the default process group: pass the same ``data`` on every
             rank; each keeps its shard and every application all-reduces. Every rank must make the same
@@ -108,8 +109,11 @@ class CurvatureOperator(LinearOperator):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ValueError(f"Invalid dtype: {dtype}")
+        if dtype is not None and dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"Invalid dtype: {dtype} (float32 or float64: in half precision the products keep about three digits, "
+                "too few for the Krylov estimators)"
+            )
         if not isinstance(distributed, bool):
             raise TypeError(f"distributed must be a bool, got {type(distributed).__name__}")
         params = named_parameters(model)
@@ -119,15 +123,21 @@ class CurvatureOperator(LinearOperator):
         self.mode = mode
         self.loss_fn = loss_fn
         self.device = model_device(model)
-        self.torch_dtype = dtype or next(iter(params.values())).dtype
+        self.torch_dtype = dtype or torch.promote_types(next(iter(params.values())).dtype, torch.float32)
         self.forward_fn = forward_fn
         batches = as_batches(data, batch_size, forward_fn)
         self.distributed = distributed
         if distributed:
             batches = shard_batches(batches, forward_fn)
         self.batches = [self._cast(batch) for batch in batches]
-        self.sizes = [batch_length(batch, forward_fn) for batch in self.batches]
+        # n_b: the examples each batch's mean loss averages over (without its ignored targets); batches of ignored
+        # targets only add no term and are left out
+        weights = batch_weights(self.batches, loss_fn, forward_fn)
+        self.batches = [batch for batch, n in zip(self.batches, weights, strict=True) if n]
+        self.sizes = [n for n in weights if n]
         self.num_data = sum(self.sizes)
+        if not self.num_data and not distributed:
+            raise ValueError(f"every target is {IGNORE_INDEX} (ignore_index): the loss has no term to differentiate")
         self.names = list(params)
         self.shapes = [p.shape for p in params.values()]
         self.numels = [p.numel() for p in params.values()]
@@ -179,6 +189,8 @@ class CurvatureOperator(LinearOperator):
                 total += product.mul_(size)  # a new tensor: scaled in place
         if self.graph_mode is None:
             self.graph_mode = "reuse" if keep else "recompute"
+        if total is None:  # this process's batches are all ignored targets
+            total = torch.zeros_like(vectors)
         return total, self.num_data
 
     def _keep(self, graph: Any) -> bool:
@@ -284,7 +296,8 @@ def _graph_nbytes(graph: Any) -> int:
 class HessianOperator(CurvatureOperator):
     r"""The Hessian :math:`H = \nabla^2_\theta L(\theta)` of the data-averaged loss, applied by double backward.
 
-    With :math:`L = \sum_b \frac{n_b}{N} L_b` over batches of :math:`n_b` examples,
+    With :math:`L = \sum_b \frac{n_b}{N} L_b` over batches of :math:`n_b` examples (for cross-entropy, targets
+    not ignored),
 
     .. math::
         Hv = \frac{1}{N} \sum_b n_b \, \nabla_\theta \big( \nabla_\theta L_b(\theta)^\top v \big)
