@@ -106,6 +106,14 @@ def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
         True
     """
     check_classification(outputs, targets)
+    if targets.shape != (outputs.shape[0], *outputs.shape[2:]):
+        raise ValueError(
+            f"targets of shape {_per_example(targets.shape[1:])} for outputs of shape {_per_example(outputs.shape[1:])}"
+            f": the default loss needs one class index per example, targets of shape {_per_example(outputs.shape[2:])}"
+            if targets.dim() and len(targets) == len(outputs)
+            else f"targets of shape {tuple(targets.shape)} for {len(outputs)} examples"
+        )
+    targets = targets.long()  # torch's kernels index with int64 (uint8 targets were refused by gather)
     valid = targets != IGNORE_INDEX
     fast = outputs.dim() == 2 and len(targets) == len(outputs)
     if not fast:
@@ -147,6 +155,11 @@ def batch_fractions(
         weights = [batch_length(b, forward_fn) for b in batches]
     total = sum(weights)
     return [w / total for w in weights]
+
+
+def _per_example(shape: torch.Size) -> str:
+    """A batch's shape with N examples and ``shape`` per example, as text: ``(N, 3)``, ``(N,)``."""
+    return f"(N, {', '.join(map(str, shape))})" if shape else "(N,)"
 
 
 def count_ignored(batches: Sequence[Batch], loss_fn: LossFn, what: str, forward_fn: object = None) -> int | None:

@@ -179,20 +179,26 @@ def _psi(group: dict[str, Any], state: dict[str, Any], with_eps: bool) -> tuple[
     eps = float(group.get("eps", 0.0)) if with_eps else 0.0
     if "exp_avg_sq" in state or "exp_avg_var" in state:  # Adam family, AdaBelief (s), AdaM3 (v of m)
         v = state.get("max_exp_avg_sq") if group.get("amsgrad", False) else None
-        v = v if v is not None else state.get("exp_avg_sq", state.get("exp_avg_var"))
+        v = _wide(v if v is not None else state.get("exp_avg_sq", state.get("exp_avg_var")))
         corrected = v / (1 - group["betas"][1] ** t) if t > 0 else v
     elif "square_avg" in state and "acc_delta" not in state:  # RMSprop (Adadelta excluded)
-        corrected = state["square_avg"]
+        corrected = _wide(state["square_avg"])
         if group.get("centered", False):
-            corrected = corrected - state["grad_avg"] ** 2
+            corrected = corrected - _wide(state["grad_avg"]) ** 2
     elif "sum" in state:  # Adagrad
-        corrected = state["sum"]
+        corrected = _wide(state["sum"])
     elif "sum_sq" in state:  # valley Expectigrad: s / n, with 0/0 := 0
-        count = state["counter"] if "counter" in state else torch.full_like(state["sum_sq"], float(t))
-        corrected = torch.where(count > 0, state["sum_sq"] / count.clamp(min=1), torch.zeros_like(state["sum_sq"]))
+        total = _wide(state["sum_sq"])
+        count = _wide(state["counter"]) if "counter" in state else torch.full_like(total, float(t))
+        corrected = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
     else:
         return None
-    return 1.0 / (corrected.detach().double().clamp(min=0).sqrt() + eps), t
+    return 1.0 / (corrected.clamp(min=0).sqrt() + eps), t
+
+
+def _wide(state: Tensor) -> Tensor:
+    """A state tensor in float64, before any arithmetic (float16 overflows dividing v by 1 - β₂ᵗ from v = 65.6)."""
+    return state.detach().double()
 
 
 def adaptive_lr_state(optimizer: Any, with_eps: bool = True) -> dict[Tensor, tuple[Tensor, int]]:

@@ -171,3 +171,17 @@ def test_run_with_gaussian_gradients_matches_simulation_and_formula_at_steady_st
     assert known.first_order_var[600] == pytest.approx(first_order_variance(rho(0.99, 600)))
     with pytest.raises(ValueError, match="AdaptiveLR"):
         adaptive_lr_variance_from_run(frame.drop(columns="t"), beta2=0.99)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_state_is_read_in_float64(dtype):
+    """v / (1 - β₂ᵗ) was divided in the state's dtype: float16 overflowed for |g| = 300 at t = 1 and gave ψ = 0."""
+    p = torch.nn.Parameter(torch.tensor([300.0, 1.0, 1e-3], dtype=dtype))
+    optimizer = torch.optim.Adam([p], lr=1e-3)
+    p.grad = p.detach().clone()
+    optimizer.step()
+    psi, t = adaptive_lr_state(optimizer)[p]
+    v = optimizer.state[p]["exp_avg_sq"].double()
+    assert t == 1
+    assert torch.equal(psi, 1 / ((v / (1 - 0.999)).sqrt() + 1e-8))
+    assert psi[0].item() == pytest.approx(1 / 300, rel=1e-2)  # v holds (1 - β₂)g² to the dtype's rounding

@@ -362,3 +362,17 @@ def test_half_precision_accuracy_and_loss_past_256_examples_are_the_fraction_rou
     expected_loss = float(terms[targets >= 0].mean().to(torch.bfloat16))  # bfloat16 terms, their mean rounded once
     assert float(cross_entropy(out16, targets)) == expected_loss
     assert loss.tolist() == [expected_loss] * 2
+
+
+def test_default_loss_widens_small_integer_targets_and_names_a_shape_mismatch():
+    """uint8/int16 targets ended in gather's "Expected dtype int32/int64 for index", (N, 1) targets in "Index tensor
+    must have the same number of dimensions" (after the fast path had warned and fallen back to the loop)."""
+    g = torch.Generator().manual_seed(0)
+    outputs, targets = torch.randn(6, 3, generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
+    expected = torch.nn.functional.cross_entropy(outputs, targets)
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        assert torch.allclose(cross_entropy(outputs, targets.to(dtype)), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"targets of shape \(N, 1\) for outputs of shape \(N, 3\).*\(N,\)$"):
+        cross_entropy(outputs, targets[:, None])
+    with pytest.raises(ValueError, match=r"targets of shape \(5,\) for 6 examples"):
+        cross_entropy(outputs, targets[:5])
