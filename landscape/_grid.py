@@ -48,7 +48,7 @@ from landscape._fast import FastEvaluator
 from landscape.cache import check_bytes, file_record, read_file, warn_damaged
 from landscape.files import atomic_write, publish
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: batches weigh their valid targets (chunks cached before averaged ignored targets in)
 METHODS = ("fast", "loop")
 BN_POLICIES = ("saved", "recompute")
 ChunkResult = tuple[np.ndarray, np.ndarray]
