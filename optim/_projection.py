@@ -39,14 +39,18 @@ class Projection(NamedTuple):
 
 @torch.no_grad()
 def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float) -> Tensor:
-    r"""``[max_cosine, layer_cosine]`` of each tensor (at least two dims; one device and dtype) as rows, no sync.
+    r"""``[max_cosine, layer_cosine, overflowed]`` of each tensor (at least two dims; one device and dtype) as rows.
 
     With :math:`c = |\cos(g, θ)|` row-wise (rows = output channels; each norm clamped below at ε, as
     ``F.cosine_similarity``): the max over rows, and c of the whole tensor, assembled from the row sums so that it
     costs no extra pass. Each row's :math:`g·θ` comes from a batched matrix product, which reads the two tensors
     without writing their product out; the per-row results of all tensors are combined at once (zero padding
     changes neither maxima nor sums; a padded row's cosine, 0/ε² and so 0/0 where ε² underflows, is set to 0), in
-    float64. Half-precision tensors are measured in float32.
+    float64. Half-precision tensors are measured in float32. No sync.
+
+    ``overflowed`` is 1 where a row's g·θ or norm is not finite in a dtype narrower than float64: finite g and θ
+    whose sums overflow it (float32 g = 10¹⁹θ: ‖g_row‖ = inf, and c = g·θ/inf = 0 for a radial g), or non-finite
+    ones. Such a tensor is measured again in float64 (:func:`measured_in_float64`), the rare case paying for it.
     """
     if params[0].dtype not in (torch.float32, torch.float64):  # float16 overflows above 65504: work in float32
         params, grads = [p.float() for p in params], [g.float() for g in grads]
@@ -64,9 +68,28 @@ def cosines(params: list[Tensor], grads: list[Tensor], *, eps: float) -> Tensor:
     channel_cos = dots.abs() / (grad_norms.clamp(min=floor) * param_norms.clamp(min=floor))
     rows = torch.arange(stats.shape[2], device=stats.device)
     channel_cos = channel_cos.where(rows < torch.tensor(counts, device=stats.device)[:, None], 0.0)  # padding: 0/0
+    dot_sums = dots.sum(dim=1)
     layer_grad = torch.linalg.vector_norm(grad_norms, dim=1).clamp(min=floor)
     layer_param = torch.linalg.vector_norm(param_norms, dim=1).clamp(min=floor)
-    return torch.stack([channel_cos.amax(dim=1), dots.sum(dim=1).abs() / (layer_grad * layer_param)], dim=1)
+    # not finite where a row's sum was not (float64 adds up those of float32 without overflow)
+    overflowed = (dot_sums + layer_grad + layer_param).isfinite().logical_not_() & (stats.dtype != torch.float64)
+    channel_and_layer = [channel_cos.amax(dim=1), dot_sums.abs() / (layer_grad * layer_param)]
+    return torch.stack([*channel_and_layer, overflowed.to(torch.float64)], dim=1)
+
+
+def measured_in_float64(
+    params: list[Tensor], grads: list[Tensor], indices: list[int], *, eps: float
+) -> dict[int, tuple[float, float]]:
+    """``(max_cosine, layer_cosine)`` of the tensors at ``indices`` by :func:`cosines` of float64 copies.
+
+    For those whose sums overflowed their dtype; one tensor at a time (they may be on several devices), each
+    read back on its own.
+    """
+    found = {}
+    for index in indices:
+        max_cosine, layer_cosine, _ = cosines([params[index].double()], [grads[index].double()], eps=eps)[0].tolist()
+        found[index] = (max_cosine, layer_cosine)
+    return found
 
 
 def decide(param: Tensor, max_cosine: float, layer_cosine: float, *, delta: float, wd_ratio: float) -> Projection:
@@ -84,16 +107,19 @@ def radial_views(
     """Decide which view of each parameter looks scale invariant for its gradient (no projection done yet).
 
     Tensors with fewer than two dims or no elements are never projected; the cosines of all others are computed per
-    device and dtype (:func:`cosines`) and read back to the host in one transfer (see :func:`decide`).
+    device and dtype (:func:`cosines`) and read back to the host in one transfer (see :func:`decide`); those whose
+    sums overflowed their dtype are measured again in float64.
     """
     measured = [index for index, param in enumerate(params) if param.dim() >= 2 and param.numel() > 0]
     parts = buckets([[params[i] for i in measured], [grads[i] for i in measured], measured], cpu_parts=False)
-    found: dict[int, list[float]] = {}
+    found: dict[int, tuple[float, float]] = {}
     if parts:
         values = [cosines(params_, grads_, eps=eps) for _, (params_, grads_, _) in parts]
         device = values[0].device
         read = torch.cat([v.to(device, torch.float64) for v in values]).tolist()
-        found = dict(zip([i for _, (_, _, indices) in parts for i in indices], read, strict=True))
+        rows = dict(zip([i for _, (_, _, indices) in parts for i in indices], read, strict=True))
+        found = {index: (max_cosine, layer_cosine) for index, (max_cosine, layer_cosine, _) in rows.items()}
+        found.update(measured_in_float64(params, grads, [index for index, row in rows.items() if row[2]], eps=eps))
     return [
         decide(param, *found[index], delta=delta, wd_ratio=wd_ratio)
         if index in found
@@ -177,8 +203,8 @@ def _by_row(sums: Tensor, rows: int) -> Tensor:
     return sums if sums.shape[1] == rows else sums.view(len(sums), rows, -1).sum(2)
 
 
-def _summed_cosines(sums: list[Tensor], counts: list[int], *, eps: float) -> list[tuple[float, float]]:
-    r"""``(max_cosine, layer_cosine)`` of each tensor from its row pieces' ``[g·θ, g·g, θ·θ]`` (:func:`_row_sums`).
+def _summed_cosines(sums: list[Tensor], counts: list[int], *, eps: float) -> list[tuple[float, float, float]]:
+    r"""``(max_cosine, layer_cosine, overflowed)`` of each tensor from its row pieces' sums (:func:`_row_sums`).
 
     The same cosines as :func:`cosines`, in float64, from squares: a row's
     :math:`c^2 = \frac{g·θ}{\max(g·g, ε^2)} \cdot \frac{g·θ}{\max(θ·θ, ε^2)}`, the whole tensor's from the summed
@@ -187,7 +213,8 @@ def _summed_cosines(sums: list[Tensor], counts: list[int], *, eps: float) -> lis
     float64 tensors with :math:`|g||θ|` above about 1e154: the cosine was inf/inf), and a zero row's is 0. The rows
     of all tensors are joined into one table, and each tensor's maximum and sums are segment reductions over it, so
     each step of this is one op for all of them (a zero-padded table took 0.28 ms for ResNet-18: its fill ran on
-    every thread, and each tensor was copied in by an op of its own).
+    every thread, and each tensor was copied in by an op of its own). ``overflowed`` as in :func:`cosines`: 1 where
+    a float32 tensor's sums are not finite (whose float64 total then is not either).
     """
     rows = [_by_row(row_sums, count) for row_sums, count in zip(sums, counts, strict=True)]
     table = torch.cat(rows, dim=1).to(torch.float64)  # [g·θ, g·g, θ·θ] x rows
@@ -197,8 +224,11 @@ def _summed_cosines(sums: list[Tensor], counts: list[int], *, eps: float) -> lis
     for dots, grad_squares, param_squares in (table, layer_sums):
         squares.append(dots / grad_squares.clamp(min=eps * eps) * (dots / param_squares.clamp(min=eps * eps)))
     channel, layer = squares
-    pairs = torch.stack([torch.segment_reduce(channel, "max", lengths=lengths), layer], dim=1).tolist()
-    return [(math.sqrt(channel_square), math.sqrt(layer_square)) for channel_square, layer_square in pairs]
+    # float64's squares keep clear of overflow (above): nothing to measure again there
+    overflowed = layer_sums.sum(0).isfinite().logical_not_() & (sums[0].dtype != torch.float64)
+    channel = torch.segment_reduce(channel, "max", lengths=lengths)
+    found = torch.stack([channel, layer, overflowed.to(torch.float64)], dim=1).tolist()
+    return [(math.sqrt(channel_square), math.sqrt(layer_square), flag) for channel_square, layer_square, flag in found]
 
 
 def compiled_radial_views(
@@ -225,23 +255,29 @@ def measured_views(
     tensor), from which :func:`summed_views` decides.
     """
     sums = _ROW_SUMS.run(owner, [params, grads], [{}] * len(params))
-    return summed_views(params, sums, delta=delta, wd_ratio=wd_ratio, eps=eps), sums
+    return summed_views(params, grads, sums, delta=delta, wd_ratio=wd_ratio, eps=eps), sums
 
 
 def summed_views(
-    params: list[Tensor], sums: list[Tensor], *, delta: float, wd_ratio: float, eps: float
+    params: list[Tensor], grads: list[Tensor], sums: list[Tensor], *, delta: float, wd_ratio: float, eps: float
 ) -> list[Projection]:
     """:func:`radial_views` of ``params`` from their row pieces' ``[g·θ, g·g, θ·θ]`` (:func:`_row_sums`).
 
     The cosines of all tensors of a device and dtype are made at once and read back in one transfer
-    (:func:`_summed_cosines`).
+    (:func:`_summed_cosines`); those whose sums overflowed float32 are measured again as the per-tensor path does
+    (:func:`measured_in_float64`).
     """
-    found: dict[int, Projection] = {}
+    found: dict[int, tuple[float, float]] = {}
+    overflowed = []
     rows = [param.shape[0] for param in params]
     for _, (sums_, counts, indices) in buckets([sums, rows, range(len(params))], cpu_parts=False):
-        for index, (max_cosine, layer_cosine) in zip(indices, _summed_cosines(sums_, counts, eps=eps), strict=True):
-            found[index] = decide(params[index], max_cosine, layer_cosine, delta=delta, wd_ratio=wd_ratio)
-    return [found[index] for index in range(len(params))]
+        measured = _summed_cosines(sums_, counts, eps=eps)
+        for index, (max_cosine, layer_cosine, flag) in zip(indices, measured, strict=True):
+            found[index] = (max_cosine, layer_cosine)
+            if flag:
+                overflowed.append(index)
+    found.update(measured_in_float64(params, grads, overflowed, eps=eps))
+    return [decide(param, *found[index], delta=delta, wd_ratio=wd_ratio) for index, param in enumerate(params)]
 
 
 def compiled_rows(columns: list[list[Tensor]], *, eps: float) -> tuple[list[int], list[int]]:
