@@ -272,7 +272,8 @@ class Expectigrad(Checked):
             compiles, see :mod:`optim._compiled`); it takes precedence over ``foreach``. Default False.
 
     State per parameter: ``step``, ``sum_sq`` s, ``counter`` n (sparse only; stored as n + the smallest normal
-    float, which equals n exactly for n ≥ 1), ``exp_avg`` m (β > 0 only).
+    float, which equals n exactly for n ≥ 1), ``exp_avg`` m (β > 0 only). A step without n or m drops it, and
+    switching it on again later is refused (a ``ValueError``): it was not kept on every step.
 
     Example:
         >>> p = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
@@ -321,11 +322,11 @@ class Expectigrad(Checked):
         return value.to(param.device, torch.promote_types(param.dtype, torch.float32), copy=True)
 
     def _check_switches(self) -> None:
-        """Refuse a ``beta`` raised above 0 or a ``sparse_counter`` switched on after a parameter's first step.
+        """Refuse a ``beta`` raised above 0 or a ``sparse_counter`` switched on after a parameter's step without it.
 
-        Its momentum m, or its count n of nonzero gradients, was not kept until then, and neither can be
-        recovered from the state: starting them at 0 would be a different algorithm. Checked before any state
-        changes.
+        Its momentum m, or its count n of nonzero gradients, was not kept on every step until then (a step without
+        it drops it from the state, also when it is switched off only for a while), and neither can be recovered
+        from the state: starting them at 0 would be a different algorithm. Checked before any state changes.
         """
         for group in self.param_groups:
             for p in group["params"]:
@@ -339,7 +340,7 @@ class Expectigrad(Checked):
                     if needed and key not in state:
                         raise ValueError(
                             f"Expectigrad: {switch} set after step {state['step']} of a parameter that did not keep "
-                            f"its {kept} until then; set it from the first step, or start a new optimizer"
+                            f"its {kept} on every step until then; set it from the first step, or start a new optimizer"
                         )
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Any], ...]:
@@ -360,6 +361,11 @@ class Expectigrad(Checked):
                 if group["beta"] > 0:
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # m
             state["step"] += 1
+            # a step without the counter or m leaves it stale: dropped, so switching it on again is refused
+            if not group["sparse_counter"]:
+                state.pop("counter", None)
+            if group["beta"] == 0:
+                state.pop("exp_avg", None)
             counter = state.get("counter")
             if (
                 counter is not None

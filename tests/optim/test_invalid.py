@@ -275,6 +275,28 @@ def test_expectigrad_refuses_a_state_it_did_not_keep_and_changes_nothing(key, fi
     assert opt.state[q]["step"] == before[2] and torch.equal(opt.state[q]["sum_sq"], before[3])
 
 
+@pytest.mark.parametrize(
+    ("key", "on", "off", "text"), [("beta", 0.9, 0.0, "momentum m"), ("sparse_counter", True, False, "count n")]
+)
+def test_expectigrad_refuses_a_state_switched_off_for_a_while(key, on, off, text):
+    """On for step 1, off for steps 2-3, on again: m or n was not updated meanwhile (with g = 1 every step, n would
+    count 2 of 4 nonzero gradients at step 4, s/n = 2 instead of 1): refused, nothing changed; kept off, it steps."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = optim.Expectigrad([p], lr=0.1, **{key: on})
+    for t in range(3):
+        opt.param_groups[0][key] = on if t == 0 else off
+        p.grad = torch.ones(2)
+        opt.step()
+    opt.param_groups[0][key] = on
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match=f"{key}.* set after step 3 of a parameter that did not keep its {text}"):
+        opt.step()
+    assert torch.equal(p, before) and opt.state[p]["step"] == 3
+    opt.param_groups[0][key] = off
+    opt.step()
+    assert opt.state[p]["step"] == 4
+
+
 @pytest.mark.parametrize("cls", OWN_CLASSES, ids=lambda cls: cls.__name__)
 def test_valleys_own_optimizers_refuse_a_parameter_listed_twice(cls, recwarn):
     p = torch.nn.Parameter(torch.ones(2))
