@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+
+def refuse_sparse(optimizer: Optimizer, tensors: Iterable[Tensor]) -> None:
+    """Refuse sparse ``tensors`` (gradients, or what is made of them) with a ``RuntimeError`` naming ``optimizer``."""
+    if any(tensor.is_sparse for tensor in tensors):
+        raise RuntimeError(f"{type(optimizer).__name__} does not support sparse gradients")
 
 
 def adam_group(
@@ -29,8 +35,7 @@ def adam_group(
     for p in group["params"]:
         if p.grad is None:
             continue
-        if p.grad.is_sparse:
-            raise RuntimeError(f"{type(optimizer).__name__} does not support sparse gradients")
+        refuse_sparse(optimizer, [p.grad])
         state = optimizer.state[p]
         if not state:
             state["step"] = 0

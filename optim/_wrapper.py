@@ -61,10 +61,13 @@ class Wrapper(Optimizer):
         """Each group's ``params_of(group)`` as lists for ``torch._foreach_*`` ops, with their group.
 
         Device-and-dtype buckets where the group's ``switch`` (the wrapper's ``foreach``) selects the multi-tensor
-        path, one tensor per list otherwise, so the wrapper's bookkeeping is written once for both paths.
+        path, one tensor per list otherwise, so the wrapper's bookkeeping is written once for both paths. A group
+        added to the base optimizer after wrapping (unfrozen layers) gets the wrapper's defaults here first.
         """
         found = []
         for group in self.param_groups:
+            for name, default in self.defaults.items():
+                group.setdefault(name, default)
             params = params_of(group)
             if params:
                 found += [(group, batch[0]) for batch in batches([params], use_foreach(group.get(switch), params))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar
@@ -13,6 +14,7 @@ from torch.optim import Optimizer
 
 from optim._checks import Check, check_bool, check_nonnegative, check_optional_bool, evaluate
 from optim._foreach import copies
+from optim._state import refuse_sparse
 from optim._wrapper import GLOBAL, Wrapper
 
 __all__ = ["SAM", "frozen_bn"]
@@ -142,22 +144,36 @@ class SAM(Wrapper):
         torch._foreach_add_(scales, group["sam_eta"])
         return scales
 
+    def _norms(
+        self, found: list[tuple[dict[str, Any], list[torch.Tensor]]], dtype: torch.dtype | None = None
+    ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+        """‖∇L‖ per tensor (a list per batch of ``found``) and ‖T_w ∇L‖ per tensor (the same norms for SAM).
+
+        Measured in ``dtype`` (default: each gradient's own), for a gradient whose sum of squares overflows it.
+        """
+        norms, scaled_norms = [], []
+        for group, params in found:
+            norms.append(torch._foreach_norm([p.grad for p in params], dtype=dtype))
+            if group["sam_adaptive"]:
+                scaled = self._scales(group, params)
+                torch._foreach_mul_(scaled, [p.grad for p in params])
+                scaled_norms += torch._foreach_norm(scaled, dtype=dtype)
+            else:
+                scaled_norms += norms[-1]
+        return norms, scaled_norms
+
     @torch.no_grad()
     def first_step(self) -> None:
         """Save w and move to w + ε̂ using the gradients currently in ``.grad``."""
         found = self._batches("sam_foreach", lambda group: [p for p in group["params"] if p.grad is not None])
         if not found:
             return
-        norms, scaled_norms = [], []  # ‖∇L‖ and ‖T_w ∇L‖ per tensor (the same lists for SAM)
-        for group, params in found:
-            norms.append(torch._foreach_norm([p.grad for p in params]))
-            if group["sam_adaptive"]:
-                scaled = self._scales(group, params)
-                torch._foreach_mul_(scaled, [p.grad for p in params])
-                scaled_norms += torch._foreach_norm(scaled)
-            else:
-                scaled_norms += norms[-1]
+        refuse_sparse(self, [p.grad for _, params in found for p in params])
+        norms, scaled_norms = self._norms(found)
         scaled_norm = _stacked(scaled_norms).norm().item()  # one device sync for the global norm
+        if math.isinf(scaled_norm):  # a tensor's norm overflowed its dtype (float32 g of 1e20 each): again in float64
+            norms, scaled_norms = self._norms(found, torch.float64)
+            scaled_norm = _stacked(scaled_norms).norm().item()
         perturbed, e_norms, grad_norms = [], [], []
         for (group, params), batch_norms in zip(found, norms, strict=True):
             scale = group["sam_rho"] / scaled_norm if scaled_norm > 0 else 0.0

@@ -12,6 +12,7 @@ from torch.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from optim._checks import Check, check_count, check_optional_bool, evaluate
 from optim._directions import direction
 from optim._foreach import copies
+from optim._state import refuse_sparse
 from optim._wrapper import GLOBAL, Wrapper
 from optim.adabelief import AdaBelief
 from optim.adam3 import AdaM3
@@ -82,26 +83,33 @@ class XGrad(Wrapper):
 
     @contextmanager
     def predicted(self) -> Iterator[None]:
-        """Within the block the parameters are at θ̂; on exit they are restored bit-exactly."""
-        cached, displacements = [], []
-        with torch.no_grad():
-            for group, batch in self._batches(
-                "xgrad_foreach", lambda group: group["params"] if group["xgrad_steps"] else []
-            ):
-                found = [
-                    (p, direction(self.base_optimizer, group, p, self.state.get(p, {}).get("grad"))) for p in batch
-                ]
-                params = [p for p, delta in found if delta is not None]
-                if not params:
-                    continue
-                deltas = [delta[0] for _, delta in found if delta is not None]
-                torch._foreach_mul_(deltas, float(group["lr"]) * group["xgrad_steps"])
-                cached.append((params, copies(params)))
-                torch._foreach_sub_(params, deltas)
-                displacements += [norm.to(torch.float64) for norm in torch._foreach_norm(deltas)]
-        norm = torch.stack(displacements).norm().item() if displacements else 0.0  # one device sync
-        self.state[GLOBAL]["displacement_norm"] = norm  # ‖θ̂ − θ_t‖
+        """Within the block the parameters are at θ̂; on exit they are restored bit-exactly.
+
+        Also when moving there fails: an exception anywhere puts back the tensors already moved, so θ_t is left as it
+        was. Sparse gradients (Δ of momentum SGD on an ``nn.Embedding(sparse=True)``) are refused by name. Each
+        batch's Δ is freed before the next is made: holding them all would add a copy of the parameters to the peak.
+        """
+        cached = []  # (params, θ_t) of each batch moved so far
         try:
+            with torch.no_grad():
+                displacements = []
+                for group, batch in self._batches(
+                    "xgrad_foreach", lambda group: group["params"] if group["xgrad_steps"] else []
+                ):
+                    found = [
+                        (p, direction(self.base_optimizer, group, p, self.state.get(p, {}).get("grad"))) for p in batch
+                    ]
+                    params = [p for p, delta in found if delta is not None]
+                    if not params:
+                        continue
+                    deltas = [delta[0] for _, delta in found if delta is not None]
+                    refuse_sparse(self, deltas)
+                    torch._foreach_mul_(deltas, float(group["lr"]) * group["xgrad_steps"])
+                    displacements += [norm.to(torch.float64) for norm in torch._foreach_norm(deltas)]
+                    cached.append((params, copies(params)))
+                    torch._foreach_sub_(params, deltas)
+            norm = torch.stack(displacements).norm().item() if displacements else 0.0  # one device sync
+            self.state[GLOBAL]["displacement_norm"] = norm  # ‖θ̂ − θ_t‖
             yield
         finally:
             with torch.no_grad():
@@ -111,9 +119,11 @@ class XGrad(Wrapper):
     @torch.no_grad()
     def _base_step(self) -> None:
         def with_grad(group: dict[str, Any]) -> list[torch.Tensor]:
-            if group["xgrad_steps"] == 0 or not _needs_last_grad(self.base_optimizer, group):
+            if group["xgrad_steps"] == 0:
                 return []
-            return [p for p in group["params"] if p.grad is not None]
+            params = [p for p in group["params"] if p.grad is not None]
+            refuse_sparse(self, [p.grad for p in params])  # before the base steps: θ̂ of the next step needs Δ's norm
+            return params if _needs_last_grad(self.base_optimizer, group) else []
 
         # the last gradient, for Δ, copied before the base step: torch's multi-tensor Nesterov SGD overwrites .grad
         last = [(params, copies([p.grad for p in params])) for _, params in self._batches("xgrad_foreach", with_grad)]

@@ -330,3 +330,114 @@ def test_xgrad_resumes_bitwise_for_every_base(base):
     for _ in range(4):
         resumed.step(closure_on(resumed, q))
     assert torch.equal(p, q)
+
+
+# ---------------------------------------------------------------- all wrappers
+@pytest.mark.parametrize(
+    ("wrap", "expected"),
+    [(optim.SAM, 0.4465), (optim.XGrad, 0.5), (optim.ExtraGradient, 0.2214)],
+    ids=["SAM", "XGrad", "ExtraGradient"],
+)
+def test_a_group_added_to_the_base_after_wrapping_takes_the_wrappers_defaults(wrap, expected):
+    """Momentum SGD (γ = 0.1, μ = 0.9) on Σ w² + Σ v², every coordinate 1, v's group added to the base after
+    wrapping (it raised KeyError 'sam_adaptive' / 'xgrad_steps'). By hand, g = 2θ, two steps: SAM (ρ = 0.05, four
+    equal coordinates: ε̂ = 0.025 each) 1 → 0.795 → 0.4465; XGrad (θ̂ = θ - γb) 1 → 0.8 → 0.5; ExtraGradient
+    (b updated at θ̃ too) 1 → 0.66 → 0.2214."""
+    w, v = (
+        torch.nn.Parameter(torch.ones(2, dtype=torch.float64)),
+        torch.nn.Parameter(torch.ones(2, dtype=torch.float64)),
+    )
+    base = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    opt = wrap(base)
+    base.add_param_group({"params": [v]})
+
+    def closure():
+        opt.zero_grad()
+        loss = (w**2).sum() + (v**2).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(2):
+        opt.step(closure)
+    assert w.tolist() == pytest.approx([expected] * 2, rel=1e-12)
+    assert v.tolist() == pytest.approx([expected] * 2, rel=1e-12)
+    assert all(base.param_groups[1][key] == default for key, default in opt.defaults.items())
+
+
+def _embedding_closure(opt, emb):
+    def closure():
+        opt.zero_grad()
+        loss = emb(torch.tensor([1, 2])).pow(2).sum()
+        loss.backward()
+        return loss
+
+    return closure
+
+
+@pytest.mark.parametrize("wrap", [optim.SAM, optim.XGrad], ids=["SAM", "XGrad"])
+def test_sparse_gradients_are_refused_by_name_before_anything_moves(wrap):
+    """An nn.Embedding(sparse=True) under momentum SGD (which takes sparse gradients): SAM's and XGrad's norms
+    raised NotImplementedError from deep in torch (XGrad's after moving θ to θ̂); now a RuntimeError naming the
+    wrapper, θ as it was. XGrad also refuses a sparse Δ left by a base step taken without it."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(4, 2, sparse=True)
+    base = torch.optim.SGD(emb.parameters(), lr=0.1, momentum=0.9)
+    opt = wrap(base)
+    closure = _embedding_closure(opt, emb)
+    start = emb.weight.detach().clone()
+    with pytest.raises(RuntimeError, match=f"{wrap.__name__} does not support sparse gradients"):
+        opt.step(closure)
+    assert torch.equal(emb.weight, start)
+    if wrap is optim.XGrad:
+        base.step()  # the sparse momentum buffer is XGrad's Δ
+        start = emb.weight.detach().clone()
+        with pytest.raises(RuntimeError, match="XGrad does not support sparse gradients"):
+            opt.step(closure)
+        assert torch.equal(emb.weight, start)
+
+
+def test_xgrad_restores_the_weights_when_moving_to_the_prediction_fails(monkeypatch):
+    """Two tensors, one per list (foreach=False): the second's displacement norm raises after the first tensor
+    would have moved; every tensor must be back at θ_t bit for bit."""
+    p, q = torch.nn.Parameter(torch.tensor([1.0, -2.0])), torch.nn.Parameter(torch.tensor([0.5]))
+    xgrad = optim.XGrad(torch.optim.SGD([p, q], lr=0.1, momentum=0.9), foreach=False)
+
+    def closure():
+        xgrad.zero_grad()
+        loss = (p**2).sum() + (q**2).sum()
+        loss.backward()
+        return loss
+
+    xgrad.step(closure)
+    start = [p.detach().clone(), q.detach().clone()]
+    norms = torch._foreach_norm
+    calls = []
+
+    def failing_norm(tensors, *args, **kwargs):
+        calls.append(len(tensors))
+        if len(calls) == 2:
+            raise RuntimeError("norm failed")
+        return norms(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_foreach_norm", failing_norm)
+    with pytest.raises(RuntimeError, match="norm failed"):
+        xgrad.step(closure)
+    assert torch.equal(p, start[0]) and torch.equal(q, start[1])
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_sam_perturbs_by_rho_where_the_gradient_norm_overflows_float32(adaptive, foreach):
+    """1000 float32 gradients of 1e20 (finite; ‖g‖ = 3.2e21, whose square overflows float32): ‖g‖ was inf, ε̂ = 0
+    and e_norm NaN. By hand at w = 0, with T = 1 (SAM) or η = 0.01 (ASAM): ε̂_i = ρT²g/(Tg√1000) = ρT/√1000 and
+    ‖ε̂‖ = ρT."""
+    rho, t = 0.05, (0.01 if adaptive else 1.0)
+    w = torch.nn.Parameter(torch.zeros(1000))
+    sam = optim.SAM(torch.optim.SGD([w], lr=0.0), rho=rho, adaptive=adaptive, foreach=foreach)
+    w.grad = torch.full((1000,), 1e20)
+    sam.first_step()
+    assert w.detach() == pytest.approx(torch.full((1000,), rho * t / math.sqrt(1000)), rel=1e-6)
+    stats = sam.state["global"]
+    assert stats["e_norm"] == pytest.approx(rho * t, rel=1e-6)
+    assert stats["grad_norm"] == pytest.approx(1e20 * math.sqrt(1000), rel=1e-6)
+    assert sam.state[w]["e_norm"] == pytest.approx(rho * t, rel=1e-6)
