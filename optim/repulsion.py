@@ -15,6 +15,11 @@ from optim._foreach import batches, copies, use_foreach
 __all__ = ["CheckpointRepulsion"]
 
 
+def _summed(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a parameter's part of d is summed in: its own, float32 for half precision."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class CheckpointRepulsion:
     r"""A loss term that pushes the parameters away from detached copies of earlier parameters.
 
@@ -75,13 +80,21 @@ class CheckpointRepulsion:
         self.checkpoints = []
 
     def _squared_distance(self, checkpoint: list[Tensor]) -> Tensor:
+        """d(θ, θ_c), each tensor's part summed in at least float32 (float16's (θ - θ_c)² overflows above 65504)."""
         if not self.foreach:
-            return sum((p - c).square().sum() for p, c in zip(self.params, checkpoint, strict=True))
-        norms = [torch.stack(torch._foreach_norm(torch._foreach_sub(p, c))) for p, c, _ in self._batches(checkpoint)]
+            pairs = zip(self.params, checkpoint, strict=True)
+            return sum((p - c).to(_summed(p.dtype)).square().sum() for p, c in pairs)
+        norms = [
+            torch.stack(torch._foreach_norm(torch._foreach_sub(p, c), dtype=_summed(p[0].dtype)))
+            for p, c, _ in self._batches(checkpoint)
+        ]
         return sum(n.square().sum() for n in norms)
 
     def penalty(self) -> Tensor:
-        r"""Return :math:`s \sum_c \exp(-d(θ, θ_c)/(2σ^2))`, differentiable in θ (0 without checkpoints)."""
+        r"""Return :math:`s \sum_c \exp(-d(θ, θ_c)/(2σ^2))`, differentiable in θ (0 without checkpoints).
+
+        In the widest of the parameters' dtypes, float32 where that is a half precision (as d is summed).
+        """
         total = torch.zeros((), dtype=self.params[0].dtype, device=self.params[0].device)
         for checkpoint in self.checkpoints:
             total = total + torch.exp(-self._squared_distance(checkpoint) / (2 * self.sigma**2))

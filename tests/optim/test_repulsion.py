@@ -39,6 +39,24 @@ def test_penalty_gradient_and_distances_match_the_formula(foreach):
         assert torch.allclose(p.grad, expected, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("foreach", [False, True], ids=["per_tensor", "foreach"])
+def test_float16_distances_are_summed_without_overflow(foreach):
+    """1000 float16 coordinates 10 from the checkpoint: d = 1000 · 10² = 1e5 overflows float16 (65504), which gave
+    distance inf, penalty 0 and gradient 0. By hand (σ = 100, s = 1): √d = 316.23, P = e^{-d/(2σ²)} = e^{-5},
+    ∂P/∂θ_i = -(10/σ²) e^{-5}."""
+    w = torch.nn.Parameter(torch.zeros(1000, dtype=torch.float16))
+    rep = optim.CheckpointRepulsion([w], sigma=100.0, foreach=foreach)
+    rep.add_checkpoint()
+    with torch.no_grad():
+        w.add_(10.0)
+    assert rep.distances() == pytest.approx([math.sqrt(1e5)], rel=1e-6)
+    penalty = rep.penalty()
+    assert penalty.item() == pytest.approx(math.exp(-5), rel=1e-6)
+    penalty.backward()
+    assert w.grad.dtype == torch.float16
+    torch.testing.assert_close(w.grad.float(), torch.full((1000,), -1e-3 * math.exp(-5)), rtol=1e-3, atol=0)
+
+
 def test_checkpoints_are_detached_and_in_the_state_dict():
     w = torch.nn.Parameter(torch.ones(3))
     rep = optim.CheckpointRepulsion([w], sigma=2.0, strength=0.5)
