@@ -110,7 +110,8 @@ def random_direction(
         normalization: ``"filter"`` (default), ``"layer"`` or ``None``.
         bias_bn: ``"zero"`` (default), ``"keep"`` or ``"weights"`` for tensors with at most one dimension.
         seed: seeds a fresh generator (ignored when ``generator`` is given).
-        generator: a CPU generator to draw from.
+        generator: a CPU generator to draw from. With neither, torch's global CPU generator is drawn from (as
+            ``torch.randn`` does: set by ``torch.manual_seed``, advanced by each draw).
 
     Example:
         >>> d = random_direction(nn.Linear(3, 2), seed=0)
@@ -118,10 +119,8 @@ def random_direction(
         (['bias', 'weight'], 0.0)
     """
     params = _params(model)
-    if generator is None:
-        generator = torch.Generator()
-        if seed is not None:
-            generator.manual_seed(seed)
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(seed)
     raw = {n: torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for n, p in params.items()}
     return normalize_direction(raw, params, normalization, bias_bn)
 

@@ -124,3 +124,15 @@ def test_pca_rejects_short_or_incomplete_trajectories():
         pca_directions([{"w": torch.zeros(2)}])
     with pytest.raises(ValueError, match="lacks"):
         pca_directions([{"w": torch.zeros(2)}, {"v": torch.zeros(2)}], final={"w": torch.zeros(2)})
+
+
+def test_without_seed_or_generator_directions_come_from_the_global_generator():
+    """A fresh default generator starts from one fixed seed: every unseeded call drew the same direction, so two
+    of them made a degenerate plane (cosine 1) whatever torch.manual_seed said."""
+    model = nn.Linear(50, 40)
+    torch.manual_seed(7)
+    a, b = random_direction(model, normalization=None), random_direction(model, normalization=None)
+    cosine = torch.nn.functional.cosine_similarity(a["weight"].flatten(), b["weight"].flatten(), dim=0)
+    assert abs(float(cosine)) < 0.1  # 2000 independent coordinates: |cos| about 0.02
+    torch.manual_seed(7)
+    assert torch.equal(random_direction(model, normalization=None)["weight"], a["weight"])
