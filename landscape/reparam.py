@@ -39,6 +39,13 @@ def _check(model: nn.Module, first: str, second: str, alpha: float) -> tuple[nn.
             raise ValueError(f"model has no submodule {name!r}") from error
         if not isinstance(getattr(layer, "weight", None), Tensor):
             raise TypeError(f"layer {name!r} ({type(layer).__name__}) has no weight tensor")
+        own = dict(layer.named_parameters(recurse=False))
+        for role in ("weight", "bias"):
+            if getattr(layer, role, None) is not None and own.get(role) is not getattr(layer, role):
+                raise ValueError(
+                    f"layer {name!r}: its {role} is computed (a parametrisation such as weight_norm), not a parameter "
+                    "of its own; scaling the computed tensor would leave the real parameters as they are"
+                )
         layers.append(layer)
     return layers[0], layers[1]
 

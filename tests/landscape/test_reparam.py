@@ -76,3 +76,18 @@ def test_invalid_arguments_raise():
         rescale_relu_layers(model, "fc", "2", 2.0)
     with pytest.raises(TypeError, match="no weight"):
         rescale_relu_layers(model, "1", "2", 2.0)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
+@pytest.mark.parametrize("where", ["first", "second"])
+@pytest.mark.parametrize("api", ["parametrizations", "hook"])
+def test_a_layer_whose_weight_is_computed_is_refused(where, api):
+    """Under weight_norm ``layer.weight`` is computed from other parameters: scaling it in place scaled a temporary,
+    so only the other layer was rescaled (the function moved by 0.5 to 3.5); the old hook API ended in deepcopy."""
+    wrap = torch.nn.utils.parametrizations.weight_norm if api == "parametrizations" else torch.nn.utils.weight_norm
+    layers = [nn.Linear(4, 5), nn.Linear(5, 2)]
+    layers[0 if where == "first" else 1] = wrap(layers[0 if where == "first" else 1])
+    net = nn.Sequential(layers[0], nn.ReLU(), layers[1])
+    for call in (rescale_relu_layers, rescale_jacobian):
+        with pytest.raises(ValueError, match="its weight is computed"):
+            call(net, "0", "2", 10.0)
