@@ -114,7 +114,8 @@ def check_output_file(path: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def _temporary(path: Path) -> Iterator[Path]:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # ends as the destination does: np.savez appends ".npz" to a path that does not end so, and wrote elsewhere
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -177,9 +178,10 @@ def publish(files: Mapping[str | os.PathLike, Writer]) -> list[Path]:
             temps.append(tmp)
         for folder in sorted({p.parent.resolve() for p in paths}):
             stack.enter_context(_folder_lock(folder))
-        for path, tmp in zip(paths, temps, strict=True):
+        for path in paths:  # all checked before the first is replaced: all or nothing
             if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
                 raise OutputPathError(f"{path}: became a special file while valley was writing; nothing replaced")
+        for path, tmp in zip(paths, temps, strict=True):
             os.replace(tmp, path)
     return paths
 

@@ -65,7 +65,32 @@ def test_writer_that_writes_elsewhere_fails_and_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="wrote nothing"):
         atomic_write(tmp_path / "g.npz", lambda p: np.savez(str(p) + ".other", x=np.zeros(1)))
     assert not (tmp_path / "g.npz").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp.npz")]  # our temporary is gone
+
+
+def test_numpy_savez_writes_the_temporary_itself(tmp_path):
+    """np.savez appends ".npz" to a path that does not end so: the docstring's own example wrote a stray
+    ``.a.npz.XXXX.tmp.npz`` and failed with "wrote nothing"; temporaries now end as their destination."""
+    atomic_write(tmp_path / "a.npz", lambda p: np.savez(p, x=np.arange(3)))
+    assert np.load(tmp_path / "a.npz")["x"].tolist() == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["a.npz"]
+
+
+def test_a_destination_turned_special_while_writing_replaces_nothing(tmp_path):
+    """The check ran inside the replace loop: one.txt was already replaced when two.txt's error said "nothing
+    replaced"."""
+    one, two = tmp_path / "one.txt", tmp_path / "two.txt"
+    one.write_text("old1")
+    two.write_text("old2")
+
+    def becomes_a_link(path):
+        path.write_text("new2")
+        two.unlink()
+        two.symlink_to(one)
+
+    with pytest.raises(OutputPathError, match="nothing replaced"):
+        publish({one: "new1", two: becomes_a_link})
+    assert one.read_text() == "old1" and two.is_symlink()
 
 
 def test_failed_writer_keeps_old_file(tmp_path):
