@@ -96,7 +96,8 @@ class WeightNorms(Measure):
     r"""Weight norms per parameter and of the whole model, and their growth since the start of training.
 
     Logs ``weight_norm`` :math:`\lVert\theta_t\rVert` and ``weight_norm_growth``
-    :math:`\lVert\theta_t\rVert / \lVert\theta_0\rVert` for every parameter (``param=name``) and for the
+    :math:`\lVert\theta_t\rVert / \lVert\theta_0\rVert` for every trainable parameter (``param=name``; frozen
+    ones, ``requires_grad=False``, are left out of both) and for the
     concatenation of all (``param="all"``), at step 0 (``on_train_begin``) and at scheduled steps.
     Arguments as :class:`Measure`; ``per_param=False`` logs only ``"all"``.
     """
@@ -294,6 +295,8 @@ class Tracker:
     :meth:`step` after every ``optimizer.step()`` (it calls ``on_step_end``), :meth:`epoch_end` after every epoch
     and :meth:`end` after training if a measure needs those hooks; :meth:`frame` returns the tidy rows ``step,
     epoch, quantity, value, param, ...`` logged so far (with ``train_loss`` when :meth:`step` is given the loss).
+    Epochs are numbered as the runner (:mod:`studies.train`) numbers them: 0 for the starting point, 1 for the
+    steps of the first epoch and its end, and so on.
 
     Args:
         model: the network being trained.
@@ -320,6 +323,7 @@ class Tracker:
         self.state = _LoopState(model, optimizer)
         self.measures = list(measures)
         self._call("on_train_begin")
+        self.state.epoch = 1  # the starting point's rows are epoch 0, the first epoch's steps epoch 1
 
     def _call(self, hook: str) -> None:
         for measure in self.measures:
@@ -336,8 +340,8 @@ class Tracker:
 
     def epoch_end(self) -> None:
         """Close the current epoch (the measures' ``on_epoch_end``); later steps count in the next one."""
-        self.state.epoch += 1
         self._call("on_epoch_end")
+        self.state.epoch += 1
 
     def end(self) -> None:
         """Finish (the measures' ``on_train_end``)."""

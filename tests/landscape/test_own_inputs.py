@@ -187,3 +187,20 @@ def test_tracker_in_an_own_loop_matches_hand_norms():
     assert rows["step"].tolist() == [0, 2, 4]
     np.testing.assert_allclose(rows["value"], [norms[0], norms[2], norms[4]], rtol=1e-6)
     assert len(tracker.frame().query("quantity == 'train_loss'")) == 4
+
+
+def test_tracker_numbers_epochs_as_the_runner():
+    """The runner (studies.train) labels the starting point epoch 0 and the first epoch's steps epoch 1; the
+    Tracker labelled those steps 0 too, so one's own loop and the runner disagreed by one epoch."""
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tracker = Tracker(model, opt, [WeightNorms(per_param=False)])
+    for _ in range(2):  # two epochs of two steps
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.ones(2, 3)).pow(2).mean().backward()
+            opt.step()
+            tracker.step()
+        tracker.epoch_end()
+    rows = tracker.frame().query("quantity == 'weight_norm'")
+    assert rows[["step", "epoch"]].values.tolist() == [[0, 0], [1, 1], [2, 1], [3, 2], [4, 2]]
