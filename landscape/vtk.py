@@ -58,7 +58,7 @@ def write_vtk(
             height = np.where(loss > 0, np.log10(loss), np.nan)
     height = height * z_scale
     title = title or f"valley {surface.config.get('kind', 'surface')} {surface.config.get('key', '')}".strip()
-    lines = ["# vtk DataFile Version 3.0", title.replace("\n", " ")[:255], "ASCII", "DATASET STRUCTURED_GRID"]
+    lines = ["# vtk DataFile Version 3.0", " ".join(title.splitlines())[:255], "ASCII", "DATASET STRUCTURED_GRID"]
     lines += [f"DIMENSIONS {nx} {ny} 1", f"POINTS {nx * ny} double"]
     for j in range(ny):
         for i in range(nx):

@@ -168,6 +168,9 @@ def test_vtk_export_reads_back_the_surface(setup, tmp_path):
     np.testing.assert_allclose(logged["points"][:, 2].reshape(5, 3).T, 2.0 * np.log10(surface.loss), rtol=1e-15)
     with pytest.raises(ValueError, match="2D surface"):
         write_vtk(Surface(alphas, None, np.zeros(3), np.zeros(3)), tmp_path / "x.vtk")
+    for title in ("a\rb", "a\x0cb", "a\u2028b"):  # line breaks other than \n shifted the header: unreadable
+        titled = read_vtk(write_vtk(surface, tmp_path / "t.vtk", title=title))
+        np.testing.assert_array_equal(titled["point_data"]["loss"].reshape(5, 3).T, surface.loss)
 
 
 def test_tracker_in_an_own_loop_matches_hand_norms():
