@@ -13,6 +13,7 @@ nearly orthogonal, and a surface drawn with skewed axes would be misread.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,12 +62,25 @@ class SurfaceEnsemble:
         return mean, std, stats.t.ppf((1 + self.confidence) / 2, n - 1) * std / np.sqrt(n)
 
     def frame(self) -> pd.DataFrame:
-        """One row per grid point: ``alpha, beta``, then mean, std, lower and upper band of loss and accuracy."""
+        """One row per grid point: ``alpha, beta``, then mean, std, lower and upper band of loss and accuracy.
+
+        A draw's non-finite value at a point makes that point's statistics non-finite too (a warning says how many
+        draws and points): leaving the draw out there would make each point a mean over other draws.
+        """
         first = self.surfaces[0]
         a, b = np.meshgrid(first.alphas, first.betas, indexing="ij")
         cols: dict[str, Any] = {"alpha": a.ravel(), "beta": b.ravel()}
         for quantity in ("loss", "accuracy"):
-            mean, std, half = self._band(np.stack([getattr(s, quantity).ravel() for s in self.surfaces]))
+            values = np.stack([getattr(s, quantity).ravel() for s in self.surfaces])
+            bad = ~np.isfinite(values)
+            if bad.any() and not bad.all():  # all NaN: an accuracy that does not apply (regression)
+                warnings.warn(
+                    f"SurfaceEnsemble: {int(bad.any(axis=1).sum())} of {len(values)} draws have a non-finite "
+                    f"{quantity} at {int(bad.any(axis=0).sum())} points; its mean and band are not finite there",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            mean, std, half = self._band(values)
             cols.update({f"{quantity}_mean": mean, f"{quantity}_std": std})
             cols.update({f"{quantity}_lo": mean - half, f"{quantity}_hi": mean + half})
         cols["n_draws"] = len(self.surfaces)

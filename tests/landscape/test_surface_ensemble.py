@@ -46,3 +46,13 @@ def test_single_draw_has_no_band_and_bad_arguments_raise():
         random_surfaces(model, data, [0.0], [0.0], n_draws=0)
     with pytest.raises(ValueError, match="confidence: 1.5"):
         random_surfaces(model, data, [0.0], [0.0], confidence=1.5)
+
+
+def test_a_non_finite_draw_is_announced():
+    """One draw's NaN made a point's mean and band NaN while n_draws still said 4, without a word."""
+    model, data = setup()
+    ens = random_surfaces(model, data, [-1.0, 0.0, 1.0], [0.0, 0.5], n_draws=4, seed=3, progress=False)
+    ens.surfaces[2].loss[0, 1] = np.nan
+    with pytest.warns(RuntimeWarning, match="1 of 4 draws have a non-finite loss at 1 points"):
+        frame = ens.frame()
+    assert np.isnan(frame.loss_mean[1]) and np.isfinite(frame.loss_mean.drop(1)).all()
