@@ -119,6 +119,12 @@ def random_direction(
         (['bias', 'weight'], 0.0)
     """
     params = _params(model)
+    integer = [name for name, p in params.items() if not p.is_floating_point()]
+    if integer:
+        raise ValueError(
+            f"random_direction: {integer[0]!r} is a {params[integer[0]].dtype} tensor, not a parameter; a state_dict "
+            "holds buffers too: pass the model or dict(model.named_parameters())"
+        )
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(seed)
     raw = {n: torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for n, p in params.items()}

@@ -136,3 +136,9 @@ def test_without_seed_or_generator_directions_come_from_the_global_generator():
     assert abs(float(cosine)) < 0.1  # 2000 independent coordinates: |cos| about 0.02
     torch.manual_seed(7)
     assert torch.equal(random_direction(model, normalization=None)["weight"], a["weight"])
+
+
+def test_a_state_dict_with_integer_buffers_is_refused_by_name():
+    """torch's "normal_kernel_cpu not implemented for 'Long'" came from BatchNorm's num_batches_tracked."""
+    with pytest.raises(ValueError, match="'0.num_batches_tracked' is a torch.int64 tensor, not a parameter"):
+        random_direction(nn.Sequential(nn.BatchNorm1d(3)).state_dict())
