@@ -48,7 +48,8 @@ from landscape._fast import FastEvaluator
 from landscape.cache import check_bytes, file_record, read_file, warn_damaged
 from landscape.files import atomic_write, publish
 
-CACHE_FORMAT = 3  # 3: batches weigh their valid targets (chunks cached before averaged ignored targets in)
+CACHE_FORMAT = 3  # 3: batches weigh their valid targets (chunks cached before averaged ignored targets in);
+# records name their key and chunk; the key holds the model's code and the forward function
 METHODS = ("fast", "loop")
 BN_POLICIES = ("saved", "recompute")
 ChunkResult = tuple[np.ndarray, np.ndarray]
@@ -123,6 +124,47 @@ def function_key(fn: object, role: str = "function") -> str:
     return f"{module}.{name}:{hashlib.sha256(source.encode()).hexdigest()[:16]}"
 
 
+def model_key(model: nn.Module) -> list[list[object]]:
+    """What identifies a model's function beyond its tensors: each submodule's class and plain attributes.
+
+    Per submodule (``named_modules``): its name, its class by importable name and the hash of the class's source
+    (:func:`class_source_hash`; a model's own ``forward`` edited is another key), and its public attributes that
+    are plain values (strings, numbers, booleans, ``None`` and tuples or lists of them: an activation chosen by a
+    string, a kernel size). Other attributes (closures, tensors kept outside the state) are not seen.
+    """
+    parts: list[list[object]] = []
+    for name, module in model.named_modules():
+        cls = type(module)
+        attributes = {
+            k: v for k, v in sorted(vars(module).items()) if not k.startswith("_") and k != "training" and _plain(v)
+        }
+        parts.append([name, f"{cls.__module__}.{cls.__qualname__}", class_source_hash(cls), attributes])
+    return parts
+
+
+def _plain(value: object) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+@functools.cache
+def class_source_hash(cls: type) -> str:
+    """SHA-256 (16 hex digits) of the source of ``cls`` and of its bases up to ``nn.Module``.
+
+    A class whose source is not available (made at run time) adds an empty source: its name then stands for it.
+    """
+    sources = []
+    for base in cls.__mro__:
+        if base is nn.Module or not issubclass(base, nn.Module):
+            continue
+        try:
+            sources.append(inspect.getsource(base))
+        except (OSError, TypeError):
+            sources.append("")
+    return hashlib.sha256("\0".join(sources).encode()).hexdigest()[:16]
+
+
 def _nonfinite(values: np.ndarray) -> int:
     return int((~np.isfinite(values)).sum())
 
@@ -149,12 +191,15 @@ class SurfaceJob:
         batch_size: split a single ``(inputs, targets)`` pair into batches of this size.
         chunk_size: points per chunk (default 64).
         cache_dir: folder for finished chunks (``None``: nothing written). The key covers parameter and buffer values,
-            origin, directions, grid, data, BatchNorm data, chunking and method, and the loss and accuracy functions
-            by name and source (:func:`function_key`; with a cache, a lambda or local function is refused).
+            origin, directions, grid, data, BatchNorm data, chunking and method, the model's code and plain
+            attributes (:func:`model_key`), and the loss, accuracy and forward functions by name and source
+            (:func:`function_key`; with a cache, a lambda or local function is refused). Each chunk's record names
+            its key and chunk id, so a file copied in from elsewhere is not taken for this one.
         first_layer_trick: allow the first-affine-layer shortcut on the fast path.
         progress: show a progress bar over chunks.
         forward_fn: ``forward_fn(model, batch) -> (outputs, targets)`` for models with their own calling convention
-            (default: ``model(inputs)``, ``model(*inputs)`` or ``model(**inputs)``); enters the key by name.
+            (default: ``model(inputs)``, ``model(*inputs)`` or ``model(**inputs)``); enters the key by name and
+            source.
     """
 
     def __init__(
@@ -244,7 +289,8 @@ class SurfaceJob:
         }
         state = {"params": dict(model.named_parameters()), "buffers": dict(model.named_buffers())}
         functions = {}
-        for role, fn in (("loss_fn", self.loss_fn), ("accuracy_fn", self.accuracy_fn)):
+        roles = [("loss_fn", self.loss_fn), ("accuracy_fn", self.accuracy_fn)]
+        for role, fn in roles + ([("forward_fn", forward_fn)] if forward_fn is not None else []):
             try:
                 functions[role] = function_key(fn, role)
             except TypeError:
@@ -256,6 +302,7 @@ class SurfaceJob:
                 CACHE_FORMAT,
                 {k: v for k, v in self.config.items() if k not in ("device", "torch", "numpy")},
                 functions,
+                model_key(model),
                 state,
                 self.origin,
                 self.directions,
@@ -304,6 +351,10 @@ class SurfaceJob:
         if not isinstance(record, dict) or record.get("shape") != [n] or not isinstance(record.get("nonfinite"), dict):
             warn_damaged(self._record_path(chunk_id), problem or f"it is not the record of a chunk of {n} points")
             return None
+        if record.get("key") != self.key or record.get("chunk") != chunk_id:  # copied in from another place
+            found = f"chunk {record.get('chunk')!r} of surface {record.get('key')!r}"
+            warn_damaged(self._record_path(chunk_id), f"it is the record of {found}, not of chunk {chunk_id} here")
+            return None
         data, problem = read_file(path)
         if data is not None:
             problem = check_bytes(data, record)
@@ -335,6 +386,7 @@ class SurfaceJob:
         np.savez(buffer, loss=loss, accuracy=acc)
         data = buffer.getvalue()
         record = {
+            "key": self.key,
             "chunk": chunk_id,
             "shape": list(loss.shape),
             **file_record(data),

@@ -1,3 +1,4 @@
+import importlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from landscape._grid import SurfaceJob
+from landscape.cache import CacheWarning
 from landscape.directions import random_direction
 from landscape.surfaces import Surface, interpolate_1d, make_grid, surface_1d, surface_2d
 
@@ -341,6 +343,64 @@ def test_cache_reuses_chunks_and_a_changed_config_does_not(tmp_path):
     assert len({p.name for p in tmp_path.iterdir()}) == 4
 
 
+class Activated(nn.Module):
+    """A model whose activation is chosen by a string attribute that its ``forward`` reads."""
+
+    def __init__(self, act: str) -> None:
+        super().__init__()
+        self.act = act
+        self.first, self.second = nn.Linear(3, 5), nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.second(torch.tanh(self.first(x)) if self.act == "tanh" else torch.relu(self.first(x)))
+
+
+def test_the_cache_key_holds_the_models_code_and_attributes_and_the_forward_functions_source(tmp_path, monkeypatch):
+    """Only the class name and tensors were keyed: the same weights under another activation (a constructor
+    argument) or an edited forward_fn reused the other model's chunks."""
+    torch.manual_seed(0)
+    tanh, relu = Activated("tanh"), Activated("relu")
+    relu.load_state_dict(tanh.state_dict())
+    data = (torch.randn(20, 3), torch.randint(0, 4, (20,)))
+    dirs = [random_direction(tanh, seed=1)]
+    kw = dict(chunk_size=4, cache_dir=tmp_path / "cache", progress=False)
+    first = surface_1d(tanh, data, dirs[0], [-1.0, 0.0, 1.0, 2.0], **kw)
+    other = surface_1d(relu, data, dirs[0], [-1.0, 0.0, 1.0, 2.0], **kw)
+    assert other.config["chunks_reused"] == 0 and other.config["key"] != first.config["key"]
+    assert not np.array_equal(other.loss, first.loss)
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tmp_path / "forwards.py"
+    module.write_text("def run(model, batch):\n    return model(batch[0]), batch[1]\n")
+    forwards = importlib.import_module("forwards")
+    before = surface_1d(tanh, data, dirs[0], [0.0, 1.0], forward_fn=forwards.run, **kw)
+    module.write_text("def run(model, batch):\n    return 2 * model(batch[0]), batch[1]\n")
+    importlib.reload(forwards)
+    after = surface_1d(tanh, data, dirs[0], [0.0, 1.0], forward_fn=forwards.run, **kw)
+    assert after.config["chunks_reused"] == 0 and not np.array_equal(after.loss, before.loss)
+
+
+def test_a_chunk_copied_from_another_place_is_not_reused(tmp_path):
+    """Records did not name their chunk or surface: chunk 1's files swapped with chunk 2's, or a chunk copied in
+    from another surface's folder, were reused without a word."""
+    model = mlp()
+    data = classification(20, (3, 4), 4)
+    kw = dict(chunk_size=4, cache_dir=tmp_path, progress=False)
+    grid = ([-1, 0, 1], [-1, 0, 1, 2])
+    first = surface_2d(model, data, pair(model), *grid, **kw)
+    other = surface_2d(model, data, pair(model, seed=20), *grid, **kw)
+    here, there = tmp_path / first.config["key"], tmp_path / other.config["key"]
+    for suffix in (".npz", ".json"):  # chunks 1 and 2 swapped; chunk 0 from the other surface
+        one, two = here / f"chunk_000001{suffix}", here / f"chunk_000002{suffix}"
+        one.rename(here / "swap"), two.rename(one), (here / "swap").rename(two)
+        (here / f"chunk_000000{suffix}").write_bytes((there / f"chunk_000000{suffix}").read_bytes())
+    with pytest.warns(CacheWarning) as caught:
+        again = surface_2d(model, data, pair(model), *grid, **kw)
+    assert len(caught) == 3 and all("not of chunk" in str(w.message) for w in caught)
+    assert again.config["chunks_computed"] == 3
+    np.testing.assert_array_equal(again.loss, first.loss)
+
+
 def test_sharded_chunks_assemble_to_the_full_surface():
     model = mlp()
     data = classification(20, (3, 4), 4)
@@ -399,11 +459,11 @@ RESUME_SETUP = textwrap.dedent(
         def __init__(self, delay):
             super().__init__()
             self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-            self.delay, self.calls = delay, 0
+            self._delay, self._calls = delay, 0  # private: public plain attributes enter the surface's cache key
 
         def forward(self, x):
-            self.calls += 1
-            time.sleep(self.delay)
+            self._calls += 1
+            time.sleep(self._delay)
             return self.net(x)
 
     def setup(delay):
@@ -424,11 +484,12 @@ def _checkout_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "PYTHONPATH": os.pathsep.join([root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])}
 
 
-def test_killed_surface_resumes_without_recomputing_finished_chunks(tmp_path):
+def test_killed_surface_resumes_without_recomputing_finished_chunks(tmp_path, monkeypatch):
+    # the model's class in a module of its own, imported by both runs: its code is part of the surface's key
+    (tmp_path / "resume_setup.py").write_text(RESUME_SETUP)
     script = tmp_path / "worker.py"
     script.write_text(
-        RESUME_SETUP
-        + "import sys\nfrom landscape.surfaces import surface_2d\n"
+        "import sys\nfrom resume_setup import OPTIONS, setup\nfrom landscape.surfaces import surface_2d\n"
         + "model, data, dirs, alphas, betas = setup(0.15)\n"
         + "surface_2d(model, data, dirs, alphas, betas, cache_dir=sys.argv[1], **OPTIONS)\n"
     )
@@ -448,13 +509,13 @@ def test_killed_surface_resumes_without_recomputing_finished_chunks(tmp_path):
     n_chunks = 13  # 25 points in chunks of 2
     assert 3 <= len(finished) < n_chunks
 
-    namespace: dict = {}
-    exec(RESUME_SETUP, namespace)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    namespace = vars(importlib.import_module("resume_setup"))
     model, data, dirs, alphas, betas = namespace["setup"](0.0)
     resumed = surface_2d(model, data, dirs, alphas, betas, cache_dir=cache, **namespace["OPTIONS"])
     finished_ids = {int(p.stem.split("_")[1]) for p in finished}
     expected_calls = sum(min(2, 25 - 2 * i) for i in range(n_chunks) if i not in finished_ids)
-    assert model.calls == expected_calls  # one forward per point of unfinished chunks only
+    assert model._calls == expected_calls  # one forward per point of unfinished chunks only
     assert resumed.config["chunks_reused"] == len(finished)
     assert resumed.config["chunks_computed"] == n_chunks - len(finished)
     assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in finished} == finished
