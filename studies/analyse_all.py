@@ -187,10 +187,18 @@ class Analysis:
         return "\n".join(lines)
 
 
-def _state_key(model: nn.Module, batches: list[Batch], names: Mapping[str, str]) -> str:
-    from landscape._grid import config_key
+def _state_key(model: nn.Module, batches: list[Batch], loss_fn: Callable, forward_fn: ForwardFn | None) -> str:
+    """What every part's result depends on besides its settings.
 
-    state = {"state": model.state_dict(), "batches": batches, "names": dict(names)}
+    The model's tensors, code and plain attributes (:func:`landscape._grid.model_key`), the data, and the loss and
+    forward functions by name and source.
+    """
+    from landscape._grid import config_key, function_key, model_key
+
+    functions = {"loss_fn": function_key(loss_fn, "loss_fn")}
+    if forward_fn is not None:
+        functions["forward_fn"] = function_key(forward_fn, "forward_fn")
+    state = {"state": model.state_dict(), "model": model_key(model), "batches": batches, "functions": functions}
     return config_key([VERSION, state])
 
 
@@ -243,7 +251,7 @@ def analyse(
     surface_batches = first_examples(batches, chosen.samples, forward_fn)
     curvature_batches = first_examples(batches, chosen.curvature_samples, forward_fn)
     names = {"loss_fn": _fn_name(loss_fn), "forward_fn": _fn_name(forward_fn)}
-    key = _state_key(model, surface_batches, names)
+    key = _state_key(model, surface_batches, loss_fn, forward_fn)
     store = RunStore(out_dir / "cache", "analyse", VERSION)
     device = str(next(iter(model.parameters())).device)
     frames: dict[str, pd.DataFrame] = {}

@@ -46,6 +46,13 @@ MODULE = textwrap.dedent(
             return self.head(torch.tanh(self.bn(self.conv(x))).flatten(1))
 
 
+    class ReluCNN(TanhCNN):
+        """The same parameters under another activation."""
+
+        def forward(self, x):
+            return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
     class KeywordNet(nn.Module):
         def __init__(self, hidden=5):
             super().__init__()
@@ -244,6 +251,24 @@ def test_analyse_an_own_cnn_with_interpolation(user, checkpoints, tmp_path, monk
     # a second run reuses every part
     assert main([*args, *small, "--out", str(out), "--no-figures"]) == 0
     assert "reused: line, plane, eigen, trace, density, eigenplane, sharpness" in capsys.readouterr().out
+
+
+def test_analyse_reuses_no_part_of_another_models_analysis(user, checkpoints, tmp_path, monkeypatch, capsys):
+    """The parts' key held the weights and the functions' names only: the same checkpoint under another model class
+    (ReLU for Tanh) reused every part of the first analysis, whose numbers then stood for the second model."""
+    folder, _, _ = user
+    _, paths, _ = checkpoints
+    monkeypatch.syspath_prepend(str(folder))
+    common = ["analyse", "--checkpoint", str(paths[0]), "--data", str(folder / "images.pt"), "--parts", "line"]
+    common += ["--line-points", "5", "--no-figures", "--no-progress"]
+    relu = ["--model", "ownmodels.ReluCNN", "--model-kwargs", '{"channels": 3}']
+    assert main([*common, *CNN, "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main([*common, *relu, "--out", str(tmp_path / "a")]) == 0
+    assert "reused" not in capsys.readouterr().out
+    assert main([*common, *relu, "--out", str(tmp_path / "fresh")]) == 0
+    shared, fresh = (pd.read_csv(tmp_path / name / "line.csv") for name in ("a", "fresh"))
+    pd.testing.assert_frame_equal(shared, fresh)
 
 
 def test_own_model_mistakes_get_one_clear_message(user, checkpoints, tmp_path, monkeypatch, capsys):
