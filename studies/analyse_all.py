@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from landscape._data import Batch, Data, ForwardFn, as_batches, batch_length
-from landscape.files import check_output_dir, publish
+from landscape.files import OutputPathError, check_output_dir, publish
 from studies.analyse_cli import PARTS
 from studies.specs import first_examples
 from studies.store import RunStore, environment
@@ -241,7 +241,7 @@ def analyse(
     from landscape._evaluation import cross_entropy
 
     start_all = time.perf_counter()
-    out_dir = check_output_dir(out_dir)
+    out_dir = check_analysis_folder(out_dir)
     progress = progress if progress is not None else bool(os.isatty(2))
     loss_fn = loss_fn if loss_fn is not None else cross_entropy
     batches = as_batches(data, forward_fn=forward_fn)
@@ -284,6 +284,7 @@ def analyse(
         {"part": list(seconds), "seconds": list(seconds.values()), "reused": [p in reused for p in seconds]}
     )
     meta = {
+        "written_by": WRITER,
         "settings": dataclasses.asdict(chosen),
         "target": dict(record or {}),
         "n_examples": n_examples,
@@ -301,6 +302,44 @@ def analyse(
         | {out_dir / "analysis.json": json.dumps(meta, indent=2, default=str)}
     )
     return Analysis(frames, seconds, reused, meta, out_dir, files)
+
+
+WRITER = "valley analyse"
+"""Marks the ``analysis.json`` valley writes: a folder holding one is valley's to write into again."""
+
+
+def check_analysis_folder(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a folder :func:`analyse` may write into: new, empty, or holding an analysis valley wrote.
+
+    Its CSVs, ``analysis.json`` and figures replace files of the same names, so a folder holding anything else
+    (a user's own ``line.csv`` or ``report.html``) is refused before any work. Only the ``cache/`` of a run that
+    was interrupted before it published may be there without ``analysis.json``.
+
+    Raises:
+        OutputPathError: the folder holds files and no ``analysis.json`` of valley's.
+    """
+    out_dir = check_output_dir(out_dir)
+    entries = {entry.name for entry in out_dir.iterdir()} - {"cache"} if out_dir.is_dir() else set()
+    if entries and not _analysis_of_valley(out_dir / "analysis.json"):
+        raise OutputPathError(
+            f"{out_dir}: holds files ({', '.join(sorted(entries)[:3])}{', ...' if len(entries) > 3 else ''}) and no "
+            "analysis.json that valley wrote; its files would be replaced: choose an empty or new --out"
+        )
+    return out_dir
+
+
+def _analysis_of_valley(path: Path) -> bool:
+    """Whether ``path`` is an ``analysis.json`` valley wrote (marked by :data:`WRITER`, or of its older form)."""
+    if not path.is_file():  # absent, or a folder, FIFO, ... that must not be opened
+        return False
+    try:
+        with open(path, "rb") as file:
+            meta = json.loads(file.read(1 << 24))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and (
+        meta.get("written_by") == WRITER or {"settings", "state_key", "environment"} <= meta.keys()
+    )
 
 
 def _to_key(to: nn.Module | Mapping[str, Tensor] | None) -> str | None:

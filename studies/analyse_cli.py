@@ -55,10 +55,9 @@ def _parts_kept(args: argparse.Namespace) -> str:
 
 
 def _cmd_analyse(args: argparse.Namespace) -> int:
-    from landscape.files import check_output_dir
     from studies import specs
     from studies.analyse import analysis_target
-    from studies.analyse_all import Settings, analyse
+    from studies.analyse_all import Settings, analyse, check_analysis_folder
 
     start = time.perf_counter()
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
@@ -78,7 +77,7 @@ def _cmd_analyse(args: argparse.Namespace) -> int:
         bn=args.bn_policy,
         seed=args.seed,
     )
-    check_output_dir(args.out)
+    check_analysis_folder(args.out)
     target, _ = analysis_target(args)
     to = specs.load_second(target, args.to, args.model, args.model_kwargs) if args.to is not None else None
     record = target.record | {"to": str(args.to) if args.to is not None else None}

@@ -298,11 +298,14 @@ def _source_key(packages: Sequence[str]) -> str:
 
 
 def _check_theory_outputs(out_dir: Path) -> None:
-    from landscape.files import check_output_dir, check_output_file
+    """Refuse a ``theory.md`` or ``theory.tex`` in ``out_dir`` that does not begin as the one valley writes."""
+    from landscape.files import OutputPathError, check_output_dir, check_output_file
 
     check_output_dir(out_dir)
-    for name in ("theory.md", "theory.tex"):
-        check_output_file(out_dir / name)
+    for name, head in (("theory.md", b"# Theory checks\n"), ("theory.tex", b"\\begin{longtable}")):
+        path = check_output_file(out_dir / name)
+        if path.exists() and path.read_bytes()[: len(head)] != head:
+            raise OutputPathError(f"{path}: exists and valley did not write it; move it away or choose another --out")
 
 
 def _cmd_theory(args: argparse.Namespace) -> int:

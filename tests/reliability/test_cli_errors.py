@@ -352,6 +352,23 @@ def test_files_valley_did_not_write_are_never_replaced(capsys, checkpoint, tmp_p
     assert (tmp_path / "t.csv").read_text() == "my table\n"
 
 
+def test_analyse_and_theory_never_replace_files_valley_did_not_write(capsys, checkpoint, tmp_path):
+    """``analyse --out DIR`` replaced a user's line.csv and report.html, ``theory --out DIR`` their theory.md."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "line.csv").write_text("precious\n")
+    argv = ["analyse", "--checkpoint", str(checkpoint), *MODEL, "--parts", "line", "--line-points", "3"]
+    fails(capsys, [*argv, "--no-figures", "--out", str(out)], "mine: holds files (line.csv) and no analysis.json")
+    assert (out / "line.csv").read_text() == "precious\n"
+    ours = tmp_path / "ours"  # valley's own folder is valley's to write into again
+    for _ in range(2):
+        assert main([*argv, "--no-figures", "--no-progress", "--out", str(ours)]) == 0
+    capsys.readouterr()
+    (tmp_path / "theory.md").write_text("# my derivations\n")
+    fails(capsys, ["theory", "--out", str(tmp_path)], "theory.md: exists and valley did not write it")
+    assert (tmp_path / "theory.md").read_text() == "# my derivations\n"
+
+
 # --- data files through the command ------------------------------------------------------------------------------
 
 
