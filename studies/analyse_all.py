@@ -46,7 +46,7 @@ from studies.analyse_cli import PARTS
 from studies.specs import first_examples
 from studies.store import RunStore, environment
 
-VERSION = "1"
+VERSION = "2"  # 2: stored parts list each frame's columns
 
 
 @dataclass
@@ -493,13 +493,22 @@ RUNNERS: dict[str, Callable[[_Context], dict[str, pd.DataFrame]]] = {
 
 
 def _join(result: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Several frames of one part as one stored frame (a ``frame`` column names each row's frame)."""
-    return pd.concat([f.assign(frame=name) for name, f in result.items()], ignore_index=True)
+    """Several frames of one part as one stored frame.
+
+    A ``frame`` column names each row's frame, a ``columns`` column lists that frame's own columns (JSON).
+    """
+    return pd.concat(
+        [f.assign(frame=name, columns=json.dumps(list(f.columns))) for name, f in result.items()], ignore_index=True
+    )
 
 
 def _split(part: str, stored: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Inverse of :func:`_join` (columns that are empty in a frame are dropped)."""
-    out = {}
-    for name, rows in stored.groupby("frame", sort=False):
-        out[str(name)] = rows.drop(columns="frame").dropna(axis=1, how="all").reset_index(drop=True)
-    return out
+    """Inverse of :func:`_join`: each frame with its own columns, in their order.
+
+    Also those that are all NaN (a regression's accuracy, the loss of NaN data): dropping them changed the files a
+    rerun wrote.
+    """
+    return {
+        str(name): rows[json.loads(rows["columns"].iloc[0])].reset_index(drop=True)
+        for name, rows in stored.groupby("frame", sort=False)
+    }

@@ -289,3 +289,20 @@ def test_own_model_mistakes_get_one_clear_message(user, checkpoints, tmp_path, m
         assert main([*base, *extra, *out]) == 2, extra
         error = capsys.readouterr().err
         assert message in error and len(error.strip().splitlines()) == 1, (extra, error)
+
+
+def test_a_rerun_writes_the_same_files_with_all_nan_columns(tmp_path):
+    """Stored parts were split with their all-NaN columns dropped: rerunning a regression's analysis rewrote
+    line.csv without its accuracy column (NaN data: without its loss, then a KeyError)."""
+    from studies.analyse_all import Settings, analyse
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    data = (torch.randn(16, 3), torch.randn(16, 1))
+    settings = Settings(parts=("line", "plane"), line_points=5, plane_points=3)
+    first = analyse(model, data, tmp_path, loss_fn=F.mse_loss, settings=settings, progress=False)
+    written = {name: (tmp_path / f"{name}.csv").read_bytes() for name in ("line", "plane")}
+    again = analyse(model, data, tmp_path, loss_fn=F.mse_loss, settings=settings, progress=False)
+    assert again.reused == ["line", "plane"] and first.reused == []
+    assert {name: (tmp_path / f"{name}.csv").read_bytes() for name in written} == written
+    assert "accuracy" in pd.read_csv(tmp_path / "line.csv").columns
