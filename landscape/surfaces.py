@@ -258,6 +258,13 @@ def _run(
         "n_nonfinite": int((~np.isfinite(loss)).sum()),
     }
     acc = np.where(np.isnan(loss), np.nan, acc)  # no accuracy beside a loss that could not be computed
+    if config["n_nonfinite"]:
+        warnings.warn(
+            f"{config.get('kind', 'surface')}: the loss is not finite at {config['n_nonfinite']} of {loss.size} points "
+            "(NaN or inf; counted in the config as n_nonfinite)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return Surface(alphas, betas, loss, acc, config)
 
 

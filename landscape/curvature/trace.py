@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +141,12 @@ def hutchinson_trace(
     targets = (atol, rtol, min_samples, block)
     samples = _probe_until(view, rng(seed), max_applications, 0.0, None, targets, progress, "hutchinson")
     se = float(np.std(samples, ddof=1) / np.sqrt(len(samples))) if len(samples) > 1 else float("nan")
+    if len(samples) < 2:
+        warnings.warn(
+            "hutchinson_trace: one probe gives no standard error (NaN); allow two or more (max_applications)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     config = {"max_applications": max_applications, "atol": atol, "rtol": rtol, "min_samples": min_samples}
     config["mode"] = view.mode
     return TraceResult(float(np.mean(samples)), se, view.applications, samples, "hutchinson", config)

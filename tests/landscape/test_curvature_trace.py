@@ -118,3 +118,11 @@ def test_hutchpp_default_on_a_flat_spectrum_is_hutchinson():
     assert pp.estimate == pytest.approx(plain.estimate, rel=1e-12)
     fixed = hutchpp_trace(matrix, max_applications=60, rtol=0.0, seed=4)  # no target: the paper's m/3 split
     assert fixed.config["sketch_size"] == 20 and fixed.applications == 60 and len(fixed.samples) == 20
+
+
+def test_one_probe_has_no_standard_error_and_says_so():
+    """With one probe the standard error is NaN: it was written without a word."""
+    operator = np.diag([1.0, 2.0, 3.0])
+    with pytest.warns(RuntimeWarning, match="one probe gives no standard error"):
+        result = hutchinson_trace(operator, max_applications=1, seed=0)
+    assert result.estimate == 6.0 and np.isnan(result.standard_error)
