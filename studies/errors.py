@@ -10,6 +10,8 @@ What counts as the user's mistake (:func:`describe`):
   checkpoint that torch cannot unpickle or a data file whose header lies;
 * a ``ValueError`` raised by valley's own code (its argument checks: ``Invalid lr``, ``Unknown model``, ...) and
   :class:`landscape.files.OutputPathError`;
+* a ``FloatingPointError`` raised by valley's own code (a curvature estimate refused because the loss is not
+  finite at the weights and data given);
 * an ``OSError`` (a missing, unreadable or unwritable file or folder, a full disk);
 * a ``MemoryError`` (the sizes asked for do not fit).
 
@@ -58,7 +60,8 @@ def one_line(message: str) -> str:
 def describe(error: BaseException) -> tuple[int, str]:
     """The exit status and the one-line message for an exception that ended a ``valley`` command."""
     text = one_line(str(error))
-    if isinstance(error, UserError) or (isinstance(error, ValueError) and _raised_by_valley(error.__traceback__)):
+    ours = _raised_by_valley(error.__traceback__)
+    if isinstance(error, UserError) or (isinstance(error, (ValueError, FloatingPointError)) and ours):
         return USER_ERROR, f"error: {text}"
     if isinstance(error, OSError):
         where = f": {error.filename}" if error.filename and str(error.filename) not in text else ""

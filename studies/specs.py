@@ -37,8 +37,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from landscape._data import Batch, ForwardFn, as_batches, batch_length, batch_to, head
+from landscape._data import Batch, ForwardFn, as_batches, batch_length, batch_to, head, run_model
 from landscape._evaluation import cross_entropy
+from studies.errors import UserError, one_line
 
 MODELS = ("mlp", "lenet5", "adam_cnn", "resnet")
 DATASETS = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10")
@@ -66,8 +67,8 @@ def resolve_callable(spec: str, what: str) -> Callable:
         raise ValueError(f"{what} {spec!r} is neither a built-in name nor of the form pkg.module:function")
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"{what} {spec!r}: cannot import {module_name!r} ({error})") from error
+    except Exception as error:  # the user's module: missing, or raising (a SyntaxError, a failing import) on import
+        raise UserError(f"{what} {spec!r}: cannot import {module_name!r} ({type(error).__name__}: {error})") from error
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ValueError(f"{what} {spec!r}: {module_name!r} has no attribute {attr!r}")
@@ -127,7 +128,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     import re
     import stat
 
-    from studies.errors import UserError, one_line
     from studies.train import load_checkpoint
 
     path = Path(path)
@@ -192,8 +192,6 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor], what: str) -> nn
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        from studies.errors import UserError, one_line
-
         raise UserError(f"{what}: {one_line(str(error))}") from None
     return model.eval()
 
@@ -215,8 +213,10 @@ def build_model(spec: str, kwargs: Mapping[str, Any], sizing: Sizing | None = No
     factory = resolve_callable(spec, "--model")
     try:
         model = factory(**kwargs)
-    except TypeError as error:
-        raise ValueError(f"--model {spec!r} with --model-kwargs {json.dumps(dict(kwargs))}: {error}") from error
+    except Exception as error:  # the user's factory failed
+        raise UserError(
+            f"--model {spec!r} with --model-kwargs {json.dumps(dict(kwargs))}: {type(error).__name__}: {error}"
+        ) from error
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -372,7 +372,12 @@ def load_data(
         sizing = _sizing_of(inputs, targets)
         record["kind"] = "file"
     else:
-        source = resolve_callable(spec, "--data")()
+        try:
+            source = resolve_callable(spec, "--data")()
+        except UserError:
+            raise
+        except Exception as error:  # the user's data function failed
+            raise UserError(f"--data {spec!r}: {type(error).__name__}: {error}") from error
         record["kind"] = "function"
         if isinstance(source, (tuple, list)) and len(source) == 2 and isinstance(source[1], Tensor):
             pair = (_inputs(source[0], "inputs", f"--data {spec!r}"), source[1])
@@ -427,7 +432,11 @@ def load_target(
     net = load_weights(net, state, f"checkpoint {str(checkpoint)!r} does not fit {model} {json.dumps(model_kwargs)}")
     device = torch.device(device)
     batches = [batch_to(b, device) for b in batches]
+    net = net.to(device)
     n = sum(batch_length(b, forward_fn) for b in batches)
+    if not math.isfinite(float(n)) or n < 1:
+        raise ValueError(f"--data {data!r} holds no example")
+    check_runs(net, batches[0], loss_fn, forward_fn, f"--model {model} on --data {data} with --loss {loss}")
     record |= {
         "model": model,
         "model_kwargs": dict(model_kwargs),
@@ -438,9 +447,33 @@ def load_target(
         "n_batches": len(batches),
         "n_parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
     }
-    if not math.isfinite(float(n)) or n < 1:
-        raise ValueError(f"--data {data!r} holds no example")
-    return Target(net.to(device), batches, loss_fn, forward_fn, n, sizing, record)
+    return Target(net, batches, loss_fn, forward_fn, n, sizing, record)
+
+
+def check_runs(net: nn.Module, batch: Batch, loss_fn: Callable, forward_fn: ForwardFn | None, what: str) -> None:
+    """One forward pass and loss on the first examples of ``batch``, before any work.
+
+    In eval mode and without gradient (the model's modes are put back), so that a model that cannot run on the data,
+    or a loss that does not fit its outputs, is the user's mistake named in one line, not an error from deep inside
+    torch halfway through.
+    """
+    modes = [(module, module.training) for module in net.modules()]
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("error", message="Using a target size", category=UserWarning)  # mse broadcast
+            net.eval()
+            outputs, targets = run_model(net, head(batch, 2), forward_fn)
+            value = loss_fn(outputs, targets)
+    except Exception as error:
+        raise UserError(
+            f"{what}: a forward pass and loss on the first examples failed: {type(error).__name__}: {error}"
+        ) from error
+    finally:
+        for module, training in modes:
+            module.training = training
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise UserError(f"{what}: the loss returned {shape}, not one number (the mean over the batch)")
 
 
 def load_second(target: Target, checkpoint: str | Path, model: str, model_kwargs: Mapping[str, Any]) -> nn.Module:

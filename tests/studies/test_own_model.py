@@ -80,6 +80,14 @@ MODULE = textwrap.dedent(
 
     def forward(model, batch):
         return model(**batch["features"]), batch["label"]
+
+
+    def broken():
+        raise RuntimeError("the weights server is down")
+
+
+    def failing_data():
+        raise RuntimeError("the data server is down")
     '''
 )
 
@@ -285,10 +293,28 @@ def test_own_model_mistakes_get_one_clear_message(user, checkpoints, tmp_path, m
         (["--model", "ownmodels.TanhCNN", "--model-kwargs", '{"width": 2}'], "unexpected keyword argument 'width'"),
         (["--model", "ownmodels.TanhCNN", "--data", str(tmp_path / "none.npz")], "none.npz' does not exist"),
     ]
+    # the user's own code or data failing: the user's mistake, named in one line (these were "internal errors")
+    (tmp_path / "raising_module.py").write_text("raise RuntimeError('no config file')\n")
+    (tmp_path / "broken_syntax.py").write_text("def f(:\n")
+    torch.save({"x": torch.randn(8, 1, 7, 7), "y": torch.randint(0, 3, (8,))}, tmp_path / "wide.pt")
+    torch.save({"x": torch.full((8, 1, 6, 6), float("nan")), "y": torch.randint(0, 3, (8,))}, tmp_path / "nan.pt")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cnn = ["--model", "ownmodels.TanhCNN"]
+    cases += [
+        (["--model", "raising_module:f"], "cannot import 'raising_module' (RuntimeError: no config file)"),
+        (["--model", "broken_syntax:f"], "cannot import 'broken_syntax' (SyntaxError"),
+        (["--model", "ownmodels:broken"], "RuntimeError: the weights server is down"),
+        ([*cnn, "--data", "ownmodels:failing_data"], "RuntimeError: the data server is down"),
+        ([*cnn, "--data", str(tmp_path / "wide.pt")], "a forward pass and loss on the first examples failed"),
+        ([*cnn, "--loss", "mse"], "Using a target size"),
+    ]
     for extra, message in cases:
         assert main([*base, *extra, *out]) == 2, extra
         error = capsys.readouterr().err
         assert message in error and len(error.strip().splitlines()) == 1, (extra, error)
+    curvature = ["curvature", "--checkpoint", str(paths[0]), *cnn, "--data", str(tmp_path / "nan.pt"), *out]
+    assert main(curvature) == 2
+    assert "is the loss finite at these parameters?" in capsys.readouterr().err
 
 
 def test_a_rerun_writes_the_same_files_with_all_nan_columns(tmp_path):
