@@ -198,7 +198,10 @@ def check_outputs(args: argparse.Namespace) -> None:
     if out.exists() and not meta.exists() and not _written_by_valley(legacy):
         raise OutputPathError(f"{out}: exists and valley did not write it (no {meta.name} beside it); move it away")
     if hasattr(args, "cache_dir"):
-        check_output_dir(_cache_dir(args))
+        cache = _cache_dir(args)
+        if cache.resolve() in (out.resolve(), meta.resolve()):
+            raise OutputPathError(f"--cache-dir {cache} is the output file itself; give a folder of its own")
+        check_output_dir(cache)
 
 
 def _cache_dir(args: argparse.Namespace) -> Path:

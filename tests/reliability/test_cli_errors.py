@@ -284,12 +284,15 @@ def test_special_file_at_the_sidecar_is_refused(capsys, checkpoint, tmp_path):
         ),
         (lambda t: os.mkfifo(t / "cache"), "s.csv", ["--cache-dir", "cache"], ["expected a folder, found a FIFO"]),
         (lambda t: None, "x" * 300 + ".csv", [], ["is longer than"]),
+        # the output itself as the cache: the whole grid was computed and then refused
+        (lambda t: None, "s.csv", ["--cache-dir", "s.csv"], ["s.csv is the output file itself"]),
+        (lambda t: None, "s.csv", ["--cache-dir", "s.csv.meta.json"], ["json is the output file itself"]),
     ],
 )
 def test_unusable_output_paths(capsys, checkpoint, tmp_path, monkeypatch, make, out, extra, words):
     monkeypatch.setattr(analyse, "analysis_target", lambda args: pytest.fail("the work started"))
     make(tmp_path)
-    extra = [str(tmp_path / e) if e == "cache" else e for e in extra]
+    extra = [e if e.startswith("--") else str(tmp_path / e) for e in extra]
     fails(capsys, surface(checkpoint, tmp_path / out, *extra), *words)
 
 
