@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -71,7 +70,7 @@ def target_arguments(p: argparse.ArgumentParser, out: str, out_help: str = "CSV 
     p.add_argument("--split", choices=("train", "test"), default="train", help="data split (default train)")
     p.add_argument("--samples", type=int, default=None, help="use the first N examples of the split")
     p.add_argument("--batch-size", type=int, default=1000, help="examples per forward pass (memory bound)")
-    p.add_argument("--seed", type=int, default=0, help="random directions / start vector and probes")
+    p.add_argument("--seed", type=arguments.seed, default=0, help="random directions / start vector and probes")
     p.add_argument("--device", type=arguments.device, default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     p.add_argument("--out", type=Path, default=Path(out), help=f"{out_help} (default {out})")
     p.add_argument(
@@ -95,7 +94,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     surface.add_argument("--dims", type=int, choices=(1, 2), default=2, help="1D or 2D (default 2)")
     surface.add_argument("--to", type=Path, default=None, help="1D: interpolate to this checkpoint's weights")
     surface.add_argument("--resolution", type=int, default=21, help="points per axis (default 21)")
-    surface.add_argument("--span", type=float, default=None, help="half width (default 1; 0.5 beyond ends with --to)")
+    surface.add_argument(
+        "--span", type=arguments.span, default=None, help="half width (default 1; 0.5 beyond ends with --to)"
+    )
     surface.add_argument(
         "--bn-policy",
         choices=("saved", "recompute"),
@@ -277,8 +278,6 @@ def _cmd_surface(args: argparse.Namespace) -> int:
     if args.to is not None and args.dims != 1:
         raise UserError(f"--to interpolates in 1D; got --dims {args.dims}")
     span = args.span if args.span is not None else (0.5 if args.to is not None else 1.0)
-    if not (span > 0 and math.isfinite(span)):
-        raise UserError(f"Invalid --span: {span} (a finite positive half width)")
     _check_grid_fits(args.resolution, args.dims)
     check_outputs(args)
     if args.to is not None:

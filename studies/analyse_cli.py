@@ -10,6 +10,7 @@ import importlib
 import time
 from pathlib import Path
 
+from studies import arguments
 from studies.analyse import target_arguments
 
 PARTS = ("line", "plane", "eigen", "trace", "density", "eigenplane", "sharpness")
@@ -31,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--line-points", type=int, default=None, help="points of the 1D curve (default sized)")
     p.add_argument("--resolution", type=int, default=None, help="points per axis of the 2D planes (default sized)")
-    p.add_argument("--span", type=float, default=1.0, help="half width of the random plane (default 1)")
+    p.add_argument("--span", type=arguments.span, default=1.0, help="half width of the random plane (default 1)")
     p.add_argument("--curvature-samples", type=int, default=None, help="examples for curvature and sharpness")
     p.add_argument("--top-k", type=int, default=None, help="Hessian eigenvalues (default 5)")
     p.add_argument("--trace-probes", type=int, default=None, help="Hutchinson probes (default sized)")

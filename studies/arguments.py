@@ -64,3 +64,30 @@ def _whole(text: str, least: int) -> int:
     if not text.strip().isdigit() or int(text) < least:
         raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
     return int(text)
+
+
+SEED_MAX = 2**63 - 1
+SPAN_MAX = 1e300
+
+
+def seed(text: str) -> int:
+    """A whole number in ``[0, 2**63 - 1]``, the range torch's generators take."""
+    if not text.strip().isdigit() or int(text) > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a whole number in [0, 2**63 - 1], got {text!r}")
+    return int(text)
+
+
+def span(text: str) -> float:
+    """A finite positive half width of at most 1e300 (wider grids overflow their own arithmetic).
+
+    Example:
+        >>> span("0.5")
+        0.5
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= SPAN_MAX:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"expected a positive number of at most {SPAN_MAX:g}, got {text!r}")
+    return value

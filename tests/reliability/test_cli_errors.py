@@ -144,8 +144,8 @@ def test_eigenvectors_that_cannot_fit_are_refused_before_the_work(capsys, checkp
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["--span", "inf"], ["Invalid --span: inf"]),
-        (["--span", "nan"], ["Invalid --span: nan"]),
+        (["--span", "nan"], ["--span: expected a positive number of at most 1e+300, got 'nan'"]),
+        (["--span", "0"], ["--span: expected a positive number"]),
         (["--chunk-size", "0"], ["Invalid --chunk-size: 0"]),
         (["--dims", "2", "--to", "x.pt"], ["--to interpolates in 1D"]),
     ],
@@ -581,6 +581,18 @@ def test_nan_weights_are_one_warning_line_and_the_nan_surface_another(capsys, ch
     assert len(lines) == 2 and all(line.startswith("valley surface: warning: ") for line in lines), lines
     assert "holds 1 NaN or infinite values in 1 tensor(s)" in lines[0]
     assert "surface_2d: the loss is not finite at 9 of 9 points" in lines[1]  # what follows from it, said once
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--seed", "99999999999999999999"], "--seed: expected a whole number in [0, 2**63 - 1]"),  # was an overflow
+        (["--span", "1e308"], "--span: expected a positive number of at most 1e+300"),  # numpy's overflow, then alphas
+        (["--span", "inf"], "--span: expected a positive number"),
+    ],
+)
+def test_seed_and_span_out_of_range_are_named(capsys, checkpoint, tmp_path, argv, words):
+    fails(capsys, surface(checkpoint, tmp_path / "s.csv", *argv), words)
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "x", "2.5", ""])
