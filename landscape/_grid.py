@@ -22,6 +22,7 @@ import io
 import json
 import os
 import sys
+import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -165,6 +166,24 @@ def class_source_hash(cls: type) -> str:
     return hashlib.sha256("\0".join(sources).encode()).hexdigest()[:16]
 
 
+def run_only_key(fn: object, role: str) -> str:
+    """:func:`function_key` of ``fn``, or a key of this run only for a function that cannot be found again.
+
+    That is a lambda, a local function or a callable object; a warning says its cached results will not be reused.
+    For the forward function, which valley keyed by name before it keyed functions by source: refusing it would
+    break runs that worked, and a name alone would let an edited function reuse stale results.
+    """
+    try:
+        return function_key(fn, role)
+    except TypeError as error:
+        warnings.warn(
+            f"{error}; its results are cached under a key of this run only and are not reused by later runs",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return f"run-only:{uuid.uuid4().hex}"
+
+
 def _nonfinite(values: np.ndarray) -> int:
     return int((~np.isfinite(values)).sum())
 
@@ -193,7 +212,8 @@ class SurfaceJob:
         cache_dir: folder for finished chunks (``None``: nothing written). The key covers parameter and buffer values,
             origin, directions, grid, data, BatchNorm data, chunking and method, the model's code and plain
             attributes (:func:`model_key`), and the loss, accuracy and forward functions by name and source
-            (:func:`function_key`; with a cache, a lambda or local function is refused). Each chunk's record names
+            (:func:`function_key`; with a cache, a lambda or local loss or accuracy function is refused, and such a
+            forward function keys this run only, with a warning: :func:`run_only_key`). Each chunk's record names
             its key and chunk id, so a file copied in from elsewhere is not taken for this one.
         first_layer_trick: allow the first-affine-layer shortcut on the fast path.
         progress: show a progress bar over chunks.
@@ -289,8 +309,11 @@ class SurfaceJob:
         }
         state = {"params": dict(model.named_parameters()), "buffers": dict(model.named_buffers())}
         functions = {}
-        roles = [("loss_fn", self.loss_fn), ("accuracy_fn", self.accuracy_fn)]
-        for role, fn in roles + ([("forward_fn", forward_fn)] if forward_fn is not None else []):
+        if forward_fn is not None:
+            functions["forward_fn"] = (
+                run_only_key(forward_fn, "forward_fn") if cache_dir is not None else function_name(forward_fn)
+            )
+        for role, fn in (("loss_fn", self.loss_fn), ("accuracy_fn", self.accuracy_fn)):
             try:
                 functions[role] = function_key(fn, role)
             except TypeError:

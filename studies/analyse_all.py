@@ -193,11 +193,11 @@ def _state_key(model: nn.Module, batches: list[Batch], loss_fn: Callable, forwar
     The model's tensors, code and plain attributes (:func:`landscape._grid.model_key`), the data, and the loss and
     forward functions by name and source.
     """
-    from landscape._grid import config_key, function_key, model_key
+    from landscape._grid import config_key, function_key, model_key, run_only_key
 
     functions = {"loss_fn": function_key(loss_fn, "loss_fn")}
     if forward_fn is not None:
-        functions["forward_fn"] = function_key(forward_fn, "forward_fn")
+        functions["forward_fn"] = run_only_key(forward_fn, "forward_fn")
     state = {"state": model.state_dict(), "model": model_key(model), "batches": batches, "functions": functions}
     return config_key([VERSION, state])
 
@@ -309,21 +309,23 @@ WRITER = "valley analyse"
 
 
 def check_analysis_folder(out_dir: str | os.PathLike) -> Path:
-    """``out_dir`` as a folder :func:`analyse` may write into: new, empty, or holding an analysis valley wrote.
+    """``out_dir`` as a folder :func:`analyse` may write into: one where it replaces nothing valley did not write.
 
-    Its CSVs, ``analysis.json`` and figures replace files of the same names, so a folder holding anything else
-    (a user's own ``line.csv`` or ``report.html``) is refused before any work. Only the ``cache/`` of a run that
-    was interrupted before it published may be there without ``analysis.json``.
+    An analysis writes ``*.csv``, ``analysis.json``, ``report.html`` and ``figures/``, replacing files of those
+    names: where any is there, the folder must hold an ``analysis.json`` that valley wrote, else it is refused before
+    any work (a user's own ``line.csv`` or ``report.html``). Other files (the checkpoint of a run folder) are left
+    alone, and so is the ``cache/`` of a run interrupted before it published.
 
     Raises:
-        OutputPathError: the folder holds files and no ``analysis.json`` of valley's.
+        OutputPathError: the folder holds files an analysis would replace and no ``analysis.json`` of valley's.
     """
     out_dir = check_output_dir(out_dir)
-    entries = {entry.name for entry in out_dir.iterdir()} - {"cache"} if out_dir.is_dir() else set()
-    if entries and not _analysis_of_valley(out_dir / "analysis.json"):
+    names = [entry.name for entry in out_dir.iterdir()] if out_dir.is_dir() else []
+    replaced = sorted(n for n in names if n.endswith(".csv") or n in ("analysis.json", "report.html", "figures"))
+    if replaced and not _analysis_of_valley(out_dir / "analysis.json"):
         raise OutputPathError(
-            f"{out_dir}: holds files ({', '.join(sorted(entries)[:3])}{', ...' if len(entries) > 3 else ''}) and no "
-            "analysis.json that valley wrote; its files would be replaced: choose an empty or new --out"
+            f"{out_dir}: holds {', '.join(replaced[:3])}{', ...' if len(replaced) > 3 else ''} and no analysis.json "
+            "that valley wrote; an analysis would replace them: choose another --out"
         )
     return out_dir
 

@@ -524,3 +524,19 @@ def test_killed_surface_resumes_without_recomputing_finished_chunks(tmp_path, mo
     np.testing.assert_array_equal(resumed.loss, fresh.loss)
     np.testing.assert_array_equal(resumed.accuracy, fresh.accuracy)
     assert Path(cache, resumed.config["key"], "config.json").exists()
+
+
+def test_a_lambda_forward_fn_with_a_cache_keys_this_run_only(tmp_path):
+    """Keyed by source, a lambda forward_fn was refused with a cache (it had been keyed by name, so an edited one
+    reused stale chunks): it now runs, says so, and its chunks are not reused by a later run."""
+    model = mlp()
+    data = classification(20, (3, 4), 4)
+    forward = lambda net, batch: (net(batch[0]), batch[1])  # noqa: E731
+    kw = dict(chunk_size=4, cache_dir=tmp_path, progress=False, forward_fn=forward)
+    with pytest.warns(RuntimeWarning, match="cached under a key of this run only"):
+        first = surface_1d(model, data, pair(model)[0], [-1.0, 0.0, 1.0], **kw)
+    with pytest.warns(RuntimeWarning, match="cached under a key of this run only"):
+        again = surface_1d(model, data, pair(model)[0], [-1.0, 0.0, 1.0], **kw)
+    assert again.config["chunks_reused"] == 0 and again.config["key"] != first.config["key"]
+    plain = surface_1d(model, data, pair(model)[0], [-1.0, 0.0, 1.0], progress=False)
+    np.testing.assert_array_equal(first.loss, plain.loss)
