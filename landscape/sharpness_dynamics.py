@@ -40,8 +40,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from landscape._data import Data, as_batches, named_parameters
-from landscape._evaluation import batches_to, evaluate_batches, evaluation_mode, top1_accuracy
+from landscape._data import Data, as_batches, named_parameters, run_model
+from landscape._evaluation import batch_fractions, batches_to, evaluation_mode
 from landscape.curvature.lanczos import lanczos_eigenpairs
 from landscape.curvature.operator import HessianOperator, LossFn
 from landscape.curvature.preconditioned import PreconditionedOperator
@@ -204,8 +204,11 @@ class SharpnessDynamics(Measure):
         In train mode dropout would be drawn and BatchNorm's running statistics updated.
         """
         batches = batches_to(self.batches, next(model.parameters()).device)
-        with evaluation_mode(model, "eval"):
-            return evaluate_batches(model, batches, self.loss_fn, top1_accuracy)[0]
+        weights = batch_fractions(batches, self.loss_fn)
+        with evaluation_mode(model, "eval"), torch.no_grad():
+            return sum(
+                float(self.loss_fn(*run_model(model, b))) * w for b, w in zip(batches, weights, strict=True) if w
+            )
 
     def _record(self, step: int, rows: list[dict[str, Any]]) -> None:
         self.records += [{"step": step, **row} for row in rows]

@@ -143,6 +143,12 @@ class CurvatureOperator(LinearOperator):
         self.numels = [p.numel() for p in params.values()]
         self.params = {n: p.detach().to(self.torch_dtype).requires_grad_(True) for n, p in params.items()}
         self.buffers = {n: self._cast(b.detach()).clone() for n, b in model.named_buffers()}
+        # frozen parameters in the operator's dtype too (cast once; the model's own where already in it)
+        self.frozen = {
+            n: p.detach().to(self.torch_dtype)
+            for n, p in model.named_parameters()
+            if n not in params and p.is_floating_point() and p.dtype != self.torch_dtype
+        }
         self.applications = 0
         self.graph_policy: GraphPolicy = graph
         self.graph_bytes = GRAPH_BYTES if graph_bytes is None else graph_bytes
@@ -165,7 +171,7 @@ class CurvatureOperator(LinearOperator):
 
     def _outputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
         buffers = {n: b.clone() for n, b in self.buffers.items()}
-        return functional_run(self.model, (self.params, buffers), batch, self.forward_fn)
+        return functional_run(self.model, (self.params, self.frozen, buffers), batch, self.forward_fn)
 
     def shard_sum(self, vectors: Tensor) -> tuple[Tensor, int]:
         r"""Return :math:`\sum_b n_b C_b V` over this process's batches and the example count :math:`\sum_b n_b`.

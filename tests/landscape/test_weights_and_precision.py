@@ -118,3 +118,42 @@ def test_sharpness_dynamics_probe_loss_leaves_a_training_model_alone():
     with torch.no_grad():
         expected = cross_entropy(model.eval()(x), y).item()
     assert [r["value"] for r in rows if r["quantity"] == "probe_loss"] == [pytest.approx(expected, rel=1e-6)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_frozen_parameters_follow_the_operators_dtype(dtype):
+    """Only trainable parameters were cast: a frozen layer kept the model's dtype and the forward pass failed with
+    "mat1 and mat2 must have the same dtype" (float16 models, now computed in float32; float32 ones in float64)."""
+    model = _mlp(dtype)
+    model[0].requires_grad_(False)
+    x, y = _data(32)
+    v = torch.randn(sum(p.numel() for p in model[2].parameters()), generator=torch.Generator().manual_seed(3))
+    reference_model = _mlp(dtype).double()  # the same rounded weights and inputs, in float64 throughout
+    reference_model[0].requires_grad_(False)
+    inputs = x.to(dtype)
+    reference = HessianOperator(reference_model, cross_entropy, (inputs.double(), y), torch.float64).matvec(v.double())
+    operator = HessianOperator(model, cross_entropy, (inputs, y), torch.float64 if dtype == torch.float32 else None)
+    assert operator.shape[0] == len(v)  # the frozen layer is left out
+    assert torch.allclose(operator.matvec(v.to(operator.torch_dtype)).double(), reference, rtol=1e-4, atol=1e-6)
+
+
+def test_sharpness_dynamics_probe_loss_of_a_model_returning_a_tuple():
+    """The probe loss went through the default accuracy, which needs a tensor: (logits, features) raised."""
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _mlp()
+
+        def forward(self, x):
+            return self.net(x), x
+
+    def first_output_loss(outputs, targets):
+        return cross_entropy(outputs[0], targets)
+
+    x, y = _data(64)
+    model = Pair()
+    rows = SharpnessDynamics(first_output_loss, (x, y), every=1).measure(model)
+    with torch.no_grad():
+        expected = cross_entropy(model.net(x), y).item()
+    assert [r["value"] for r in rows if r["quantity"] == "probe_loss"] == [pytest.approx(expected, rel=1e-6)]
