@@ -453,16 +453,18 @@ def load_target(
 def check_runs(net: nn.Module, batch: Batch, loss_fn: Callable, forward_fn: ForwardFn | None, what: str) -> None:
     """One forward pass and loss on the first examples of ``batch``, before any work.
 
-    In eval mode and without gradient (the model's modes are put back), so that a model that cannot run on the data,
-    or a loss that does not fit its outputs, is the user's mistake named in one line, not an error from deep inside
-    torch halfway through.
+    In eval mode (the model's modes are put back), so that a model that cannot run on the data, or a loss that does
+    not fit its outputs, is the user's mistake named in one line, not an error from deep inside torch halfway
+    through. With gradients on, as the measures run it (a model may differentiate inside its forward); on the first
+    two examples of an ``(inputs, targets)`` batch, on the whole first batch under a ``forward_fn`` (whose batch may
+    not be cut by rows: a graph's edges index its nodes).
     """
     modes = [(module, module.training) for module in net.modules()]
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.filterwarnings("error", message="Using a target size", category=UserWarning)  # mse broadcast
             net.eval()
-            outputs, targets = run_model(net, head(batch, 2), forward_fn)
+            outputs, targets = run_model(net, batch if forward_fn is not None else head(batch, 2), forward_fn)
             value = loss_fn(outputs, targets)
     except Exception as error:
         raise UserError(

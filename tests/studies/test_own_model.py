@@ -332,3 +332,33 @@ def test_a_rerun_writes_the_same_files_with_all_nan_columns(tmp_path):
     assert again.reused == ["line", "plane"] and first.reused == []
     assert {name: (tmp_path / f"{name}.csv").read_bytes() for name in written} == written
     assert "accuracy" in pd.read_csv(tmp_path / "line.csv").columns
+
+
+class _Force(torch.nn.Module):
+    """A force field: its forward differentiates an energy with respect to the inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.energy = torch.nn.Linear(3, 1)
+
+    def forward(self, x):
+        x = x.detach().requires_grad_(True)
+        (force,) = torch.autograd.grad(self.energy(x).pow(2).sum(), x, create_graph=True)
+        return force
+
+
+def _graph_forward(model, batch):
+    """Messages along edges that index the nodes: cutting the batch by rows breaks the indices."""
+    source, target = batch["edges"]
+    return model(batch["x"][source] + batch["x"][target]), batch["y"][target]
+
+
+def test_the_preflight_runs_models_as_the_measures_do():
+    """The preflight ran without gradients and on the first two rows of every tensor: a force field and a graph
+    batch (valid inputs that `valley curvature` computed) were refused."""
+    from studies.specs import check_runs
+
+    g = torch.Generator().manual_seed(0)
+    check_runs(_Force(), (torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)), F.mse_loss, None, "force")
+    graph = {"x": torch.randn(5, 4, generator=g), "edges": torch.tensor([[0, 4, 2], [4, 1, 3]]), "y": torch.arange(5)}
+    check_runs(torch.nn.Linear(4, 5), graph, F.cross_entropy, _graph_forward, "graph")
