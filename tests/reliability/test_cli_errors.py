@@ -361,8 +361,13 @@ def test_analyse_and_theory_never_replace_files_valley_did_not_write(capsys, che
     out.mkdir()
     (out / "line.csv").write_text("precious\n")
     argv = ["analyse", "--checkpoint", str(checkpoint), *MODEL, "--parts", "line", "--line-points", "3"]
-    fails(capsys, [*argv, "--no-figures", "--out", str(out)], "mine: holds files (line.csv) and no analysis.json")
+    fails(capsys, [*argv, "--no-figures", "--out", str(out)], "mine: holds line.csv and no analysis.json")
     assert (out / "line.csv").read_text() == "precious\n"
+    run = tmp_path / "run"  # a run folder holding the checkpoint: nothing of it is replaced
+    run.mkdir()
+    (run / "net.pt").write_bytes(checkpoint.read_bytes())
+    assert main([*argv, "--no-figures", "--no-progress", "--out", str(run)]) == 0
+    assert (run / "net.pt").read_bytes() == checkpoint.read_bytes()
     ours = tmp_path / "ours"  # valley's own folder is valley's to write into again
     for _ in range(2):
         assert main([*argv, "--no-figures", "--no-progress", "--out", str(ours)]) == 0
