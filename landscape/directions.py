@@ -119,7 +119,7 @@ def random_direction(
         (['bias', 'weight'], 0.0)
     """
     params = _params(model)
-    integer = [name for name, p in params.items() if not p.is_floating_point()]
+    integer = [name for name, p in params.items() if not (p.is_floating_point() or p.is_complex())]
     if integer:
         raise ValueError(
             f"random_direction: {integer[0]!r} is a {params[integer[0]].dtype} tensor, not a parameter; a state_dict "

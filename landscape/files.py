@@ -115,7 +115,8 @@ def check_output_file(path: str | os.PathLike) -> Path:
 @contextlib.contextmanager
 def _temporary(path: Path) -> Iterator[Path]:
     # ends as the destination does: np.savez appends ".npz" to a path that does not end so, and wrote elsewhere
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    # the name cut so that a destination name near the file system's limit still leaves room for the temporary's
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=f".tmp{path.suffix[:20]}")
     os.close(fd)
     try:
         yield Path(tmp)

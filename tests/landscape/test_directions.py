@@ -142,3 +142,9 @@ def test_a_state_dict_with_integer_buffers_is_refused_by_name():
     """torch's "normal_kernel_cpu not implemented for 'Long'" came from BatchNorm's num_batches_tracked."""
     with pytest.raises(ValueError, match="'0.num_batches_tracked' is a torch.int64 tensor, not a parameter"):
         random_direction(nn.Sequential(nn.BatchNorm1d(3)).state_dict())
+
+
+def test_complex_parameters_get_complex_directions():
+    model = nn.Linear(3, 2, dtype=torch.complex64)
+    d = random_direction(model, normalization=None, seed=0)
+    assert d["weight"].dtype == torch.complex64 and d["weight"].abs().sum() > 0
