@@ -4,7 +4,10 @@ All measures evaluate the loss :math:`L(w)` of ``model`` on ``data`` (mean over 
 through ``torch.func.functional_call`` with the model in eval mode (``mode="train"`` asks for batch statistics and
 dropout; the mode is recorded in the config), and leave the model exactly as found. A loss that is not finite at
 :math:`w` or at any perturbed point evaluated makes the sharpness NaN, with a warning: the maximum over the
-neighbourhood is then unknown, and no plausible number is returned in its place.
+neighbourhood is then unknown, and no plausible number is returned in its place. A half-precision model is evaluated
+in float32 (its parameters, buffers and floating inputs cast; a ``forward_fn`` must cast to the parameters' dtype,
+not to a fixed ``.half()``): a sharpness is a difference of two losses, which in bfloat16 would come out in whole
+rounding steps of the loss.
 
 **ε-sharpness** (Keskar et al. 2017, Eq. 4). With :math:`x` the parameters, :math:`A \in \mathbb{R}^{n \times p}`
 (the identity for the full space, else a random Gaussian matrix) and the box
