@@ -174,8 +174,13 @@ def sidecar(out: Path) -> Path:
     return out.with_name(out.name + ".meta.json")
 
 
-def _written_by_valley(path: Path) -> bool:
-    """Whether ``path`` is a sidecar valley wrote (a JSON object marked by :data:`WRITER`, or of its older form)."""
+def written_by_valley(
+    path: Path, writer: str = WRITER, older: frozenset[str] = frozenset({"arguments", "config", "environment"})
+) -> bool:
+    """Whether ``path`` is a JSON object valley wrote; by default a sidecar (:data:`WRITER`).
+
+    Marked ``written_by: writer``, or of its older form: unmarked, holding the keys ``older``.
+    """
     if not path.is_file():  # absent, or a folder, FIFO, ... that must not be opened
         return False
     try:
@@ -183,9 +188,7 @@ def _written_by_valley(path: Path) -> bool:
             meta = json.loads(file.read(1 << 24))
     except (OSError, ValueError):
         return False
-    return isinstance(meta, dict) and (
-        meta.get("written_by") == WRITER or {"arguments", "config", "environment"} <= meta.keys()
-    )
+    return isinstance(meta, dict) and (meta.get("written_by") == writer or older <= meta.keys())
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -193,10 +196,10 @@ def check_outputs(args: argparse.Namespace) -> None:
     from landscape.files import OutputPathError, check_output_dir, check_output_file
 
     out, meta = check_output_file(args.out), check_output_file(sidecar(args.out))
-    if meta.exists() and not _written_by_valley(meta):
+    if meta.exists() and not written_by_valley(meta):
         raise OutputPathError(f"{meta}: exists and valley did not write it; move it away or choose another --out")
     legacy = out.with_suffix(".json")  # where valley wrote the sidecar before it was named OUT.meta.json
-    if out.exists() and not meta.exists() and not _written_by_valley(legacy):
+    if out.exists() and not meta.exists() and not written_by_valley(legacy):
         raise OutputPathError(f"{out}: exists and valley did not write it (no {meta.name} beside it); move it away")
     if hasattr(args, "cache_dir"):
         cache = _cache_dir(args)

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from landscape._data import Batch, Data, ForwardFn, as_batches, batch_length
 from landscape.files import OutputPathError, check_output_dir, publish
+from studies.analyse import written_by_valley
 from studies.analyse_cli import PARTS
 from studies.specs import first_examples
 from studies.store import RunStore, environment
@@ -322,26 +323,13 @@ def check_analysis_folder(out_dir: str | os.PathLike) -> Path:
     out_dir = check_output_dir(out_dir)
     names = [entry.name for entry in out_dir.iterdir()] if out_dir.is_dir() else []
     replaced = sorted(n for n in names if n.endswith(".csv") or n in ("analysis.json", "report.html", "figures"))
-    if replaced and not _analysis_of_valley(out_dir / "analysis.json"):
+    older = frozenset({"settings", "state_key", "environment"})  # analysis.json before it was marked
+    if replaced and not written_by_valley(out_dir / "analysis.json", WRITER, older):
         raise OutputPathError(
             f"{out_dir}: holds {', '.join(replaced[:3])}{', ...' if len(replaced) > 3 else ''} and no analysis.json "
             "that valley wrote; an analysis would replace them: choose another --out"
         )
     return out_dir
-
-
-def _analysis_of_valley(path: Path) -> bool:
-    """Whether ``path`` is an ``analysis.json`` valley wrote (marked by :data:`WRITER`, or of its older form)."""
-    if not path.is_file():  # absent, or a folder, FIFO, ... that must not be opened
-        return False
-    try:
-        with open(path, "rb") as file:
-            meta = json.loads(file.read(1 << 24))
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and (
-        meta.get("written_by") == WRITER or {"settings", "state_key", "environment"} <= meta.keys()
-    )
 
 
 def _to_key(to: nn.Module | Mapping[str, Tensor] | None) -> str | None:
