@@ -48,8 +48,9 @@ def expectigrad(
         params, grads, sum_sqs, counters, exp_avgs, steps, strict=True
     ):
         sum_sq.addcmul_(grad, grad)
-        buffers = work.like([param], dtype=sum_sq.dtype if counter is None else counter.dtype)
-        buffer = torch.empty_like(sum_sq if counter is None else counter) if buffers is None else buffers[0]
+        dtype = _working_dtype(sum_sq, counter)
+        buffers = work.like([param], dtype=dtype)
+        buffer = torch.empty_like(sum_sq, dtype=dtype) if buffers is None else buffers[0]
         if counter is None:
             mean_sq = torch.div(sum_sq, step, out=buffer)
         else:
@@ -102,9 +103,7 @@ def expectigrad_foreach(
     columns = [params, grads, sum_sqs, counters, exp_avgs]
     for (step, dense, plain, every), (params_, grads_, sum_sqs_, counters_, exp_avgs_) in buckets(columns, keys):
         # dense counting on the fused kernel needs no work buffer
-        buffers = (
-            None if dense and every else work.like(params_, dtype=sum_sqs_[0].dtype if dense else counters_[0].dtype)
-        )
+        buffers = None if dense and every else work.like(params_, dtype=_working_dtype(sum_sqs_[0], counters_[0]))
         if not dense:
             # torch has no multi-tensor comparison, so 1[g ≠ 0] is taken per tensor (as in expectigrad())
             flags = buffers or [torch.empty_like(c) for c in counters_]
@@ -126,6 +125,15 @@ def expectigrad_foreach(
         else:
             torch._foreach_lerp_(exp_avgs_, updates, 1 - beta)
             torch._foreach_add_(params_, exp_avgs_, alpha=-lr / (1 - beta**step))
+
+
+def _working_dtype(sum_sq: Tensor, counter: Tensor | None) -> torch.dtype:
+    """The dtype s/n, √(s/n) + ε and u are made in.
+
+    The counter's (float32 for low-precision parameters), and float32 at least without one, where ε would underflow
+    a half-precision sum (1e-8 is 0 in float16: an always-zero coordinate got 0/0 = NaN, not its zero update).
+    """
+    return counter.dtype if counter is not None else torch.promote_types(sum_sq.dtype, torch.float32)
 
 
 def _counted_every_step(grads: list[Tensor], counters: list[Tensor | None], steps: list[int]) -> list[bool]:

@@ -126,6 +126,20 @@ def test_expectigrad_dense_counter_is_the_step(foreach):
     assert float(p.detach()) == pytest.approx(-3.0 / math.sqrt(9.0 / 2.0), rel=1e-15)
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.9])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_expectigrad_dense_counter_in_float16_keeps_an_always_zero_coordinate(foreach, beta):
+    """ε = 1e-8 is 0 in float16: s/n, √(s/n) + ε and u were made in the sum's dtype, and a coordinate whose gradient
+    was always zero got 0/0 = NaN. By hand, two steps of g = (0.5, 0, -0.25): u = g/|g| = (1, 0, -1) each time, so
+    θ moves by 2γ·sign g (β = 0.9: m/(1-β^t) is u too) and the middle coordinate stays 2."""
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float16))
+    opt = optim.Expectigrad([p], lr=0.1, beta=beta, sparse_counter=False, foreach=foreach)
+    for _ in range(2):
+        p.grad = torch.tensor([0.5, 0.0, -0.25], dtype=torch.float16)
+        opt.step()
+    assert p.tolist() == [float(torch.tensor(v, dtype=torch.float16)) for v in (0.8, 2.0, 3.2)]
+
+
 def test_expectigrad_counter_stays_float32_through_a_state_dict_of_bfloat16_parameters():
     """torch casts loaded state to the parameter's dtype; a bfloat16 counter would round 257 to 256 and stop there."""
     p = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
