@@ -147,12 +147,17 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
         x_tr, x_te = x_tr[:, None], x_te[:, None]
     elif name == "cifar10":
         folder = _require(name, data_dir)
-        x_tr, y_tr = _concat([read_cifar_binary(folder / f) for f in _CIFAR_TRAIN])
-        x_te, y_te = read_cifar_binary(folder / _CIFAR_TEST[0])
+        batches = {f: read_cifar_binary(folder / f) for f in _CIFAR_TRAIN + _CIFAR_TEST}
+        counts = {f: len(labels) for f, (_, labels) in batches.items()}
+        if len(set(counts.values())) > 1:  # a batch cut at a record boundary reads as a shorter batch
+            listed = ", ".join(f"{f} {n}" for f, n in counts.items())
+            raise UserError(f"{folder}: the CIFAR-10 batches hold different numbers of records ({listed}); one is cut")
+        x_tr, y_tr = _concat([batches[f] for f in _CIFAR_TRAIN])
+        x_te, y_te = batches[_CIFAR_TEST[0]]
     else:
         raise ValueError(f"Unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     x_tr, x_te = _standardise(np.asarray(x_tr, np.float32), np.asarray(x_te, np.float32))
-    num_classes = int(max(y_tr.max(), y_te.max())) + 1
+    num_classes = _LOCAL_CLASSES  # every data set here has ten, also where some class is absent from the labels
     return Dataset(
         name,
         torch.from_numpy(x_tr),
@@ -328,7 +333,7 @@ def _check_labels(path: Path | str, labels: np.ndarray) -> None:
 
 
 def _check_idx_split(folder: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
-    """An IDX split must be (n, H, W) images and n labels in 0–9."""
+    """An IDX split must be n ≥ 1 finite (H, W) images and n integer labels in 0–9."""
     image_file, label_file = (_idx_path(folder, stem) for stem in _IDX_FILES[split])
     if images.ndim != 3:
         raise UserError(f"{image_file}: expected images of shape (n, height, width), found shape {images.shape}")
@@ -336,6 +341,12 @@ def _check_idx_split(folder: Path, split: str, images: np.ndarray, labels: np.nd
         raise UserError(f"{label_file}: expected labels of shape (n,), found shape {labels.shape}")
     if len(images) != len(labels):
         raise UserError(f"{image_file} holds {len(images)} images but {label_file} holds {len(labels)} labels")
+    if not len(images):
+        raise UserError(f"{image_file} holds no image")
+    if not np.issubdtype(labels.dtype, np.integer):  # float labels were truncated to classes: 1.9 read as 1
+        raise UserError(f"{label_file}: labels of type {labels.dtype}, not integers (class indices 0–9)")
+    if not np.isfinite(images).all():
+        raise UserError(f"{image_file}: holds NaN or infinite pixel values")
     _check_labels(label_file, labels)
 
 

@@ -36,7 +36,7 @@ def no_hang():
 def idx_bytes(array, code=0x08, magic=None):
     array = np.asarray(array)
     header = magic if magic is not None else bytes([0, 0, code, array.ndim])
-    dtype = {0x08: ">u1", 0x09: ">i1"}[code]
+    dtype = {0x08: ">u1", 0x09: ">i1", 0x0D: ">f4"}[code]
     return header + struct.pack(f">{array.ndim}i", *array.shape) + array.astype(dtype).tobytes()
 
 
@@ -131,6 +131,25 @@ def test_labels_out_of_range(tmp_path, labels, code, bad):
     refused(tmp_path, f"{folder / STEMS[1]}.gz: label {bad} is outside 0–9")
 
 
+def test_float_labels_are_refused_not_truncated(tmp_path):
+    """Float labels (IDX type 0x0D) were cast to int64: 1.9 read as class 1, and a study ran on them."""
+    labels = np.resize([0.5, 1.9, 2.5, 9.99], 20)
+    folder = mnist(tmp_path, **{STEMS[1]: gzip.compress(idx_bytes(labels, code=0x0D))})
+    refused(tmp_path, f"{folder / STEMS[1]}.gz: labels of type float32, not integers")
+
+
+def test_an_empty_split_and_nan_pixels_are_refused(tmp_path):
+    """An IDX split of 0 examples ended in numpy's "zero-size array to reduction operation" (an internal error)."""
+    folder = mnist(
+        tmp_path / "a",
+        **{STEMS[2]: gzip.compress(idx_bytes(np.zeros((0, 8, 8)))), STEMS[3]: gzip.compress(idx_bytes(np.zeros(0)))},
+    )
+    refused(tmp_path / "a", f"{folder / STEMS[2]}.gz holds no image")
+    pixels = np.full((20, 8, 8), np.nan)
+    folder = mnist(tmp_path / "b", **{STEMS[0]: gzip.compress(idx_bytes(pixels, code=0x0D))})
+    refused(tmp_path / "b", f"{folder / STEMS[0]}.gz: holds NaN or infinite pixel values")
+
+
 @pytest.mark.parametrize(("make", "kind"), [(os.mkdir, "a folder"), (os.mkfifo, "a special file")])
 def test_a_folder_or_fifo_in_place_of_a_file_is_not_opened(tmp_path, make, kind):
     folder = mnist(tmp_path, **{STEMS[0]: make})
@@ -157,6 +176,17 @@ def test_a_valid_small_cifar_loads(tmp_path):
 def test_cifar_truncated(tmp_path):
     folder = cifar(tmp_path, **{"data_batch_2.bin": bytes(3073 * 2 - 7)})
     refused(tmp_path, f"{folder}/data_batch_2.bin: size 6139 bytes", dataset="cifar10")
+
+
+def test_a_cifar_batch_cut_at_a_record_boundary_is_refused(tmp_path):
+    """Only the record size was checked: data_batch_3 cut from 4 records to 2 loaded as 18 training examples."""
+    folder = cifar(tmp_path, **{"data_batch_3.bin": np.zeros((2, 3073), np.uint8).tobytes()})
+    refused(
+        tmp_path,
+        f"{folder}: the CIFAR-10 batches hold different numbers of records",
+        "data_batch_3.bin 2",
+        dataset="cifar10",
+    )
 
 
 def test_cifar_label_out_of_range(tmp_path):
