@@ -41,7 +41,7 @@ from landscape.files import atomic_write, publish
 from studies.data import data_fingerprint
 
 #: Bump when a change to the runner or the store makes earlier cached results invalid.
-STORE_VERSION = "2"
+STORE_VERSION = "3"  # 3: a non-finite test loss after an epoch is divergence (train)
 
 _MARKER = "meta.json"
 _METRICS = "metrics.csv"

@@ -25,8 +25,11 @@ Metrics are rows ``step, epoch, quantity, value`` (plus any key a callback adds,
 * ``regularizer`` at every step when :func:`train` is given one (the penalty R(θ) before the step);
 * per epoch (``epoch = 0`` is the initial model): ``epoch_train_loss`` (mean mini-batch loss of the epoch),
   ``test_loss``, ``test_accuracy`` and ``seconds`` (wall time of the epoch's training steps, evaluation excluded);
-* ``diverged = 1`` at the first non-finite training loss (NaN, +inf or -inf, or a non-finite regulariser); training
-  stops there and the run is a result, not an error.
+* ``diverged = 1`` at the first non-finite training loss (NaN, +inf or -inf, or a non-finite regulariser), found at
+  the end of its epoch (the hot loop does not wait for the device), or at the epoch's last step when only the test
+  loss after it is not finite (the last steps took the weights there); training stops at the end of that epoch and
+  the run is a result, not an error. A non-finite test loss is logged with a NaN test accuracy (an arg-max over NaN
+  outputs is no accuracy).
 
 Callbacks are objects with any of ``on_train_begin(state)``, ``on_step_end(state)``, ``on_epoch_end(state)`` and
 ``on_train_end(state)``; ``state`` is a :class:`TrainState` whose ``log`` appends rows to the metrics.
@@ -219,14 +222,17 @@ def train(
     state = TrainState(model, optimizer)
     hooks = {name: [getattr(c, name) for c in callbacks if hasattr(c, name)] for name in _HOOKS}
 
-    def log_epoch(seconds: float, losses: list[Tensor]) -> None:
+    def log_epoch(seconds: float, losses: list[Tensor]) -> bool:
+        """Log the epoch's rows; whether the test loss is finite."""
         test_loss, test_acc = evaluate(model, x_te, y_te, loss_fn)
+        finite = math.isfinite(float(test_loss))
         if losses:
             state.log("epoch_train_loss", float(torch.stack(losses).mean()))
         state.log("test_loss", float(test_loss))
-        state.log("test_accuracy", float(test_acc))
+        state.log("test_accuracy", float(test_acc) if finite else math.nan)
         if seconds:
             state.log("seconds", seconds)
+        return finite
 
     def checkpoint() -> None:
         if state.epoch in checkpoint_epochs:
@@ -295,7 +301,10 @@ def train(
             )
             diverged = True
             break
-        log_epoch(seconds, losses)
+        if not log_epoch(seconds, losses):  # the epoch's last steps made the weights or outputs non-finite
+            state.records.append({"step": state.step, "epoch": epoch, "quantity": "diverged", "value": 1.0})
+            diverged = True
+            break
         bar.set_postfix(loss=f"{float(step_losses.mean()):.4g}")
         for hook in hooks["on_epoch_end"]:
             hook(state)

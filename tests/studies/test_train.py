@@ -77,6 +77,18 @@ def test_nan_loss_is_recorded_as_divergence(small_digits):
     assert stopped not in m[m["quantity"] == "test_loss"]["epoch"].tolist()  # and did not evaluate that epoch
 
 
+def test_weights_made_non_finite_by_an_epochs_last_step_are_divergence(small_digits):
+    """Every step's loss was finite (each is taken before its step), the last step overflowed the weights: the run
+    said diverged=False and logged a test accuracy from an arg-max over NaN outputs."""
+    n = len(small_digits.y_train)
+    result = _run(small_digits, lr=3e38, dropout=0.0, epochs=1, batch_size=n)  # one step per epoch
+    m = result.metrics
+    assert result.diverged and m[m["quantity"] == "diverged"]["step"].tolist() == [1]
+    assert m[m["quantity"] == "train_loss"]["value"].map(math.isfinite).all()
+    epoch_one = m[m["epoch"] == 1].set_index("quantity")["value"]
+    assert not math.isfinite(epoch_one["test_loss"]) and math.isnan(epoch_one["test_accuracy"])
+
+
 def test_callbacks_see_every_step_and_can_log(small_digits):
     class Counter:
         def __init__(self):
