@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from landscape.files import atomic_write
+from landscape.files import OutputPathError, atomic_write, check_output_dir, check_output_file
 from studies.data import Dataset, batches
 from studies.store import safe_torch_load, torch_bytes
 
@@ -199,6 +199,8 @@ def train(
         raise ValueError(f"checkpoint_epochs={list(checkpoint_epochs)} needs a checkpoint_dir")
     if checkpoint_dir is not None and not checkpoint_epochs:
         checkpoint_epochs = (epochs,)
+    if checkpoint_dir is not None:
+        check_checkpoints(checkpoint_dir, checkpoint_epochs)
     if regularizer is not None and not callable(regularizer):
         raise TypeError(f"regularizer must be callable, got {type(regularizer).__name__}")
     amp = amp_default() if amp is None else amp
@@ -315,6 +317,31 @@ def train(
     metrics = pd.DataFrame.from_records(state.records).sort_values(["step", "epoch"], kind="stable")
     state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return TrainResult(metrics.reset_index(drop=True), diverged, state_dict)
+
+
+CHECKPOINT_KEYS = frozenset({"model", "optimizer", "step", "epoch"})
+"""The keys of a checkpoint :func:`train` writes."""
+
+
+def check_checkpoints(checkpoint_dir: str | os.PathLike, epochs: Sequence[int]) -> None:
+    """Check, before any training, that :func:`train` may write its checkpoints into ``checkpoint_dir``.
+
+    The folder must be writable, and each ``epochNNNN.pt`` it would replace a checkpoint :func:`train` wrote (a
+    user's own file there was replaced without a word).
+
+    Raises:
+        OutputPathError: the folder or one of the files cannot be written, or a file is not a checkpoint of train's.
+    """
+    folder = check_output_dir(checkpoint_dir)
+    for epoch in sorted(set(epochs)):
+        path = check_output_file(folder / f"epoch{epoch:04d}.pt")
+        if path.exists():
+            try:
+                ours = CHECKPOINT_KEYS <= set(safe_torch_load(path, "cpu"))
+            except Exception:  # not a checkpoint torch can read safely, or not a mapping
+                ours = False
+            if not ours:
+                raise OutputPathError(f"{path}: exists and is not a checkpoint valley wrote; move it away")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

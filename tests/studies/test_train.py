@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from landscape.files import OutputPathError
 from studies.data import load_dataset
 from studies.models import MLP
 from studies.train import amp_default, load_checkpoint, mixed_precision, train
@@ -121,6 +122,22 @@ def test_checkpoints_round_trip_with_weights_only(small_digits, tmp_path):
     assert ckpt["epoch"] == 2 and ckpt["step"] == 14
     assert all(torch.equal(ckpt["model"][k], v) for k, v in result.state_dict.items())
     assert "momentum_buffer" in ckpt["optimizer"]["state"][0]
+
+
+def test_checkpoints_never_replace_files_valley_did_not_write(small_digits, tmp_path, monkeypatch):
+    """A user's own epoch0002.pt was replaced without a word; a checkpoint_dir that is a file failed only after
+    training. Both are refused before the first step; a rerun into valley's own checkpoints is fine."""
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda *a, **k: pytest.fail("training started"))
+    (tmp_path / "epoch0002.pt").write_bytes(b"my own weights")
+    with pytest.raises(OutputPathError, match="epoch0002.pt: exists and is not a checkpoint valley wrote"):
+        _run(small_digits, checkpoint_dir=tmp_path, checkpoint_epochs=[2])
+    assert (tmp_path / "epoch0002.pt").read_bytes() == b"my own weights"
+    with pytest.raises(OutputPathError):
+        _run(small_digits, checkpoint_dir=tmp_path / "epoch0002.pt")
+    monkeypatch.undo()
+    for _ in range(2):
+        _run(small_digits, checkpoint_dir=tmp_path / "ours", checkpoint_epochs=[2])
+    assert load_checkpoint(tmp_path / "ours" / "epoch0002.pt")["epoch"] == 2
 
 
 class Payload:
