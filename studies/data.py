@@ -37,6 +37,7 @@ import json
 import math
 import os
 import stat
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,6 +416,12 @@ def _complete(name: str, folder: Path) -> bool:
 def _require(name: str, data_dir: str | os.PathLike | None) -> Path:
     folder = locate(name, data_dir)
     if folder is not None:
+        if data_dir is not None and not folder.is_relative_to(Path(data_dir)):  # named, yet another copy is read
+            warnings.warn(
+                f"{name}: --data-dir {data_dir} holds no complete {LAYOUTS[name][0]}/; reading the copy in {folder}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return folder
     places = ", ".join(str(root / LAYOUTS[name][0]) for root in search_roots(data_dir))
     if name == "cifar10":

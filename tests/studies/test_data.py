@@ -209,3 +209,16 @@ def test_valley_list_prints_where_each_data_set_was_found(tmp_path, monkeypatch,
     assert f"found in {system / 'fashion-mnist'}" in lines["fashion_mnist"]
     assert lines["mnist"].rstrip().endswith("absent")
     assert lines["digits"].rstrip().endswith("embedded")
+
+
+def test_a_named_folder_without_the_data_set_says_which_copy_is_read(tmp_path, monkeypatch):
+    """A --data-dir missing a file (or mistyped) silently read the copy in valley's cache instead."""
+    named, cache = tmp_path / "named", tmp_path / "cache"
+    _write_mnist(named / "fashion_mnist")
+    (named / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    _write_mnist(cache / "data" / "fashion_mnist")
+    monkeypatch.setenv("VALLEY_CACHE", str(cache))
+    monkeypatch.delenv("VALLEY_DATA", raising=False)
+    for folder in (named, tmp_path / "typo"):
+        with pytest.warns(RuntimeWarning, match=f"--data-dir {folder} holds no complete fashion_mnist/; reading"):
+            data.load_dataset("fashion_mnist", folder)
