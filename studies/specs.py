@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from landscape._data import Batch, ForwardFn, as_batches, batch_length, batch_to, head, run_model
-from landscape._evaluation import cross_entropy
+from landscape._evaluation import cross_entropy, evaluation_mode
 from studies.errors import UserError, one_line
 
 MODELS = ("mlp", "lenet5", "adam_cnn", "resnet")
@@ -459,20 +459,15 @@ def check_runs(net: nn.Module, batch: Batch, loss_fn: Callable, forward_fn: Forw
     two examples of an ``(inputs, targets)`` batch, on the whole first batch under a ``forward_fn`` (whose batch may
     not be cut by rows: a graph's edges index its nodes).
     """
-    modes = [(module, module.training) for module in net.modules()]
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), evaluation_mode(net, "eval"):
             warnings.filterwarnings("error", message="Using a target size", category=UserWarning)  # mse broadcast
-            net.eval()
             outputs, targets = run_model(net, batch if forward_fn is not None else head(batch, 2), forward_fn)
             value = loss_fn(outputs, targets)
     except Exception as error:
         raise UserError(
             f"{what}: a forward pass and loss on the first examples failed: {type(error).__name__}: {error}"
         ) from error
-    finally:
-        for module, training in modes:
-            module.training = training
     if not isinstance(value, Tensor) or value.numel() != 1:
         shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise UserError(f"{what}: the loss returned {shape}, not one number (the mean over the batch)")

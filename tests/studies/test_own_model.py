@@ -362,3 +362,8 @@ def test_the_preflight_runs_models_as_the_measures_do():
     check_runs(_Force(), (torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)), F.mse_loss, None, "force")
     graph = {"x": torch.randn(5, 4, generator=g), "edges": torch.tensor([[0, 4, 2], [4, 1, 3]]), "y": torch.arange(5)}
     check_runs(torch.nn.Linear(4, 5), graph, F.cross_entropy, _graph_forward, "graph")
+    seen = []
+    probe = torch.nn.Linear(4, 5).train()
+    probe.register_forward_hook(lambda module, inputs, output: seen.append(module.training))
+    check_runs(probe, (graph["x"], graph["y"]), F.cross_entropy, None, "modes")
+    assert seen == [False] and probe.training  # run in eval mode, its own mode put back
